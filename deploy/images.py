@@ -1,0 +1,93 @@
+"""Image decoding shared by training and the device: any file, bytes or array becomes HWC uint8 RGB.
+
+Both the DataModule (when it indexes and reads a folder) and the device runtime decode through this
+one function, so a photo that trains as RGB is also served as RGB, with the same EXIF orientation and
+the same handling of gray, alpha, palette, 16-bit and CMYK images.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, np.ndarray]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageDecodeError(ValueError):
+    """An input that is not a decodable image; the message names the input and the reason."""
+
+
+def is_image_file(name: str) -> bool:
+    """True for a visible file with an image extension (compared case-insensitively)."""
+    base = os.path.basename(name)
+    return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """Convert a PIL image of any common mode to an HWC uint8 RGB array.
+
+    16-bit and 32-bit integer images are scaled down by their bit depth instead of clipped (PIL's own
+    convert('RGB') saturates them to white); alpha is dropped; palette and CMYK go through PIL.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        gray = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def array_to_rgb(arr: np.ndarray, name: str = "array") -> np.ndarray:
+    """Accept HW (gray), HWC with 1, 3 or 4 channels (RGB order), uint8; return HWC uint8 RGB."""
+    if arr.dtype != np.uint8:
+        raise ImageDecodeError(f"{name}: expected a uint8 image array, got dtype {arr.dtype}; convert it to uint8 0-255 first")
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        if arr.shape[2] == 1:
+            return np.repeat(arr, 3, axis=2)
+        return np.ascontiguousarray(arr[:, :, :3])
+    raise ImageDecodeError(f"{name}: expected an HxW or HxWxC (C in 1, 3, 4) array, got shape {arr.shape}")
+
+
+def read_image(source: ImageSource, name: str | None = None) -> np.ndarray:
+    """Decode a path, encoded bytes or an array to HWC uint8 RGB, or raise ImageDecodeError saying why."""
+    if isinstance(source, np.ndarray):
+        return array_to_rgb(source, name or "array")
+    label = name or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "bytes")
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            if len(source) == 0:
+                raise ImageDecodeError(f"{label}: empty input (0 bytes)")
+            handle = io.BytesIO(source)
+        else:
+            if os.path.getsize(source) == 0:
+                raise ImageDecodeError(f"{label}: empty file (0 bytes)")
+            handle = open(source, "rb")
+        with handle, Image.open(handle) as img:
+            img.load()  # decode fully now: a truncated file fails here, not later in a worker
+            return pil_to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{label}: no such file") from None
+    except PermissionError:
+        raise ImageDecodeError(f"{label}: not readable (permission denied)") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{label}: not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"{label}: cannot be decoded ({exc})") from None
