@@ -1,0 +1,235 @@
+"""ImageClassifier: a backbone from the registry, cross-entropy with label smoothing, torchmetrics per stage,
+gradient-norm monitoring and a guard against non-finite steps."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import grad_norm, rank_zero_info, rank_zero_warn
+from torch import nn
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from lightning_modules.backbones import build_backbone
+from lightning_modules.figures import confusion_matrix_figure
+
+
+class ImageClassifier(pl.LightningModule):
+    """Image classifier trained from YAML.
+
+    Args:
+        num_classes: number of classes (linked from data.num_classes).
+        backbone: network name: resnet | mobilenet_v2.
+        backbone_args: arguments of the backbone builder (resnet: num_blocks, width; mobilenet_v2: width_mult,
+            dropout, freeze_features, weights, weights_path).
+        input_size: [H, W] the network sees (linked from data.input_size); used for the model summary.
+        optimizer: adamw | sgd.
+        lr: learning rate (the peak rate for onecycle).
+        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
+        betas: AdamW betas.
+        momentum: SGD momentum (Nesterov).
+        scheduler: cosine (per epoch, T_max epochs) | onecycle (per step, over the whole fit) | none.
+        T_max: cosine period in epochs; defaults to trainer.max_epochs.
+        eta_min: cosine floor.
+        pct_start: onecycle warm-up fraction.
+        label_smoothing: cross-entropy label smoothing.
+        log_grad_norm_every: log per-parameter and total gradient L2 norms every N optimizer steps (0: never).
+        max_bad_steps: stop the fit after this many non-finite steps in a row.
+        log_confusion_matrix: log a confusion-matrix figure at validation and test end.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        backbone: str = "resnet",
+        backbone_args: Optional[dict[str, Any]] = None,
+        input_size: Sequence[int] = (32, 32),
+        optimizer: Literal["adamw", "sgd"] = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        momentum: float = 0.9,
+        scheduler: Literal["cosine", "onecycle", "none"] = "cosine",
+        T_max: Optional[int] = None,
+        eta_min: float = 0.0,
+        pct_start: float = 0.3,
+        label_smoothing: float = 0.1,
+        log_grad_norm_every: int = 50,
+        max_bad_steps: int = 5,
+        log_confusion_matrix: bool = True,
+    ) -> None:
+        super().__init__()
+        # logger=False: hparams go to TensorBoard once, together with the data's and a real metric (on_fit_start)
+        self.save_hyperparameters(logger=False)
+        self.net = build_backbone(backbone, num_classes, **(backbone_args or {}))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.example_input_array = torch.zeros(1, 3, *input_size)
+
+        self.train_metrics = MetricCollection({"top1": MulticlassAccuracy(num_classes, average="micro")}, prefix="train/")
+        self.val_metrics = self._eval_metrics(num_classes, "val/")
+        self.test_metrics = self._eval_metrics(num_classes, "test/")
+        self.val_confmat = MulticlassConfusionMatrix(num_classes)
+        self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.val_best_top1 = MaxMetric()
+        self.bad_steps_in_a_row = 0
+        self.skipped_steps = 0
+
+    @staticmethod
+    def _eval_metrics(num_classes: int, prefix: str) -> MetricCollection:
+        metrics: dict[str, Any] = {
+            "top1": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        }
+        if num_classes > 5:
+            metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        return MetricCollection(metrics, prefix=prefix)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # --- training -------------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        if not torch.isfinite(loss):
+            # Backward still runs (in DDP every rank must take part); the non-finite gradients it produces
+            # are caught in on_before_optimizer_step, where the whole step is dropped.
+            self._bad_step(f"non-finite loss ({loss.item()})")
+            return loss
+        self.train_metrics.update(logits.detach(), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute())
+        self.train_metrics.reset()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Gradients here are this step's, after backward and before clipping and the update; in
+        # training_step they would still be the previous step's.
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if not torch.isfinite(total):
+            if not self._scaler_handles_overflow():
+                bad = [n for n, p in self.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+                self._bad_step(f"non-finite gradient in {len(bad)} parameter(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+            # Without gradients the optimizer leaves every parameter as it is: the step is skipped.
+            optimizer.zero_grad(set_to_none=True)
+            return
+        self.bad_steps_in_a_row = 0
+        every = self.hparams.log_grad_norm_every
+        if every and self.global_step % every == 0:
+            self.log_dict(grad_norm(self, norm_type=2))
+
+    def _scaler_handles_overflow(self) -> bool:
+        # With 16-bit AMP, GradScaler skips overflowing steps itself and lowers its scale; those are expected.
+        return getattr(self.trainer.precision_plugin, "scaler", None) is not None
+
+    def _bad_step(self, what: str) -> None:
+        step = self.global_step
+        self.skipped_steps += 1
+        self.bad_steps_in_a_row += 1
+        rank_zero_warn(f"step {step}: {what}; the step is skipped (skipped so far: {self.skipped_steps})")
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        if self.bad_steps_in_a_row >= self.hparams.max_bad_steps:
+            self.trainer.should_stop = True
+            ckpt = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or "none saved yet"
+            rank_zero_warn(
+                f"stopping the fit: {self.bad_steps_in_a_row} steps in a row were non-finite (last at step {step}); "
+                f"no bad update was applied, and the best checkpoint is {ckpt}. Lower model.init_args.lr, set "
+                "trainer.gradient_clip_val, or check the data for NaN/inf."
+            )
+
+    # --- evaluation -----------------------------------------------------------------------------
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics, self.val_confmat)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics, self.test_confmat)
+
+    def _eval_step(self, batch, stage: str, metrics: MetricCollection, confmat: MulticlassConfusionMatrix) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", self.criterion(logits, y), on_epoch=True, sync_dist=True, batch_size=len(y))
+        metrics.update(logits, y)
+        if self.hparams.log_confusion_matrix:
+            confmat.update(logits, y)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.log_dict(values, prog_bar=True)
+        self.val_metrics.reset()
+        if not self.trainer.sanity_checking:
+            self.val_best_top1.update(values["val/top1"])
+            self.log("val/best_top1", self.val_best_top1.compute())
+        self._log_confusion_matrix(self.val_confmat, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+        self._log_confusion_matrix(self.test_confmat, "test")
+
+    def _log_confusion_matrix(self, confmat: MulticlassConfusionMatrix, stage: str) -> None:
+        if not self.hparams.log_confusion_matrix:
+            return
+        matrix = confmat.compute().cpu()  # computed on every rank: it syncs across processes
+        confmat.reset()
+        if self.trainer.sanity_checking or not isinstance(self.logger, TensorBoardLogger) or self.global_rank != 0:
+            return
+        names = getattr(self.trainer.datamodule, "class_names", None)
+        self.logger.experiment.add_figure(f"{stage}/confusion_matrix", confusion_matrix_figure(matrix, names), self.global_step)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(dim=1)
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> "ImageClassifier":
+        super().train(mode)
+        # BatchNorm layers whose parameters are frozen (freeze_features) keep their pretrained statistics.
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.requires_grad:
+                m.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        if isinstance(self.logger, TensorBoardLogger):
+            params = dict(self.hparams)
+            dm = self.trainer.datamodule
+            if dm is not None:
+                params.update({f"data/{k}": v for k, v in dict(getattr(dm, "hparams", {})).items()})
+                pre = getattr(dm, "preprocessing", None)
+                if pre is not None:
+                    params.update({"data/mean": pre.mean, "data/std": pre.std})
+            # The HPARAMS tab shows each run with its best validation top-1 (updated every epoch).
+            self.logger.log_hyperparams(params, metrics={"val/best_top1": 0.0})
+        n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        rank_zero_info(f"{self.hparams.backbone}: {sum(p.numel() for p in self.parameters()):,} parameters ({n_train:,} trainable)")
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
+        else:
+            optimizer = torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum, nesterov=hp.momentum > 0)
+        if hp.scheduler == "none":
+            return optimizer
+        if hp.scheduler == "cosine":
+            t_max = hp.T_max or self.trainer.max_epochs
+            if not t_max or t_max < 1:
+                raise ValueError("scheduler 'cosine' needs model.init_args.T_max or trainer.max_epochs to be set")
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=hp.eta_min)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total, pct_start=hp.pct_start)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
