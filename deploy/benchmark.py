@@ -1,0 +1,69 @@
+"""Latency, throughput and a resident-memory leak check for one runner at one batch size.
+
+Only ``runner.infer`` sits inside the timed region (the input is made once, progress is reported
+outside the clock), so what is measured is the runner, not the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from deploy.runners import Runner
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_mb() -> float:
+    """Resident set size now, in MiB (Linux /proc; peak RSS where /proc is absent)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * _PAGE / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def percentile(values_ms: np.ndarray, q: float) -> float:
+    return float(np.percentile(values_ms, q))
+
+
+def measure(runner: Runner, batch_size: int, iterations: int = 100, warmup: int = 10,
+            progress: Optional[Callable[[int], None]] = None, leak_threshold_mb: float = 8.0, seed: int = 0) -> dict:
+    """Time ``iterations`` calls of runner.infer on a random normalized batch after ``warmup`` calls.
+
+    Returns p50/p90/p99/mean in ms, throughput in images/s, and rss_growth_mb: resident memory after the
+    timed run minus before it (after warmup, so allocator arenas have settled); memory_ok is False when
+    it grew by more than leak_threshold_mb.
+    """
+    if batch_size < 1 or iterations < 1:
+        raise ValueError(f"batch_size and iterations must be >= 1, got {batch_size} and {iterations}")
+    shape = tuple(d if d else 224 for d in runner.input_shape)
+    batch = np.random.default_rng(seed).standard_normal((batch_size,) + shape).astype(np.float32)
+    for _ in range(max(warmup, 1)):
+        runner.infer(batch)
+    rss_before = rss_mb()
+    times = np.empty(iterations, dtype=np.float64)
+    clock = time.perf_counter
+    for i in range(iterations):
+        start = clock()
+        runner.infer(batch)
+        times[i] = clock() - start
+        if progress is not None:
+            progress(1)
+    growth = rss_mb() - rss_before
+    times_ms = times * 1000.0
+    return {
+        "batch": batch_size,
+        "iterations": iterations,
+        "p50_ms": percentile(times_ms, 50),
+        "p90_ms": percentile(times_ms, 90),
+        "p99_ms": percentile(times_ms, 99),
+        "mean_ms": float(times_ms.mean()),
+        "throughput": batch_size * iterations / float(times.sum()),
+        "rss_growth_mb": growth,
+        "memory_ok": growth <= leak_threshold_mb,
+    }

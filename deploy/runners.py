@@ -1,0 +1,198 @@
+"""Runners: one interface over ONNX Runtime and TensorRT, ``infer(NCHW float32) -> logits``.
+
+The fit-end callbacks measure artifacts through these same classes, so the numbers in a bundle's report
+are the numbers the device gets.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+
+from deploy.bundle import Bundle, BundleError
+
+ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+class Runner:
+    """Common interface: ``input_name``, ``output_name``, ``input_shape`` (C, H, W), ``min_batch``,
+    ``max_batch`` (None = unbounded) and ``infer(batch) -> logits`` for any batch size; batches beyond the
+    model's limits are split or padded here, so callers never need to know them."""
+
+    input_name: str
+    output_name: str
+    input_shape: tuple
+    min_batch: int = 1
+    max_batch: Optional[int] = None
+    description: str = ""
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[0] == 0:
+            raise ValueError(f"{self.description}: expected a non-empty NCHW batch, got shape {batch.shape}")
+        expected = tuple(d for d in self.input_shape)
+        if any(isinstance(e, int) and e > 0 and e != got for e, got in zip(expected, batch.shape[1:])):
+            raise ValueError(f"{self.description}: expected input [N, {', '.join(map(str, expected))}], got "
+                             f"{list(batch.shape)}; preprocess with the bundle's preprocessing block")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        n = batch.shape[0]
+        if self.max_batch is not None and n > self.max_batch:
+            return np.concatenate([self.infer(batch[i:i + self.max_batch]) for i in range(0, n, self.max_batch)])
+        if n < self.min_batch:
+            padded = np.zeros((self.min_batch,) + batch.shape[1:], dtype=np.float32)
+            padded[:n] = batch
+            return self._run(padded)[:n]
+        return self._run(batch)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _static_dim(value) -> Optional[int]:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+class OnnxRuntimeRunner(Runner):
+    """An ONNX (FP32 or Q/DQ INT8) file in ONNX Runtime; CPU unless providers asks for cuda/tensorrt."""
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",), threads: Optional[int] = None,
+                 strict: bool = False):
+        import onnxruntime as ort
+
+        path = os.fspath(path)
+        self.description = f"onnxruntime:{os.path.basename(path)}"
+        available = set(ort.get_available_providers())
+        chosen, missing = [], []
+        for name in providers:
+            key = ORT_PROVIDERS.get(name.lower(), name)
+            (chosen if key in available else missing).append(key)
+        if missing:
+            message = (f"ONNX Runtime here has no {', '.join(missing)} (it has {', '.join(sorted(available))}); "
+                       "install onnxruntime-gpu for CUDA/TensorRT")
+            if strict:
+                raise BundleError(message)
+            warnings.warn(message + "; running on CPU", RuntimeWarning, stacklevel=2)
+        if "CPUExecutionProvider" not in chosen:
+            chosen.append("CPUExecutionProvider")  # fallback for nodes the GPU providers do not take
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(path, sess_options=options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise BundleError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]}); "
+                              "re-export the model or copy the bundle again") from None
+        self.providers = self.session.get_providers()
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        self.input_shape = tuple(_static_dim(d) for d in inp.shape[1:])
+        fixed = _static_dim(inp.shape[0])
+        self.min_batch, self.max_batch = (fixed, fixed) if fixed else (1, None)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+
+class TensorRTRunner(Runner):
+    """A serialized TensorRT 10.x/11.x engine, run through the name-based API (execute_async_v3).
+
+    The sidecar is checked before anything is deserialized; device and pinned host buffers are sized for
+    the profile's max batch once and reused for every call.
+    """
+
+    def __init__(self, engine_path: str | os.PathLike, device: int = 0, check_sidecar: bool = True):
+        from deploy.engine import EngineError, check_engine_sidecar, tensorrt_status
+
+        engine_path = os.fspath(engine_path)
+        self.description = f"tensorrt:{os.path.basename(engine_path)}"
+        ok, reason = tensorrt_status(device)
+        if not ok:
+            raise EngineError(f"{engine_path}: cannot run here because {reason}; use --format onnx instead")
+        if check_sidecar:
+            check_engine_sidecar(engine_path)
+        import tensorrt as trt
+
+        from deploy.cuda_memory import open_cuda
+
+        self.trt = trt
+        self.memory = open_cuda(device)
+        self.memory.activate()
+        try:
+            self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            with open(engine_path, "rb") as handle:
+                self.engine = self.runtime.deserialize_cuda_engine(handle.read())
+            if self.engine is None:
+                raise EngineError(f"{engine_path}: TensorRT {trt.__version__} could not deserialize it; rebuild it "
+                                  "with `python -m deploy build-engine`")
+            self.context = self.engine.create_execution_context()
+            names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+            inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+            outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+            self.input_name, self.output_name = inputs[0], outputs[0]
+            shape_min, _, shape_max = self.engine.get_tensor_profile_shape(self.input_name, 0)
+            self.min_batch, self.max_batch = int(shape_min[0]), int(shape_max[0])
+            self.input_shape = tuple(int(d) for d in shape_max[1:])
+            self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
+            self.output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
+            # The output shape at max batch tells the per-image output size without running anything.
+            self.context.set_input_shape(self.input_name, tuple(shape_max))
+            out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
+            self.host_in = self.memory.pinned(tuple(shape_max), self.input_dtype)
+            self.host_out = self.memory.pinned(out_shape, self.output_dtype)
+            self.device_in = self.memory.device(self.host_in.nbytes)
+            self.device_out = self.memory.device(self.host_out.nbytes)
+            self.context.set_tensor_address(self.input_name, self.device_in)
+            self.context.set_tensor_address(self.output_name, self.device_out)
+        finally:
+            self.memory.deactivate()
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        n = batch.shape[0]
+        host_in, host_out = self.host_in[:n], self.host_out[:n]
+        host_in[...] = batch  # casts to the engine's input dtype where it is not float32
+        self.memory.activate()
+        try:
+            self.context.set_input_shape(self.input_name, host_in.shape)
+            self.memory.htod(self.device_in, host_in)
+            if not self.context.execute_async_v3(self.memory.stream_handle):
+                raise RuntimeError(f"{self.description}: execute_async_v3 failed (see the TensorRT log)")
+            self.memory.dtoh(host_out, self.device_out)
+            self.memory.synchronize()
+        finally:
+            self.memory.deactivate()
+        return host_out.astype(np.float32, copy=True)
+
+    def close(self) -> None:
+        memory = getattr(self, "memory", None)
+        if memory is not None:
+            self.context = self.engine = None
+            memory.close()
+            self.memory = None
+
+
+def open_runner(bundle: Bundle, entry: dict, providers: Sequence[str] = ("cpu",), threads: Optional[int] = None) -> Runner:
+    """The right runner for one manifest artifact entry."""
+    path = bundle.artifact_path(entry)
+    if entry["format"] in ("onnx", "onnx-int8"):
+        return OnnxRuntimeRunner(path, providers=providers, threads=threads)
+    if entry["format"] == "tensorrt":
+        return TensorRTRunner(path)
+    raise BundleError(f"{path}: no runner for format {entry['format']!r}")
