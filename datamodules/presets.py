@@ -6,11 +6,13 @@ The eval transform is the one the deploy bundle records: it is built from a plai
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import albumentations as A
 import cv2
+import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 INTERPOLATIONS = {
@@ -58,4 +60,122 @@ def build_eval_transform(pre: Preprocessing) -> A.Compose:
     steps: list[A.BasicTransform] = [A.Resize(*pre.resize, interpolation=INTERPOLATIONS[pre.interpolation])]
     if pre.crop:
         steps.append(A.CenterCrop(*pre.crop))
+    return A.Compose(steps + normalize_to_tensor(pre.mean, pre.std))
+
+
+# --- train transforms -------------------------------------------------------------------------------------------
+# Each preset maps (Preprocessing) -> the random steps that replace the eval transform's Resize/CenterCrop; every
+# train pipeline ends with the same Normalize + ToTensorV2 as eval, so only the geometry/color jitter differs.
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def _resize_steps(pre: Preprocessing) -> list[A.BasicTransform]:
+    steps: list[A.BasicTransform] = [A.Resize(*pre.resize, interpolation=INTERPOLATIONS[pre.interpolation])]
+    if pre.crop:
+        steps.append(A.CenterCrop(*pre.crop))
+    return steps
+
+
+def _light(pre: Preprocessing) -> list[A.BasicTransform]:
+    """CIFAR-style pad + random crop + flip: for small images, where a RandomResizedCrop destroys the object."""
+    h, w = pre.output_size
+    pad = max(2, round(min(h, w) / 8))  # 4 px at 32 px, the classic CIFAR recipe
+    return _resize_steps(pre) + [
+        A.PadIfNeeded(min_height=h + 2 * pad, min_width=w + 2 * pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
+        A.RandomCrop(height=h, width=w),
+        A.HorizontalFlip(p=0.5),
+    ]
+
+
+def _s1(pre: Preprocessing) -> list[A.BasicTransform]:
+    """Seed 1's recipe: torchvision's RandomResizedCrop + flip + ColorJitter(brightness, contrast) on every image."""
+    return [
+        A.RandomResizedCrop(size=tuple(pre.output_size), interpolation=INTERPOLATIONS[pre.interpolation]),
+        A.HorizontalFlip(p=0.5),
+        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.0, hue=0.0, p=1.0),
+    ]
+
+
+def _s2(pre: Preprocessing) -> list[A.BasicTransform]:
+    """Seed 2's recipe with albumentations 2.x names.
+
+    ShiftScaleRotate's defaults (shift 0.0625, scale 0.1, rotate 45) become Affine. The seed's HSV limits (0.2)
+    were torchvision-style fractions that are no-ops on albumentations' 0-180/0-255 scales, so the library
+    defaults are used. CoarseDropout's 1.x "8 holes of 32 px at 224" becomes 1-8 holes of 5-15 % of the side.
+    """
+    h, w = pre.output_size
+    return [
+        A.RandomResizedCrop(size=(h, w), interpolation=INTERPOLATIONS[pre.interpolation]),
+        A.Transpose(p=0.5) if h == w else A.NoOp(),  # a transpose of a non-square crop would change the shape
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-45, 45),
+                 interpolation=INTERPOLATIONS[pre.interpolation], border_mode=cv2.BORDER_CONSTANT, p=0.5),
+        A.HueSaturationValue(hue_shift_limit=20, sat_shift_limit=30, val_shift_limit=20, p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=(-0.1, 0.1), contrast_limit=(-0.1, 0.1), p=0.5),
+        A.CoarseDropout(num_holes_range=(1, 8), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15),
+                        fill=0, p=0.5),
+    ]
+
+
+TRAIN_PRESETS = {"none": _resize_steps, "light": _light, "s1": _s1, "s2": _s2}
+
+
+def _as_tuples(value: Any) -> Any:
+    # YAML has no tuples; albumentations 2.x range arguments are typed as tuples.
+    if isinstance(value, list):
+        return tuple(_as_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _as_tuples(v) for k, v in value.items()}
+    return value
+
+
+def transform_from_spec(spec: dict[str, Any]) -> A.BasicTransform:
+    """One YAML entry -> one albumentations transform.
+
+    Accepts ``{name: HorizontalFlip, p: 0.5}`` or ``{class_path: albumentations.HorizontalFlip, init_args: {p: 0.5}}``.
+    """
+    spec = dict(spec)
+    if "class_path" in spec:
+        name = str(spec.pop("class_path")).rsplit(".", 1)[-1]
+        args = dict(spec.pop("init_args", None) or {})
+        args.update(spec)
+    elif "name" in spec:
+        name = str(spec.pop("name"))
+        args = spec
+    else:
+        raise ValueError(f"augment entry {spec} needs a 'name' (an albumentations transform such as HorizontalFlip)")
+    cls = getattr(A, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
+        raise ValueError(f"augment entry {name!r} is not an albumentations transform; check the spelling against "
+                         f"albumentations {A.__version__}")
+    params = inspect.signature(cls).parameters
+    unknown = [k for k in args if k not in params]
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"augment entry {name} does not take {unknown} in albumentations {A.__version__}; "
+                         f"valid arguments: {[p for p in params if p not in ('self', 'args', 'kwargs')]}")
+    if name in ("Resize", "RandomResizedCrop", "Affine", "Rotate", "SafeRotate", "LongestMaxSize",
+                "SmallestMaxSize") and isinstance(args.get("interpolation"), str):
+        args["interpolation"] = INTERPOLATIONS[args["interpolation"]]
+    return cls(**_as_tuples(args))
+
+
+def build_train_transform(augment: Union[str, Sequence[dict[str, Any]]], pre: Preprocessing) -> A.Compose:
+    """A named preset (``none``, ``light``, ``s1``, ``s2``) or a YAML list of transforms, then normalize.
+
+    A list is used as written; it must end with images of ``pre.output_size`` (checked here on a blank image).
+    """
+    if isinstance(augment, str):
+        if augment not in TRAIN_PRESETS:
+            raise ValueError(f"augment preset {augment!r} is not one of {sorted(TRAIN_PRESETS)}; "
+                             "or give a list of albumentations transforms")
+        steps = TRAIN_PRESETS[augment](pre)
+    else:
+        steps = [transform_from_spec(s) for s in augment]
+        probe = A.Compose(steps)(image=np.zeros((*pre.resize, 3), np.uint8))["image"]
+        if list(probe.shape[:2]) != list(pre.output_size):
+            raise ValueError(f"the augment list turns a {pre.resize} image into {list(probe.shape[:2])}, but the "
+                             f"network expects {pre.output_size}; end the list with a crop or Resize to that size")
     return A.Compose(steps + normalize_to_tensor(pre.mean, pre.std))

@@ -1,0 +1,328 @@
+"""The one LightningDataModule: source -> split -> mean/std -> transforms -> DataLoaders, all chosen in YAML."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional, Union
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from albumentations import Resize
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+
+from datamodules import imagefolder, sources
+from datamodules.datasets import ArrayImages, EpochSampler, ImageDataset
+from datamodules.presets import (IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, TRAIN_PRESETS, Preprocessing,
+                                 build_eval_transform, build_train_transform)
+from datamodules.rundir import write_excluded, write_split_lists
+from datamodules.split import check_ratios
+from datamodules.stats import (PixelSums, fingerprint, load_cached_mean_std, save_cached_mean_std, sum_pixels)
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("digits", "imagefolder", "cifar10", "cifar100", "synthetic")
+
+
+def _size(value: Union[int, list[int], None], what: str) -> Optional[list[int]]:
+    if value is None:
+        return None
+    hw = [value, value] if isinstance(value, int) else list(value)
+    if len(hw) != 2 or any(not isinstance(v, int) or v <= 0 for v in hw):
+        raise ValueError(f"{what} must be a positive int or [height, width], got {value!r}")
+    return hw
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "edgecls")
+
+
+class ImageClassificationDataModule(pl.LightningDataModule):
+    """Images for a classifier: a source, a stratified split, exact mean/std, albumentations pipelines, loaders.
+
+    Args:
+        source: where images come from: digits (scikit-learn's 8x8 digits), imagefolder, cifar10, cifar100, synthetic.
+        root: imagefolder: a folder with one sub-folder per class (or train/ val/ [test/]); cifar: the folder holding
+            cifar-10-batches-py/ or cifar-100-python/.
+        image_size: resize target, an int or [height, width].
+        crop_size: optional center crop after the resize at eval time (the network input), an int or [height, width].
+        interpolation: resize interpolation: nearest, bilinear, bicubic, area or lanczos.
+        augment: train augmentation: a preset (none, light, s1, s2) or a list of {name: <albumentations transform>, ...args}.
+        mean_std: normalization: auto (exact statistics of the train split, cached), imagenet, or [[r, g, b], [r, g, b]].
+        split: [train, val, test] fractions for sources without a fixed split (stratified, seeded).
+        batch_size: train batch size (Lightning's BatchSizeFinder may change it).
+        eval_batch_size: val/test/predict batch size; defaults to batch_size.
+        num_workers: DataLoader worker processes.
+        persistent_workers: keep workers alive between epochs (ignored with num_workers 0).
+        pin_memory: pin host memory; default: only when the trainer runs on a GPU.
+        seed: seeds the split, the shuffle order and the augmentation of every (epoch, sample).
+        download: cifar only: download into root when missing (needs a network).
+        synthetic: synthetic only: {count: 1000, classes: 10, size: image_size}.
+        cache_dir: where the mean/std and image-check caches live; default ~/.cache/edgecls.
+        index_threads: threads that decode images when indexing a folder or computing mean/std; default: CPU count (max 8).
+    """
+
+    def __init__(
+        self,
+        source: str = "digits",
+        root: Optional[str] = None,
+        image_size: Union[int, list[int]] = 32,
+        crop_size: Optional[Union[int, list[int]]] = None,
+        interpolation: str = "bilinear",
+        augment: Union[str, list[dict[str, Any]]] = "none",
+        mean_std: Union[str, list[list[float]]] = "auto",
+        split: list[float] = [0.6, 0.2, 0.2],  # noqa: B006 (jsonargparse shows the default in --help)
+        batch_size: int = 64,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        persistent_workers: bool = False,
+        pin_memory: Optional[bool] = None,
+        seed: int = 42,
+        download: bool = False,
+        synthetic: Optional[dict[str, Any]] = None,
+        cache_dir: Optional[str] = None,
+        index_threads: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if source not in SOURCES:
+            raise ValueError(f"source {source!r} is not one of {list(SOURCES)}")
+        self.source = source
+        self.root = os.path.expanduser(root) if root else None
+        self.resize = _size(image_size, "image_size")
+        self.crop = _size(crop_size, "crop_size")
+        if self.crop and (self.crop[0] > self.resize[0] or self.crop[1] > self.resize[1]):
+            raise ValueError(f"crop_size {self.crop} is larger than image_size {self.resize}; crop to at most the resize")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
+        self.interpolation = interpolation
+        if isinstance(augment, str) and augment not in TRAIN_PRESETS:
+            raise ValueError(f"augment preset {augment!r} is not one of {sorted(TRAIN_PRESETS)}; or give a list of "
+                             "albumentations transforms")
+        self.augment = augment
+        self.mean_std = self._check_mean_std(mean_std)
+        self.split = check_ratios(split)
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size} eval_batch_size={eval_batch_size}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = max(0, int(num_workers))
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.pin_memory = pin_memory
+        self.seed = int(seed)
+        self.download = download
+        self.synthetic = sources.synthetic_options(synthetic) if source == "synthetic" else synthetic
+        self.cache_dir = os.path.expanduser(cache_dir) if cache_dir else default_cache_dir()
+        self.index_threads = index_threads or min(8, os.cpu_count() or 1)
+
+        self.class_names = self._cheap_class_names()
+        self.num_classes = len(self.class_names)
+        self.preprocessing: Optional[Preprocessing] = None
+        self.excluded: list[tuple[str, str]] = []
+        self.stats_origin: Optional[str] = None  # "cache" | "computed" | "imagenet" | "given"
+        self._data: Optional[sources.SourceData] = None
+        self._datasets: dict[str, ImageDataset] = {}
+        self._grid_logged = False
+
+    # --- construction ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_mean_std(value: Union[str, list[list[float]]]):
+        if isinstance(value, str):
+            if value not in ("auto", "imagenet"):
+                raise ValueError(f"mean_std must be auto, imagenet or [[r, g, b], [r, g, b]], got {value!r}")
+            return value
+        if len(value) != 2 or any(len(v) != 3 for v in value) or any(s <= 0 for s in value[1]):
+            raise ValueError(f"mean_std as a list must be [[3 means], [3 positive stds]], got {value!r}")
+        return [[float(v) for v in value[0]], [float(v) for v in value[1]]]
+
+    def _cheap_class_names(self) -> list[str]:
+        if self.source == "digits":
+            return list(sources.DIGITS_CLASSES)
+        if self.source in ("cifar10", "cifar100"):
+            return sources.cifar_class_names(self.source, self.root)
+        if self.source == "synthetic":
+            return [f"class_{i}" for i in range(int(self.synthetic["classes"]))]
+        return imagefolder.class_names(self.root)
+
+    @property
+    def input_size(self) -> list[int]:
+        """[H, W] the network sees (after the optional crop)."""
+        return list(self.crop or self.resize)
+
+    # --- Lightning hooks -------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.source in ("cifar10", "cifar100") and self.download:
+            sources.download_cifar(self.source, self.root)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self._data is None:
+            self._data = self._load_source()
+            mean, std = self._resolve_mean_std(self._data)
+            self.preprocessing = Preprocessing(resize=list(self.resize), mean=mean, std=std, crop=self.crop,
+                                               interpolation=self.interpolation)
+            self.class_names = self._data.class_names
+            self.excluded = list(self._data.excluded)
+            self._build_datasets()
+            self._report()
+        if stage in (None, "fit") and not self._grid_logged:
+            self._grid_logged = True
+            self._log_augmented_grid()
+
+    def _load_source(self) -> sources.SourceData:
+        if self.source == "digits":
+            return sources.load_digits_source(self.resize, self.interpolation, self.split, self.seed)
+        if self.source in ("cifar10", "cifar100"):
+            return sources.load_cifar_source(self.source, self.root, self.split, self.seed)
+        if self.source == "synthetic":
+            return sources.load_synthetic_source(self.synthetic, self.resize, self.split, self.seed)
+        return imagefolder.load_imagefolder_source(
+            self.root, self.split, self.seed, self.cache_dir, self.index_threads,
+            stats=self._stats_hook() if self.mean_std == "auto" else None)
+
+    def _stats_key(self, identity: list[Any]) -> str:
+        return fingerprint(["mean_std v1", *identity, self.resize, self.interpolation])
+
+    def _stats_hook(self) -> imagefolder.StatsRequest:
+        """Lets the folder indexer compute mean/std in the same decode pass that checks the images."""
+        resize = Resize(*self.resize, interpolation=INTERPOLATIONS[self.interpolation])
+        return imagefolder.StatsRequest(key=self._stats_key, resize=lambda im: resize(image=im)["image"],
+                                        load=lambda key: load_cached_mean_std(self.cache_dir, key))
+
+    def _resolve_mean_std(self, data: sources.SourceData) -> tuple[list[float], list[float]]:
+        if self.mean_std == "imagenet":
+            self.stats_origin = "imagenet"
+            return list(IMAGENET_MEAN), list(IMAGENET_STD)
+        if not isinstance(self.mean_std, str):
+            self.stats_origin = "given"
+            return list(self.mean_std[0]), list(self.mean_std[1])
+        key = self._stats_key(data.identity)
+        if data.train_pixel_sums is None:
+            cached = load_cached_mean_std(self.cache_dir, key)
+            if cached is not None:
+                self.stats_origin = "cache"
+                return cached
+            data.train_pixel_sums = self._sum_train_pixels(data.splits["train"].images)
+        mean, std = data.train_pixel_sums.mean_std()
+        self.stats_origin = "computed"
+        save_cached_mean_std(self.cache_dir, key, mean, std, {"source": self.source, "resize": self.resize,
+                                                             "interpolation": self.interpolation,
+                                                             "pixels_per_channel": data.train_pixel_sums.count})
+        return mean, std
+
+    def _sum_train_pixels(self, images) -> PixelSums:
+        if isinstance(images, ArrayImages) and images.array.shape[1:3] == tuple(self.resize):
+            sums = PixelSums()  # already at the resize: sum rows in chunks (a copy of all of CIFAR would be 1 GB)
+            for start in range(0, len(images.indices), 4096):
+                sums.add_images(images.array[images.indices[start:start + 4096]])
+            return sums
+        resize = Resize(*self.resize, interpolation=INTERPOLATIONS[self.interpolation])
+        return sum_pixels(lambda i: resize(image=images.read(i))["image"], len(images), self.index_threads)
+
+    def _build_datasets(self) -> None:
+        pre = self.preprocessing
+        eval_tf = build_eval_transform(pre)
+        train_tf = build_train_transform(self.augment, pre)
+        splits = self._data.splits
+        self._datasets = {
+            "train": ImageDataset(splits["train"].images, splits["train"].labels, train_tf, self.seed, True),
+            "val": ImageDataset(splits["val"].images, splits["val"].labels, eval_tf),
+            "test": ImageDataset(splits["test"].images, splits["test"].labels, eval_tf),
+            "calibration": ImageDataset(splits["train"].images, splits["train"].labels, eval_tf),
+        }
+        for name in ("train", "val", "test"):
+            if len(self._datasets[name]) == 0:
+                raise ValueError(f"the {name} split of {self.source} is empty; add images or change split {self.split}")
+
+    def _run_dir(self) -> Optional[str]:
+        trainer = self.trainer
+        if trainer is None or not trainer.loggers:
+            return None
+        return trainer.log_dir  # read on every rank: it broadcasts
+
+    def _report(self) -> None:
+        run_dir = self._run_dir()
+        is_zero = self.trainer is None or self.trainer.is_global_zero
+        pre = self.preprocessing
+        rank_zero_info(f"data: {self.source}, {self.num_classes} classes, "
+                       + ", ".join(f"{s} {len(self._datasets[s])}" for s in ("train", "val", "test"))
+                       + f"; mean {np.round(pre.mean, 4).tolist()} std {np.round(pre.std, 4).tolist()} "
+                       f"({self.stats_origin})")
+        if self.excluded:
+            lines = "\n".join(f"  {f}: {r}" for f, r in self.excluded)
+            rank_zero_warn(f"{len(self.excluded)} image(s) could not be decoded and were left out:\n{lines}")
+        if run_dir is None or not is_zero:
+            return
+        rows = {}
+        for name in ("train", "val", "test"):
+            ds = self._datasets[name]
+            rows[name] = [(ds.images.name(i), self.class_names[ds.labels[i]]) for i in range(len(ds))]
+        write_split_lists(run_dir, rows)
+        if self.excluded:
+            write_excluded(run_dir, self.excluded)
+
+    def _log_augmented_grid(self, count: int = 32) -> None:
+        """What the network is fed in epoch 0 (denormalized), so a wrong augmentation is seen before it costs a run."""
+        trainer = self.trainer
+        logger = getattr(trainer, "logger", None) if trainer is not None else None
+        experiment = getattr(logger, "experiment", None) if logger is not None else None
+        if not trainer or not trainer.is_global_zero or not hasattr(experiment, "add_image"):
+            return
+        from torchvision.utils import make_grid
+
+        ds = self._datasets["train"]
+        order = EpochSampler(len(ds), self.seed)
+        items = [ds[item][0] for _, item in zip(range(count), order)]
+        mean = torch.tensor(self.preprocessing.mean).view(3, 1, 1)
+        std = torch.tensor(self.preprocessing.std).view(3, 1, 1)
+        grid = make_grid([(x * std + mean).clamp(0, 1) for x in items], nrow=8)
+        experiment.add_image("data/train_augmented", grid, 0)
+
+    # --- loaders ---------------------------------------------------------------------------------------------------
+    def _use_pin_memory(self) -> bool:
+        on_gpu = self.trainer is not None and self.trainer.accelerator is not None and \
+            type(self.trainer.accelerator).__name__ == "CUDAAccelerator"
+        if self.trainer is None:
+            on_gpu = torch.cuda.is_available()
+        return on_gpu if self.pin_memory is None else (self.pin_memory and on_gpu)
+
+    def _loader(self, dataset: ImageDataset, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
+            num_workers=self.num_workers, persistent_workers=self.persistent_workers,
+            pin_memory=self._use_pin_memory(), generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def _dataset(self, name: str) -> ImageDataset:
+        if not self._datasets:
+            self.setup()
+        return self._datasets[name]
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self._dataset("train")
+        # drop_last keeps a size-1 last batch away from BatchNorm, unless the split is smaller than one batch
+        return self._loader(ds, self.batch_size, EpochSampler(len(ds), self.seed), drop_last=len(ds) >= self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("val"), self.eval_batch_size or self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("test"), self.eval_batch_size or self.batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def calibration_dataloader(self, num_samples: int = 512, batch_size: Optional[int] = None) -> DataLoader:
+        """Train images through the EVAL transform (what INT8 calibration must see), a fixed seeded subset."""
+        ds = self._dataset("calibration")
+        pick = np.sort(np.random.default_rng([self.seed, 1]).permutation(len(ds))[:num_samples])
+        subset = torch.utils.data.Subset(ds, pick.tolist())
+        return self._loader(subset, batch_size or self.eval_batch_size or self.batch_size)
+
+    def train_samples(self, count: int = 8, epoch: int = 0) -> torch.Tensor:
+        """The first ``count`` augmented train images of ``epoch`` as one tensor (for tests and notebooks)."""
+        ds = self._dataset("train")
+        sampler = EpochSampler(len(ds), self.seed)
+        sampler.set_epoch(epoch)
+        return torch.stack([ds[item][0] for _, item in zip(range(count), sampler)])

@@ -1,0 +1,154 @@
+"""Image stores (where pixels come from), the torch Dataset over them, and the epoch-seeded train sampler.
+
+Train randomness is a function of (seed, epoch, sample index) only: the sampler yields ``(index, epoch)`` and the
+dataset seeds albumentations from those numbers. So the same seed gives the same augmented batches whatever the
+number of workers, with persistent workers, after a resume from a checkpoint, and under Lightning's DDP sampler
+wrapper (which forwards ``set_epoch`` and yields what this sampler yields).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from deploy.images import ImageDecodeError, read_image
+
+log = logging.getLogger(__name__)
+
+
+class ArrayImages:
+    """Images already decoded in memory: an [N, H, W, 3] uint8 RGB array (optionally a subset of its rows)."""
+
+    def __init__(self, array: np.ndarray, indices: Optional[Sequence[int]] = None, names: Optional[list[str]] = None):
+        self.array = array
+        self.indices = np.arange(len(array)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self._names = names
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, i: int) -> np.ndarray:
+        return self.array[self.indices[i]]
+
+    def name(self, i: int) -> str:
+        row = int(self.indices[i])
+        return self._names[row] if self._names is not None else str(row)
+
+
+class FileImages:
+    """Image files decoded on access through ``deploy.images.read_image`` (the same decoder as the device)."""
+
+    def __init__(self, paths: Sequence[str], root: Optional[str] = None):
+        self.paths = list(paths)
+        self.root = root  # names are relative to it: split lists stay valid when the folder moves
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read(self, i: int) -> np.ndarray:
+        return read_image(self.paths[i])
+
+    def name(self, i: int) -> str:
+        return os.path.relpath(self.paths[i], self.root) if self.root else self.paths[i]
+
+
+class SyntheticImages:
+    """Random images generated on access from (seed, index): no memory held, same pixels every time.
+
+    Each class gets its own tint so a fit on them is not pure noise (a smoke test can see the loss drop).
+    """
+
+    def __init__(self, all_labels: np.ndarray, indices: Sequence[int], size: Sequence[int], num_classes: int,
+                 seed: int):
+        self.all_labels = np.asarray(all_labels, dtype=np.int64)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.size = (int(size[0]), int(size[1]))
+        self.seed = seed
+        self.tints = np.random.default_rng([seed, 7]).integers(0, 128, size=(num_classes, 3)).astype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, i: int) -> np.ndarray:
+        row = int(self.indices[i])
+        noise = np.random.default_rng([self.seed, row]).integers(0, 128, size=(*self.size, 3), dtype=np.uint8)
+        return noise + self.tints[self.all_labels[row]]
+
+    def name(self, i: int) -> str:
+        return f"synthetic:{int(self.indices[i])}"
+
+
+ImageStore = Union[ArrayImages, FileImages, SyntheticImages]
+
+
+def seed_transform(transform, seed: int, epoch: int, index: int) -> None:
+    """Point every random step of an albumentations Compose at generators derived from (seed, epoch, index)."""
+    seq = np.random.SeedSequence([seed, epoch, index])
+    transform.set_random_state(np.random.default_rng(seq), random.Random(int(seq.generate_state(1)[0])))
+
+
+class ImageDataset(Dataset):
+    """(image, label) pairs from an image store through an albumentations transform.
+
+    Indexed by an int, or by ``(index, epoch)`` from ``EpochSampler`` when the transform is random.
+    A file that fails to decode here (changed on disk after indexing) is replaced by the next sample with a
+    warning, so a worker never dies mid-epoch.
+    """
+
+    def __init__(self, images: ImageStore, labels: np.ndarray, transform: Callable, seed: int = 0,
+                 random_transform: bool = False):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+        self.seed = seed
+        self.random_transform = random_transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _read(self, index: int) -> tuple[np.ndarray, int]:
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
+            try:
+                return self.images.read(i), i
+            except ImageDecodeError as exc:
+                log.warning("skipping an image that stopped decoding after indexing: %s", exc)
+        raise RuntimeError("no image in this split can be decoded any more")
+
+    def __getitem__(self, item: Union[int, tuple[int, int]]) -> tuple[torch.Tensor, int]:
+        index, epoch = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), 0)
+        image, index = self._read(index)
+        if self.random_transform:
+            seed_transform(self.transform, self.seed, epoch, index)
+        return self.transform(image=image)["image"], int(self.labels[index])
+
+
+class EpochSampler(Sampler):
+    """A shuffled order that depends only on (seed, epoch); yields ``(index, epoch)`` for the dataset's seeding."""
+
+    def __init__(self, length: int, seed: int, shuffle: bool = True):
+        self.length = length
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
+        else:
+            order = np.arange(self.length)
+        return iter([(int(i), self.epoch) for i in order])

@@ -1,0 +1,199 @@
+"""A user's folder of images: one sub-folder per class, optionally already split into train/ val/ [test/].
+
+Indexing decodes every file once (through ``deploy.images.read_image``, the device's decoder) so that broken files
+(truncated, empty, not an image, unreadable) are excluded up front with their reasons instead of killing a worker
+mid-epoch. Verdicts are cached per file (size, mtime, mode), so a second fit decodes nothing; the first fit computes
+the train split's mean/std in the same decode pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from datamodules.datasets import FileImages
+from datamodules.rundir import write_text_atomic
+from datamodules.sources import SPLITS, SourceData, SplitData
+from datamodules.split import stratified_split
+from datamodules.stats import PixelSums, file_signature
+from deploy.images import ImageDecodeError, is_image_file, read_image
+
+
+@dataclass
+class StatsRequest:
+    """How the caller wants mean/std: its cache key for an identity, the resize, and its cache lookup."""
+
+    key: Callable[[list[Any]], str]
+    resize: Callable[[np.ndarray], np.ndarray]
+    load: Callable[[str], Optional[tuple[list[float], list[float]]]]
+
+
+def _visible_dirs(folder: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _check_root(root: Optional[str]) -> str:
+    if not root:
+        raise ValueError("source imagefolder needs root: a folder with one sub-folder of images per class")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"imagefolder root {root} does not exist or is not a folder; check data.root")
+    return root
+
+
+def presplit_folders(root: str) -> Optional[dict[str, str]]:
+    """{split: folder} when root holds train/ and val/ (and maybe test/), else None (split here)."""
+    names = set(_visible_dirs(root))
+    if {"train", "val"} <= names:
+        return {s: os.path.join(root, s) for s in SPLITS if s in names}
+    return None
+
+
+def class_names(root: Optional[str]) -> list[str]:
+    """Sorted class folder names (cheap: directory listing only); the index order of the labels."""
+    root = _check_root(root)
+    folders = presplit_folders(root)
+    base = folders["train"] if folders else root
+    names = _visible_dirs(base)
+    if len(names) < 2:
+        raise ValueError(f"{base} has {len(names)} class folder(s) {names}; a classifier needs at least 2, one "
+                         "sub-folder of images per class")
+    return names
+
+
+def list_images(folder: str, classes: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Image files under each class folder (recursive, sorted, hidden files/folders and non-images skipped)."""
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = os.path.join(folder, name)
+        if not os.path.isdir(class_dir):
+            continue
+        found = []
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found += [os.path.join(dirpath, f) for f in filenames if is_image_file(f)]
+        paths += sorted(found)
+        labels += [label] * len(found)
+    return paths, labels
+
+
+def _verdict_cache_path(cache_dir: Optional[str], root: str) -> Optional[str]:
+    if not cache_dir:
+        return None
+    tag = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
+    return os.path.join(cache_dir, f"image-checks-{tag}.json")
+
+
+def _load_verdicts(path: Optional[str]) -> dict[str, list]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (TypeError, OSError, ValueError):
+        return {}
+
+
+def _stat_key(path: str) -> Optional[list[int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_mode]
+
+
+def check_images(paths: Sequence[str], root: str, cache_dir: Optional[str], threads: int,
+                 sum_for: Optional[set[str]] = None,
+                 resize: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> tuple[dict[str, str], PixelSums]:
+    """{path: reason} for the files that do not decode, and pixel sums (after ``resize``) over ``sum_for``.
+
+    A file whose (size, mtime, mode) matches the cache is not decoded again unless its pixels are needed.
+    """
+    sum_for = sum_for or set()
+    cache_path = _verdict_cache_path(cache_dir, root)
+    cached = _load_verdicts(cache_path)
+
+    def one(path: str) -> tuple[Optional[list[int]], Optional[str], Optional[PixelSums]]:
+        key = _stat_key(path)
+        hit = cached.get(os.path.abspath(path))
+        if path not in sum_for and key is not None and hit is not None and hit[:3] == key:
+            return key, hit[3], None
+        try:
+            image = read_image(path)
+        except ImageDecodeError as exc:
+            return key, str(exc).removeprefix(f"{path}: "), None
+        sums = None
+        if path in sum_for:
+            sums = PixelSums()
+            sums.add_images(resize(image) if resize else image)
+        return key, None, sums
+
+    reasons: dict[str, str] = {}
+    total = PixelSums()
+    verdicts: dict[str, list] = {}
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for path, (key, reason, sums) in zip(paths, pool.map(one, paths, chunksize=8)):
+            if reason is not None:
+                reasons[path] = reason
+            if sums is not None:
+                total.merge(sums)
+            if key is not None:
+                verdicts[os.path.abspath(path)] = [*key, reason]
+    if cache_path and verdicts != {k: cached.get(k) for k in verdicts}:
+        try:
+            write_text_atomic(cache_path, json.dumps({**cached, **verdicts}))
+        except OSError:
+            pass  # an unwritable cache only costs a re-check next time
+    return reasons, total
+
+
+def load_imagefolder_source(root: Optional[str], ratios: Sequence[float], seed: int, cache_dir: Optional[str],
+                            threads: int, stats: Optional[StatsRequest] = None) -> SourceData:
+    """Index the folder, split it (its own train/val/test folders, else stratified and seeded), drop broken files."""
+    root = _check_root(root)
+    classes = class_names(root)
+    folders = presplit_folders(root)
+    if folders:
+        unknown = {s: sorted(set(_visible_dirs(f)) - set(classes)) for s, f in folders.items()}
+        for s, extra in unknown.items():
+            if extra:
+                raise ValueError(f"{folders[s]} has class folder(s) {extra} that train/ does not have; "
+                                 "every split must use the train classes")
+        listed = {s: list_images(f, classes) for s, f in folders.items()}
+        if "test" not in listed:
+            listed["test"] = listed["val"]  # train/ + val/ only: the test loop reuses val (said in the log)
+    else:
+        paths, labels = list_images(root, classes)
+        parts = stratified_split(labels, ratios, seed)
+        listed = {s: ([paths[i] for i in idx], [labels[i] for i in idx]) for s, idx in zip(SPLITS, parts)}
+
+    counts = np.bincount(np.concatenate([np.asarray(v[1], dtype=np.int64) for v in listed.values()]),
+                         minlength=len(classes))
+    empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise ValueError(f"class folder(s) {empty} under {root} contain no image files "
+                         f"(extensions: jpg, jpeg, png, bmp, ...); add images or remove the folder")
+
+    identity = ["imagefolder", file_signature(listed["train"][0])]
+    want_sums = stats is not None and stats.load(stats.key(identity)) is None
+    all_paths = list(dict.fromkeys(p for v in listed.values() for p in v[0]))
+    reasons, sums = check_images(all_paths, root, cache_dir, threads,
+                                 sum_for=set(listed["train"][0]) if want_sums else None,
+                                 resize=stats.resize if want_sums else None)
+
+    splits = {}
+    for s in SPLITS:
+        paths, labels = listed[s]
+        keep = [i for i, p in enumerate(paths) if p not in reasons]
+        splits[s] = SplitData(FileImages([paths[i] for i in keep], root), np.asarray([labels[i] for i in keep],
+                                                                                        dtype=np.int64))
+    good = np.bincount(np.concatenate([d.labels for d in splits.values()]), minlength=len(classes))
+    broken = [classes[i] for i in np.flatnonzero(good == 0)]
+    if broken:
+        raise ValueError(f"class folder(s) {broken} under {root} have no image that can be decoded; see the "
+                         "excluded images listed above")
+    excluded = [(os.path.relpath(p, root), r) for p, r in reasons.items()]
+    return SourceData(classes, splits, identity, excluded, sums if want_sums else None)

@@ -1,0 +1,39 @@
+"""Files the data layer leaves in a run directory (split lists, excluded images) and in its cache, written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Iterable
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write to a temp file beside ``path`` and rename it into place: a crash never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_split_lists(run_dir: str, splits: dict[str, Iterable[tuple[str, str]]]) -> list[str]:
+    """``split/<name>.txt`` with one ``file<TAB>class`` line per sample, so a split can be audited and reused."""
+    written = []
+    for name, rows in splits.items():
+        path = os.path.join(run_dir, "split", f"{name}.txt")
+        write_text_atomic(path, "".join(f"{f}\t{c}\n" for f, c in rows))
+        written.append(path)
+    return written
+
+
+def write_excluded(run_dir: str, excluded: list[tuple[str, str]]) -> str:
+    """``excluded_images.txt``: one ``file<TAB>reason`` line per image left out of the data set."""
+    path = os.path.join(run_dir, "excluded_images.txt")
+    write_text_atomic(path, "".join(f"{f}\t{r}\n" for f, r in excluded))
+    return path

@@ -1,0 +1,168 @@
+"""In-memory data sources: scikit-learn's digits, CIFAR-10/100 from torchvision's on-disk format, synthetic images.
+
+Every source returns the same ``SourceData`` (class names + a train/val/test image store and labels each), so
+splitting, statistics, transforms and loaders are one code path. Folders of files live in ``imagefolder.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from datamodules.datasets import ArrayImages, ImageStore, SyntheticImages
+from datamodules.presets import INTERPOLATIONS
+from datamodules.split import holdout_split, stratified_split
+from datamodules.stats import PixelSums
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SplitData:
+    images: ImageStore
+    labels: np.ndarray
+
+
+@dataclass
+class SourceData:
+    class_names: list[str]
+    splits: dict[str, SplitData]
+    identity: list[Any]  # what the pixels depend on, for the mean/std cache fingerprint
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    train_pixel_sums: Optional[PixelSums] = None  # set when indexing already decoded the train images
+
+
+def _from_indices(array: np.ndarray, labels: np.ndarray, parts: Sequence[np.ndarray], names: list[str]) -> dict:
+    return {s: SplitData(ArrayImages(array, idx, names), labels[idx]) for s, idx in zip(SPLITS, parts)}
+
+
+# --- digits ------------------------------------------------------------------------------------------------------
+DIGITS_CLASSES = [str(d) for d in range(10)]
+
+
+def load_digits_source(size: Sequence[int], interpolation: str, ratios: Sequence[float], seed: int) -> SourceData:
+    """1,797 8x8 handwritten digits (bundled with scikit-learn), upscaled once to ``size`` and kept in memory."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    gray = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 0-16 ink levels -> 0-255
+    h, w = int(size[0]), int(size[1])
+    up = np.stack([cv2.resize(g, (w, h), interpolation=INTERPOLATIONS[interpolation]) for g in gray])
+    rgb = np.ascontiguousarray(np.repeat(up[..., None], 3, axis=3))
+    labels = digits.target.astype(np.int64)
+    parts = stratified_split(labels, ratios, seed)
+    names = [f"digits:{i}" for i in range(len(labels))]
+    return SourceData(DIGITS_CLASSES, _from_indices(rgb, labels, parts, names),
+                      ["digits", h, w, interpolation, [p.tolist() for p in parts]])
+
+
+# --- CIFAR -------------------------------------------------------------------------------------------------------
+def _torchvision_cifar(name: str):
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    return {"cifar10": CIFAR10, "cifar100": CIFAR100}[name]
+
+
+def cifar_files(name: str, root: str) -> tuple[str, list[str], list[str], str]:
+    """(folder, train files, test files, meta file) of torchvision's layout for ``cifar10``/``cifar100``."""
+    tv = _torchvision_cifar(name)
+    folder = os.path.join(root, tv.base_folder)
+    return folder, [f for f, _ in tv.train_list], [f for f, _ in tv.test_list], tv.meta["filename"]
+
+
+def cifar_class_names(name: str, root: Optional[str]) -> list[str]:
+    """Class names from the meta file when present (cheap), else placeholders until the data is there."""
+    count = 10 if name == "cifar10" else 100
+    if root:
+        folder, _, _, meta = cifar_files(name, root)
+        try:
+            with open(os.path.join(folder, meta), "rb") as f:
+                names = pickle.load(f, encoding="latin1")[_torchvision_cifar(name).meta["key"]]
+            if len(names) == count:
+                return [str(n) for n in names]
+        except (OSError, pickle.UnpicklingError, KeyError, EOFError, ValueError):
+            pass
+    return [f"class_{i}" for i in range(count)]
+
+
+def download_cifar(name: str, root: str) -> None:
+    """torchvision's own download + md5 check (only where a network exists and the YAML says download: true)."""
+    _torchvision_cifar(name)(root, train=True, download=True)
+
+
+def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
+    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(data), np.asarray(labels, dtype=np.int64)
+
+
+def load_cifar_source(name: str, root: Optional[str], ratios: Sequence[float], seed: int) -> SourceData:
+    """CIFAR from torchvision's python pickles; val is a stratified holdout of the official train set.
+
+    The holdout fraction is val / (train + val) of ``split`` (0.25 with the default 0.6/0.2/0.2); the official
+    test set is the test split. Files are read directly (torchvision's md5 check would re-hash 170 MB per fit).
+    """
+    label = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name]
+    if not root:
+        raise ValueError(f"source {name} needs root: the folder that holds {cifar_files(name, '.')[0][2:]}/")
+    folder, train_files, test_files, meta = cifar_files(name, root)
+    missing = [f for f in train_files + test_files + [meta] if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise FileNotFoundError(
+            f"{label} is not complete under {folder} (missing: {', '.join(missing)}); extract torchvision's "
+            f"{_torchvision_cifar(name).filename} into {root} or set download: true where a network exists")
+    try:
+        train = [_read_cifar_batch(os.path.join(folder, f)) for f in train_files]
+        test = [_read_cifar_batch(os.path.join(folder, f)) for f in test_files]
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as exc:
+        raise ValueError(f"{label} files under {folder} cannot be read ({exc}); re-extract "
+                         f"{_torchvision_cifar(name).filename}") from None
+    x_train, y_train = np.concatenate([a for a, _ in train]), np.concatenate([b for _, b in train])
+    x_test, y_test = np.concatenate([a for a, _ in test]), np.concatenate([b for _, b in test])
+    keep, held = holdout_split(y_train, ratios[1] / (ratios[0] + ratios[1]), seed)
+    names = [f"{name}:train:{i}" for i in range(len(y_train))]
+    splits = {
+        "train": SplitData(ArrayImages(x_train, keep, names), y_train[keep]),
+        "val": SplitData(ArrayImages(x_train, held, names), y_train[held]),
+        "test": SplitData(ArrayImages(x_test, None, [f"{name}:test:{i}" for i in range(len(y_test))]), y_test),
+    }
+    signature = [(f, os.path.getsize(os.path.join(folder, f)), os.stat(os.path.join(folder, f)).st_mtime_ns)
+                 for f in train_files]
+    return SourceData(cifar_class_names(name, root), splits, [name, os.path.abspath(folder), signature, keep.tolist()])
+
+
+# --- synthetic ---------------------------------------------------------------------------------------------------
+SYNTHETIC_DEFAULTS = {"count": 1000, "classes": 10, "size": None}
+
+
+def synthetic_options(options: Optional[dict[str, Any]]) -> dict[str, Any]:
+    opts = dict(SYNTHETIC_DEFAULTS)
+    unknown = set(options or {}) - set(opts)
+    if unknown:
+        raise ValueError(f"synthetic options {sorted(unknown)} are unknown; use {sorted(SYNTHETIC_DEFAULTS)}")
+    opts.update(options or {})
+    if int(opts["classes"]) < 2 or int(opts["count"]) < int(opts["classes"]):
+        raise ValueError(f"synthetic needs classes >= 2 and count >= classes, got {opts}")
+    return opts
+
+
+def load_synthetic_source(options: Optional[dict[str, Any]], default_size: Sequence[int], ratios: Sequence[float],
+                          seed: int) -> SourceData:
+    """``count`` random images of ``size`` in ``classes`` balanced classes, generated on access."""
+    opts = synthetic_options(options)
+    size = opts["size"] or default_size
+    size = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
+    count, classes = int(opts["count"]), int(opts["classes"])
+    labels = np.arange(count, dtype=np.int64) % classes
+    parts = stratified_split(labels, ratios, seed)
+    splits = {s: SplitData(SyntheticImages(labels, idx, size, classes, seed), labels[idx])
+              for s, idx in zip(SPLITS, parts)}
+    return SourceData([f"class_{i}" for i in range(classes)], splits, ["synthetic", count, classes, size, seed,
+                                                                      parts[0].tolist()])
