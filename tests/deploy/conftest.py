@@ -1,0 +1,139 @@
+"""A real bundle made once per session: a tiny CNN trained on sklearn's digits, exported to ONNX (FP32 and
+Q/DQ INT8), with labels and a manifest written through deploy.bundle, plus held-out digits as PNG files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HELD_OUT = 40
+
+
+def digits_uint8():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 8x8 gray, 0-16 -> 0-255
+    return images, digits.target.astype(np.int64)
+
+
+def tiny_cnn(num_classes: int = 10):
+    import torch.nn as nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 3 * 3, num_classes),
+    )
+
+
+def export_onnx(model, example, path: str) -> str:
+    """Legacy exporter at opset 17: one file, dynamic batch, inside TensorRT 10.0's opset range."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, path, dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+def quantize_int8(fp32_path: str, out_path: str, calibration: np.ndarray) -> str:
+    """Symmetric Q/DQ INT8 (what TensorRT accepts), calibrated on real preprocessed images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": calibration[i:i + 16]} for i in range(0, len(calibration), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared = out_path + ".pre.onnx"
+    quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
+    quantize_static(prepared, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    os.unlink(prepared)
+    return out_path
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(tmp_path_factory):
+    import torch
+
+    from datamodules.presets import Preprocessing, build_eval_transform
+    from deploy.bundle import artifact_entry, new_manifest, write_labels, write_manifest
+
+    torch.manual_seed(0)
+    images, labels = digits_uint8()
+    pre = Preprocessing(resize=[16, 16], crop=[14, 14], interpolation="bilinear",
+                        mean=[float(images.mean() / 255)] * 3, std=[float(images.std() / 255)] * 3)
+    transform = build_eval_transform(pre)
+    rgb = np.repeat(images[:, :, :, None], 3, axis=3)
+    x = torch.stack([transform(image=im)["image"] for im in rgb])
+    y = torch.from_numpy(labels)
+    x_train, y_train = x[:-HELD_OUT], y[:-HELD_OUT]
+
+    model = tiny_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(8):
+        for idx in torch.randperm(len(x_train)).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
+            opt.step()
+    model.eval()
+
+    root = tmp_path_factory.mktemp("digits")
+    bundle = root / "bundle"
+    bundle.mkdir()
+    onnx_path = export_onnx(model, x[:2], str(bundle / "model.onnx"))
+    int8_path = quantize_int8(onnx_path, str(bundle / "model.int8.onnx"), x_train[:256].numpy())
+    classes = [f"digit_{i}" for i in range(10)]
+    write_labels(bundle, classes)
+    artifacts = [artifact_entry(onnx_path, "onnx", "fp32"), artifact_entry(int8_path, "onnx-int8", "int8")]
+    write_manifest(bundle, new_manifest("digits-tiny", classes, pre.to_dict(), artifacts,
+                                        versions={"torch": torch.__version__}))
+
+    from PIL import Image
+
+    image_dir = root / "images"
+    image_dir.mkdir()
+    paths = []
+    for i in range(len(images) - HELD_OUT, len(images)):
+        path = image_dir / f"{i:04d}_label{labels[i]}.png"
+        Image.fromarray(images[i], mode="L").save(path)
+        paths.append(str(path))
+    with torch.no_grad():
+        torch_logits = model(x[-HELD_OUT:]).numpy()
+    return SimpleNamespace(path=str(bundle), model=model, classes=classes, preprocessing=pre.to_dict(),
+                           image_paths=paths, labels=labels[-HELD_OUT:], torch_logits=torch_logits,
+                           inputs=x[-HELD_OUT:].numpy())
+
+
+@pytest.fixture
+def bundle_copy(digits_bundle, tmp_path):
+    """A private copy of the session bundle that a test may damage."""
+    target = tmp_path / "bundle"
+    shutil.copytree(digits_bundle.path, target)
+    return str(target)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `python -m deploy ARGS` in-process; returns (exit code, stdout, stderr)."""
+    from deploy.__main__ import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
