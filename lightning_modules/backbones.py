@@ -1,4 +1,4 @@
-"""Networks, one builder function each, chosen by name in YAML (`model.init_args.backbone`).
+"""Networks, one builder function each, chosen by name in YAML (`model.backbone`).
 
 A new backbone is one function here plus one line in BACKBONES.
 """
@@ -149,12 +149,12 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 def build_backbone(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Build a registered network by name; unknown names or arguments are one clear sentence."""
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} (model.init_args.backbone)")
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} (model.backbone)")
     builder = BACKBONES[name]
     accepted = set(inspect.signature(builder).parameters) - {"num_classes"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise ValueError(f"backbone {name!r} does not take {unknown}; it accepts {sorted(accepted)} (model.init_args.backbone_args)")
+        raise ValueError(f"backbone {name!r} does not take {unknown}; it accepts {sorted(accepted)} (model.backbone_args)")
     return builder(num_classes=num_classes, **kwargs)
 
 

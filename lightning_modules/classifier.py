@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from lightning_modules.architecture import apply_layer_shapes, layer_shapes
 from lightning_modules.backbones import build_backbone
 from lightning_modules.figures import confusion_matrix_figure
 
@@ -85,7 +86,9 @@ class ImageClassifier(pl.LightningModule):
         }
         if num_classes > 5:
             metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-        return MetricCollection(metrics, prefix=prefix)
+        # compute_groups=False: top-1 and top-5 have the same state layout, and torchmetrics would merge them
+        # whenever their states coincide after the first batch (then top-5 reports top-1).
+        return MetricCollection(metrics, prefix=prefix, compute_groups=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -143,7 +146,7 @@ class ImageClassifier(pl.LightningModule):
             ckpt = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or "none saved yet"
             rank_zero_warn(
                 f"stopping the fit: {self.bad_steps_in_a_row} steps in a row were non-finite (last at step {step}); "
-                f"no bad update was applied, and the best checkpoint is {ckpt}. Lower model.init_args.lr, set "
+                f"no bad update was applied, and the best checkpoint is {ckpt}. Lower model.lr, set "
                 "trainer.gradient_clip_val, or check the data for NaN/inf."
             )
 
@@ -215,6 +218,14 @@ class ImageClassifier(pl.LightningModule):
         n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
         rank_zero_info(f"{self.hparams.backbone}: {sum(p.numel() for p in self.parameters()):,} parameters ({n_train:,} trainable)")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["layer_shapes"] = layer_shapes(self.net)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A channel-pruned checkpoint carries its own layer shapes: rebuild those layers before the weights load.
+        if "layer_shapes" in checkpoint and apply_layer_shapes(self.net, checkpoint["layer_shapes"]):
+            rank_zero_info(f"rebuilt the pruned architecture from the checkpoint: {sum(p.numel() for p in self.parameters()):,} parameters")
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
@@ -225,11 +236,13 @@ class ImageClassifier(pl.LightningModule):
         if hp.scheduler == "none":
             return optimizer
         if hp.scheduler == "cosine":
-            t_max = hp.T_max or self.trainer.max_epochs
-            if not t_max or t_max < 1:
-                raise ValueError("scheduler 'cosine' needs model.init_args.T_max or trainer.max_epochs to be set")
+            # Rebuilt mid-fit (after structured pruning), the schedule covers the epochs that are left.
+            period = hp.T_max or self.trainer.max_epochs
+            if not period or period < 1:
+                raise ValueError("scheduler 'cosine' needs model.T_max or trainer.max_epochs to be set")
+            t_max = max(1, period - self.trainer.current_epoch)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=hp.eta_min)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        total = int(self.trainer.estimated_stepping_batches)
+        total = max(1, int(self.trainer.estimated_stepping_batches) - self.trainer.global_step)
         sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total, pct_start=hp.pct_start)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

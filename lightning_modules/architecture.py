@@ -1,0 +1,56 @@
+"""Layer shapes as plain data, so a checkpoint of a channel-pruned network reloads into the YAML's network.
+
+Structured pruning changes channel counts, so the network the YAML builds no longer fits the weights. Each
+checkpoint records the shape of every conv, linear and batch-norm layer (plain ints: safe for
+`torch.load(weights_only=True)`), and loading rebuilds the layers whose shape differs before the weights go in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+
+def layer_shapes(net: nn.Module) -> dict[str, dict[str, Any]]:
+    shapes: dict[str, dict[str, Any]] = {}
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Conv2d):
+            shapes[name] = {"type": "Conv2d", "in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
+        elif isinstance(m, nn.Linear):
+            shapes[name] = {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features}
+        elif isinstance(m, nn.BatchNorm2d):
+            shapes[name] = {"type": "BatchNorm2d", "num_features": m.num_features}
+    return shapes
+
+
+def _rebuilt(m: nn.Module, shape: dict[str, Any]) -> nn.Module:
+    if isinstance(m, nn.Conv2d):
+        return nn.Conv2d(shape["in_channels"], shape["out_channels"], m.kernel_size, m.stride, m.padding, m.dilation,
+                         shape["groups"], m.bias is not None, m.padding_mode)
+    if isinstance(m, nn.Linear):
+        return nn.Linear(shape["in_features"], shape["out_features"], m.bias is not None)
+    return nn.BatchNorm2d(shape["num_features"], m.eps, m.momentum, m.affine, m.track_running_stats)
+
+
+def apply_layer_shapes(net: nn.Module, shapes: dict[str, dict[str, Any]]) -> int:
+    """Replace every layer whose recorded shape differs; returns how many were replaced."""
+    current = layer_shapes(net)
+    replaced = 0
+    for name, shape in shapes.items():
+        if name not in current:
+            raise ValueError(f"the checkpoint has a layer {name!r} that this network does not; was it made with another backbone?")
+        if current[name] == shape:
+            continue
+        if current[name]["type"] != shape["type"]:
+            raise ValueError(f"layer {name!r} is a {current[name]['type']} here but a {shape['type']} in the checkpoint")
+        parent_name, _, child = name.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        old = getattr(parent, child)
+        new = _rebuilt(old, shape)
+        new.train(old.training)
+        for p_new, p_old in zip(new.parameters(), old.parameters()):
+            p_new.requires_grad_(p_old.requires_grad)
+        setattr(parent, child, new)
+        replaced += 1
+    return replaced
