@@ -1,0 +1,98 @@
+"""`bench` prints every column for every artifact and catches no leak; `triton` writes a repository Triton
+can parse."""
+
+import json
+import os
+
+import pytest
+
+from deploy.benchmark import measure
+from deploy.bundle import load_bundle, sha256_file
+from deploy.runners import OnnxRuntimeRunner
+
+COLUMNS = ["artifact", "format", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "size MB",
+           "RSS growth MB", "memory"]
+
+
+def test_bench_table_has_every_column_and_row(digits_bundle, run_cli):
+    code, out, err = run_cli("bench", "--bundle", digits_bundle.path, "--batch", "1,4", "--iterations", "30",
+                             "--warmup", "3", "--threads", "1")
+    assert code == 0, err
+    header, rule, *rows = out.strip().splitlines()
+    assert header.split("  ") and all(col in header for col in COLUMNS)
+    assert set(rule.replace(" ", "")) == {"-"}
+    assert len(rows) == 4  # two artifacts x two batch sizes
+    for row, (artifact, batch) in zip(rows, [("model.onnx", 1), ("model.onnx", 4), ("model.int8.onnx", 1),
+                                             ("model.int8.onnx", 4)]):
+        cells = row.split()
+        assert len(cells) == len(COLUMNS)
+        assert cells[0] == artifact and int(cells[3]) == batch
+        p50, p90, p99, throughput = map(float, cells[4:8])
+        assert 0 < p50 <= p90 <= p99 and throughput > 0
+        assert cells[10] == "ok"
+
+
+def test_bench_json_is_machine_readable(digits_bundle, run_cli):
+    code, out, _ = run_cli("bench", "--bundle", digits_bundle.path, "--format", "onnx-int8", "--batch", "2",
+                           "--iterations", "10", "--json", "--no-progress")
+    assert code == 0
+    (row,) = json.loads(out)
+    assert row["artifact"] == "model.int8.onnx" and row["batch"] == 2 and row["iterations"] == 10
+    assert {"p50_ms", "p90_ms", "p99_ms", "throughput", "size_mb", "rss_growth_mb", "memory_ok"} <= set(row)
+    assert row["size_mb"] == pytest.approx(os.path.getsize(os.path.join(digits_bundle.path, "model.int8.onnx")) / 2**20)
+
+
+def test_no_resident_memory_growth_over_1000_iterations(digits_bundle):
+    runner = OnnxRuntimeRunner(os.path.join(digits_bundle.path, "model.onnx"), threads=1)
+    result = measure(runner, batch_size=8, iterations=1000, warmup=20)
+    assert result["memory_ok"], f"resident memory grew {result['rss_growth_mb']:.1f} MB over 1000 iterations"
+    assert abs(result["rss_growth_mb"]) < 8.0
+
+
+def test_triton_repository_parses_and_names_the_right_dims(digits_bundle, run_cli, tmp_path):
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                           reason="tritonclient[grpc] is needed to parse Triton's config.pbtxt")
+    from google.protobuf import text_format
+
+    out = tmp_path / "repo"
+    code, stdout, err = run_cli("triton", "--bundle", digits_bundle.path, "--out", out, "--max-batch-size", "16")
+    assert code == 0, err
+    model_dir = out / "digits-tiny"
+    assert stdout.strip() == str(model_dir)
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == "digits-tiny" and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 16
+    assert [(i.name, list(i.dims), i.data_type) for i in config.input] == [("input", [3, 14, 14], model_config_pb2.TYPE_FP32)]
+    assert [(o.name, list(o.dims), o.label_filename) for o in config.output] == [("logits", [10], "labels.txt")]
+    assert config.HasField("dynamic_batching") and list(config.dynamic_batching.preferred_batch_size) == [1, 8, 16]
+    assert (model_dir / "labels.txt").read_text().split() == digits_bundle.classes
+    bundle = load_bundle(digits_bundle.path)
+    assert sha256_file(model_dir / "1" / "model.onnx") == bundle.artifact("onnx")["sha256"]
+
+
+def test_triton_tensorrt_config_follows_the_engine_profile(bundle_copy, run_cli, tmp_path):
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                           reason="tritonclient[grpc] is needed to parse Triton's config.pbtxt")
+    from google.protobuf import text_format
+
+    from deploy.bundle import add_artifact, artifact_entry
+    from deploy.engine import write_sidecar
+
+    # The engine bytes are never loaded by this command, so a placeholder stands in for a real build.
+    engine = os.path.join(bundle_copy, "model.fp16.engine")
+    open(engine, "wb").write(b"placeholder engine")
+    write_sidecar(engine, {"tensorrt_version": "10.3.0", "gpu": {"name": "Orin", "compute_capability": "8.7"},
+                           "precision": "fp16", "output": "logits",
+                           "profile": {"input": "input", "min": [1, 3, 14, 14], "opt": [4, 3, 14, 14], "max": [8, 3, 14, 14]}})
+    add_artifact(bundle_copy, artifact_entry(engine, "tensorrt", "fp16"))
+    code, _, err = run_cli("triton", "--bundle", bundle_copy, "--out", tmp_path / "repo", "--format", "tensorrt",
+                           "--name", "digits_trt", "--instance-kind", "gpu")
+    assert code == 0, err
+    text = (tmp_path / "repo" / "digits_trt" / "config.pbtxt").read_text()
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert config.platform == "tensorrt_plan" and config.max_batch_size == 8
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert (tmp_path / "repo" / "digits_trt" / "1" / "model.plan").read_bytes() == b"placeholder engine"
+    code, _, err = run_cli("triton", "--bundle", bundle_copy, "--out", tmp_path / "repo2", "--format", "tensorrt",
+                           "--max-batch-size", "64")
+    assert code == 2 and "exceeds the engine's optimization profile max 8" in err

@@ -1,0 +1,54 @@
+"""The device has no training stack: `python -m deploy` must work where `import torch` fails."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Installs an import hook that makes the training stack unimportable, then runs the CLI as `python -m deploy`.
+BLOCKED_RUN = """
+import importlib.abc, runpy, sys
+BLOCKED = ("torch", "torchvision", "pytorch_lightning", "lightning", "lightning_modules", "datamodules",
+           "callbacks", "albumentations", "main")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: the device has no training stack")
+sys.meta_path.insert(0, Block())
+try:
+    import torch
+except ImportError:
+    pass
+else:
+    raise SystemExit("torch was importable: the test setup is broken")
+sys.argv = ["deploy"] + sys.argv[1:]
+try:
+    runpy.run_module("deploy", run_name="__main__", alter_sys=True)
+finally:
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    if leaked:
+        print("leaked:", leaked, file=sys.stderr)
+"""
+
+
+def run_without_torch(*args):
+    return subprocess.run([sys.executable, "-c", BLOCKED_RUN, *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_infer_runs_where_torch_cannot_be_imported(digits_bundle):
+    result = run_without_torch("infer", "--bundle", digits_bundle.path, "--topk", "1", *digits_bundle.image_paths[:5])
+    assert result.returncode == 0, result.stderr
+    assert "leaked" not in result.stderr
+    predicted = [json.loads(line)["top"][0]["index"] for line in result.stdout.splitlines()]
+    assert predicted == digits_bundle.torch_logits[:5].argmax(1).tolist()
+
+
+def test_every_deploy_module_imports_without_torch():
+    code = BLOCKED_RUN.split("sys.argv")[0] + (
+        "import deploy.bundle, deploy.images, deploy.preprocess, deploy.runners, deploy.benchmark, "
+        "deploy.engine, deploy.cuda_memory, deploy.triton, deploy.__main__\nprint('imported')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "imported", result.stderr
