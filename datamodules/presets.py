@@ -165,7 +165,8 @@ def transform_from_spec(spec: dict[str, Any]) -> A.BasicTransform:
 def build_train_transform(augment: Union[str, Sequence[dict[str, Any]]], pre: Preprocessing) -> A.Compose:
     """A named preset (``none``, ``light``, ``s1``, ``s2``) or a YAML list of transforms, then normalize.
 
-    A list is used as written; it must end with images of ``pre.output_size`` (checked here on a blank image).
+    A list is used as written; it must turn an image of any size into ``pre.output_size`` (checked here on two
+    blank images, so a wrong list fails at setup, not in a worker).
     """
     if isinstance(augment, str):
         if augment not in TRAIN_PRESETS:
@@ -174,8 +175,14 @@ def build_train_transform(augment: Union[str, Sequence[dict[str, Any]]], pre: Pr
         steps = TRAIN_PRESETS[augment](pre)
     else:
         steps = [transform_from_spec(s) for s in augment]
-        probe = A.Compose(steps)(image=np.zeros((*pre.resize, 3), np.uint8))["image"]
-        if list(probe.shape[:2]) != list(pre.output_size):
-            raise ValueError(f"the augment list turns a {pre.resize} image into {list(probe.shape[:2])}, but the "
-                             f"network expects {pre.output_size}; end the list with a crop or Resize to that size")
+        h, w = pre.resize
+        for probe in ((h + 7, w + 5), (max(1, h // 2), max(1, w // 2))):  # real images come in any size
+            try:
+                out = A.Compose(steps)(image=np.zeros((*probe, 3), np.uint8))["image"].shape[:2]
+            except Exception as exc:  # noqa: BLE001 (any failure here is a bad list, said in one sentence)
+                raise ValueError(f"the augment list fails on a {list(probe)} image ({exc}); start it with a "
+                                 "Resize or RandomResizedCrop") from None
+            if list(out) != list(pre.output_size):
+                raise ValueError(f"the augment list turns a {list(probe)} image into {list(out)}, but the network "
+                                 f"expects {pre.output_size}; end the list with a crop or Resize to that size")
     return A.Compose(steps + normalize_to_tensor(pre.mean, pre.std))

@@ -1,0 +1,108 @@
+"""A user's folder with every image mode and every kind of broken file trains through fit."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, TinyClassifier, chmod_blocks_reads, make_folder, tiny_trainer
+
+from datamodules import ImageClassificationDataModule
+
+
+def _all_names(dm):
+    return {dm._datasets[s].images.name(i) for s in ("train", "val", "test") for i in range(len(dm._datasets[s]))}
+
+
+def test_dirty_folder_trains_through_fit_and_lists_each_bad_file(dirty_folder, tmp_path):
+    root, bad = dirty_folder
+    dm = ImageClassificationDataModule(source="imagefolder", root=root, image_size=16, batch_size=4, augment="s2",
+                                       cache_dir=str(tmp_path / "cache"))
+    assert dm.num_classes == 3 and dm.class_names == CLASSES
+    trainer = tiny_trainer(tmp_path, fast_dev_run=True)
+    trainer.fit(TinyClassifier(), dm)
+    trainer.test(TinyClassifier(), datamodule=dm)
+
+    excluded = dict(dm.excluded)
+    if not chmod_blocks_reads(os.path.join(root, "dog/unreadable.jpg")):
+        bad.pop("dog/unreadable.jpg")  # running as root: chmod 000 does not stop reads, the file is a good image
+    assert set(excluded) == set(bad)
+    for rel, words in bad.items():
+        assert words in excluded[rel], (rel, excluded[rel])
+    names = _all_names(dm)
+    assert len(names) == 30 + (0 if "dog/unreadable.jpg" in bad else 1)
+    assert not any(os.path.basename(n).startswith(".") or n.endswith(".txt") for n in names)
+    assert {"bird/bird07_i16.png", "cat/cat08_cmyk.jpg", "dog/dog04_la.png", "bird/bird01.PNG"} <= names
+
+
+def test_run_directory_gets_split_lists_excluded_images_and_a_grid(dirty_folder, tmp_path):
+    root, bad = dirty_folder
+    dm = ImageClassificationDataModule(source="imagefolder", root=root, image_size=16, batch_size=4, augment="light",
+                                       cache_dir=str(tmp_path / "cache"))
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(TinyClassifier(), dm)
+    run = trainer.log_dir
+    lines = open(os.path.join(run, "excluded_images.txt")).read().splitlines()
+    listed = dict(line.split("\t") for line in lines)
+    assert {"dog/truncated.jpg", "dog/empty.png", "dog/text.jpg"} <= set(listed)
+    splits = {s: open(os.path.join(run, "split", f"{s}.txt")).read().splitlines() for s in ("train", "val", "test")}
+    files = {s: {line.split("\t")[0] for line in rows} for s, rows in splits.items()}
+    assert len(files["train"]) == len(splits["train"]) == len(dm._datasets["train"])
+    assert not (files["train"] & files["val"] or files["val"] & files["test"] or files["train"] & files["test"])
+    assert all(line.split("\t")[1] == line.split("/")[0] for line in splits["train"])  # class column
+    assert not set(listed) & (files["train"] | files["val"] | files["test"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(run, size_guidance={"images": 0})
+    events.Reload()
+    assert "data/train_augmented" in events.Tags()["images"]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="running as root: chmod 000 does not stop reads, so an unreadable file cannot be made")
+def test_unreadable_file_is_excluded(dirty_folder, tmp_path):
+    root, _ = dirty_folder
+    dm = ImageClassificationDataModule(source="imagefolder", root=root, image_size=16, cache_dir=str(tmp_path))
+    dm.setup("fit")
+    assert "not readable" in dict(dm.excluded)["dog/unreadable.jpg"]
+
+
+def test_every_mode_becomes_rgb(image_folder, tmp_path):
+    dm = ImageClassificationDataModule(source="imagefolder", root=image_folder, image_size=16, mean_std="imagenet",
+                                       cache_dir=str(tmp_path))
+    dm.setup("fit")
+    ds = dm._datasets["train"]
+    for i in range(len(ds)):
+        image = ds.images.read(i)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.dtype == torch.float32 and tuple(x.shape[1:]) == (3, 16, 16) and y.dtype == torch.int64
+
+
+def test_empty_class_folder_and_single_class_are_errors(tmp_path):
+    root = tmp_path / "f"
+    make_folder(str(root), per_class=2)
+    (root / "zebra").mkdir()
+    (root / "zebra" / "readme.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="zebra"):
+        ImageClassificationDataModule(source="imagefolder", root=str(root), cache_dir=str(tmp_path)).setup("fit")
+
+    one = tmp_path / "one"
+    make_folder(str(one), per_class=2)
+    for name in ("cat", "dog"):
+        for f in (one / name).iterdir():
+            f.unlink()
+        (one / name).rmdir()
+    with pytest.raises(ValueError, match="at least 2"):
+        ImageClassificationDataModule(source="imagefolder", root=str(one))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageClassificationDataModule(source="imagefolder", root=str(tmp_path / "missing"))
+
+
+def test_class_whose_files_are_all_broken_is_named(tmp_path):
+    root = tmp_path / "f"
+    make_folder(str(root), per_class=3)
+    for f in (root / "dog").iterdir():
+        f.write_bytes(b"")
+    with pytest.raises(ValueError, match="dog"):
+        ImageClassificationDataModule(source="imagefolder", root=str(root), cache_dir=str(tmp_path)).setup("fit")

@@ -1,0 +1,81 @@
+"""Loaders: seeded augmentation, (seed, epoch)-only order (resume-safe), workers, synthetic, BatchSizeFinder."""
+
+import torch
+from conftest import TinyClassifier, tiny_trainer
+
+from datamodules import ImageClassificationDataModule
+
+
+def _first_batch(**kwargs):
+    dm = ImageClassificationDataModule(augment="s2", image_size=16, batch_size=16, **kwargs)
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader()))
+
+
+def test_same_seed_same_first_augmented_batch_also_with_workers(tmp_path):
+    x0, y0 = _first_batch(seed=5, cache_dir=str(tmp_path))
+    x1, y1 = _first_batch(seed=5, cache_dir=str(tmp_path))
+    x2, y2 = _first_batch(seed=5, cache_dir=str(tmp_path), num_workers=2, persistent_workers=True)
+    x3, _ = _first_batch(seed=6, cache_dir=str(tmp_path))
+    assert torch.equal(x0, x1) and torch.equal(y0, y1)
+    assert torch.equal(x0, x2) and torch.equal(y0, y2)  # worker count does not change what is seen
+    assert not torch.equal(x0, x3)
+
+
+def test_epoch_batches_depend_only_on_seed_and_epoch(tmp_path):
+    """What a resumed fit relies on: epoch 2's batches are a function of (seed, epoch), not of the past."""
+    dm = ImageClassificationDataModule(augment="light", image_size=16, batch_size=32, cache_dir=str(tmp_path))
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(0)
+    epoch0 = next(iter(loader))
+    loader.sampler.set_epoch(1)
+    epoch1 = next(iter(loader))
+    fresh = ImageClassificationDataModule(augment="light", image_size=16, batch_size=32, cache_dir=str(tmp_path))
+    fresh.setup("fit")
+    resumed = fresh.train_dataloader()
+    resumed.sampler.set_epoch(1)  # what Lightning does after restoring a checkpoint saved at the end of epoch 0
+    again = next(iter(resumed))
+    assert torch.equal(epoch1[0], again[0]) and torch.equal(epoch1[1], again[1])
+    assert not torch.equal(epoch0[1], epoch1[1])
+
+
+def test_fit_sees_the_same_labels_as_an_uninterrupted_fit_after_resume(tmp_path):
+    def fit(max_epochs, ckpt=None, **kw):
+        dm = ImageClassificationDataModule(source="synthetic", synthetic={"count": 60, "classes": 3}, image_size=8,
+                                           batch_size=12, augment="light", cache_dir=str(tmp_path / "c"))
+        model = TinyClassifier()
+        trainer = tiny_trainer(tmp_path, max_epochs=max_epochs, limit_val_batches=0, enable_checkpointing=True,
+                               num_sanity_val_steps=0, **kw)
+        trainer.fit(model, dm, ckpt_path=ckpt)
+        return model, trainer
+
+    full, _ = fit(2)
+    first, trainer = fit(1)
+    ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    resumed, _ = fit(2, ckpt=ckpt)
+    per_epoch = len(full.seen) // 2
+    assert len(resumed.seen) == per_epoch
+    assert all(torch.equal(a, b) for a, b in zip(full.seen[per_epoch:], resumed.seen))
+
+
+def test_synthetic_source_and_batch_size_finder(tmp_path):
+    from pytorch_lightning.callbacks import BatchSizeFinder
+
+    dm = ImageClassificationDataModule(source="synthetic", synthetic={"count": 200, "classes": 4, "size": [20, 24]},
+                                       image_size=12, batch_size=2, cache_dir=str(tmp_path))
+    assert dm.num_classes == 4
+    finder = BatchSizeFinder(mode="power", init_val=2, max_trials=3, steps_per_trial=1)
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[finder])
+    trainer.fit(TinyClassifier(num_classes=4), dm)
+    assert dm.batch_size == finder.optimal_batch_size > 2
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (dm.batch_size, 3, 12, 12)
+
+
+def test_calibration_loader_uses_the_eval_transform_on_a_fixed_subset(tmp_path):
+    dm = ImageClassificationDataModule(augment="s2", image_size=16, cache_dir=str(tmp_path))
+    dm.setup("fit")
+    a = torch.cat([x for x, _ in dm.calibration_dataloader(num_samples=40, batch_size=16)])
+    b = torch.cat([x for x, _ in dm.calibration_dataloader(num_samples=40, batch_size=8)])
+    assert a.shape == (40, 3, 16, 16) and torch.equal(a, b)

@@ -1,0 +1,55 @@
+"""Augmentation presets and YAML lists build with albumentations 2.x and yield the network's shape and dtype."""
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules import ImageClassificationDataModule
+from datamodules.presets import TRAIN_PRESETS, Preprocessing, build_eval_transform, build_train_transform
+
+
+@pytest.mark.parametrize("preset", sorted(TRAIN_PRESETS))
+@pytest.mark.parametrize("crop", [None, [24, 24]])
+def test_every_preset_builds_and_yields_shape_and_dtype(preset, crop):
+    pre = Preprocessing(resize=[28, 28], mean=[0.5] * 3, std=[0.25] * 3, crop=crop)
+    transform = build_train_transform(preset, pre)
+    for shape in ((37, 53, 3), (28, 28, 3), (12, 9, 3)):
+        x = transform(image=np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))["image"]
+        assert x.dtype == torch.float32 and tuple(x.shape) == (3, *pre.output_size)
+
+
+def test_yaml_list_of_transforms():
+    pre = Preprocessing(resize=[20, 20], mean=[0.5] * 3, std=[0.25] * 3)
+    spec = [{"name": "RandomResizedCrop", "size": [20, 20], "scale": [0.5, 1.0]},
+            {"class_path": "albumentations.HorizontalFlip", "init_args": {"p": 0.5}},
+            {"name": "CoarseDropout", "num_holes_range": [1, 2], "hole_height_range": [0.1, 0.2],
+             "hole_width_range": [0.1, 0.2]}]
+    x = build_train_transform(spec, pre)(image=np.zeros((30, 40, 3), np.uint8))["image"]
+    assert tuple(x.shape) == (3, 20, 20) and x.dtype == torch.float32
+
+
+@pytest.mark.parametrize("spec, words", [
+    ([{"name": "NoSuchTransform"}], "not an albumentations transform"),
+    ([{"name": "CoarseDropout", "max_holes": 8}], "does not take"),  # albumentations 1.x argument name
+    ([{"name": "HorizontalFlip"}], "network expects"),  # no resize: output size would follow the input
+    ("s3", "not one of"),
+])
+def test_bad_augment_is_one_clear_error(spec, words):
+    pre = Preprocessing(resize=[20, 20], mean=[0.5] * 3, std=[0.25] * 3)
+    with pytest.raises(ValueError, match=words):
+        build_train_transform(spec, pre)
+
+
+def test_eval_transform_is_deterministic_and_described(tmp_path):
+    dm = ImageClassificationDataModule(image_size=24, crop_size=20, interpolation="bicubic", augment="s2",
+                                       cache_dir=str(tmp_path))
+    assert dm.input_size == [20, 20]
+    dm.setup("fit")
+    described = dm.preprocessing.to_dict()
+    assert described["resize"] == [24, 24] and described["crop"] == [20, 20]
+    assert described["interpolation"] == "bicubic" and described["color"] == "RGB"
+    image = np.random.default_rng(1).integers(0, 256, (31, 17, 3), dtype=np.uint8)
+    eval_tf = build_eval_transform(dm.preprocessing)
+    assert torch.equal(eval_tf(image=image)["image"], eval_tf(image=image)["image"])
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape[1:] == (3, 20, 20) and x.dtype == torch.float32 and y.dtype == torch.int64
