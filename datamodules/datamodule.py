@@ -35,6 +35,13 @@ def _size(value: Union[int, list[int], None], what: str) -> Optional[list[int]]:
     return hw
 
 
+def init_loader_worker(worker_id: int) -> None:
+    """One OpenCV thread per worker: the workers are the parallelism, nested thread pools only oversubscribe."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def default_cache_dir() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "edgecls")
 
@@ -281,10 +288,12 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
     # --- loaders ---------------------------------------------------------------------------------------------------
     def _use_pin_memory(self) -> bool:
-        on_gpu = self.trainer is not None and self.trainer.accelerator is not None and \
-            type(self.trainer.accelerator).__name__ == "CUDAAccelerator"
+        from pytorch_lightning.accelerators import CUDAAccelerator
+
         if self.trainer is None:
             on_gpu = torch.cuda.is_available()
+        else:
+            on_gpu = isinstance(self.trainer.accelerator, CUDAAccelerator)
         return on_gpu if self.pin_memory is None else (self.pin_memory and on_gpu)
 
     def _loader(self, dataset: ImageDataset, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
@@ -292,6 +301,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
             num_workers=self.num_workers, persistent_workers=self.persistent_workers,
             pin_memory=self._use_pin_memory(), generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=init_loader_worker if self.num_workers else None,
         )
 
     def _dataset(self, name: str) -> ImageDataset:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+from pytorch_lightning.utilities import rank_zero_info
 
 from datamodules.datasets import FileImages
 from datamodules.rundir import write_text_atomic
@@ -164,7 +165,8 @@ def load_imagefolder_source(root: Optional[str], ratios: Sequence[float], seed: 
                                  "every split must use the train classes")
         listed = {s: list_images(f, classes) for s, f in folders.items()}
         if "test" not in listed:
-            listed["test"] = listed["val"]  # train/ + val/ only: the test loop reuses val (said in the log)
+            listed["test"] = listed["val"]
+            rank_zero_info(f"{root} has train/ and val/ but no test/: the test split is val/")
     else:
         paths, labels = list_images(root, classes)
         parts = stratified_split(labels, ratios, seed)
