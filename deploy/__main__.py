@@ -185,6 +185,13 @@ def cmd_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deploy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,20 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--bundle", required=True, help="bundle folder (holds manifest.json)")
         p.add_argument("--format", choices=FORMATS, default=default_format)
         p.add_argument("--providers", default="cpu", help="ONNX Runtime providers in order: cpu,cuda,tensorrt")
-        p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+        p.add_argument("--threads", type=_positive, default=None, help="ONNX Runtime intra-op threads")
 
     p = sub.add_parser("infer", help=cmd_infer.__doc__)
     common(p, "onnx")
     p.add_argument("--precision", default=None, help="pick among engines of one format, e.g. fp16")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--topk", type=_positive, default=5)
+    p.add_argument("--batch-size", type=_positive, default=16)
     p.add_argument("images", nargs="+", help="image files or folders")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("bench", help=cmd_bench.__doc__)
     common(p, None)
     p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes")
-    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--iterations", type=_positive, default=200)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--json", action="store_true", help="print rows as JSON instead of a table")
     p.add_argument("--no-progress", action="store_true")
@@ -215,10 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-engine", help=cmd_build_engine.__doc__)
     p.add_argument("--bundle", required=True)
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), required=True)
-    p.add_argument("--min-batch", type=int, default=1)
-    p.add_argument("--opt-batch", type=int, default=8)
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--workspace-mb", type=int, default=2048)
+    p.add_argument("--min-batch", type=_positive, default=1)
+    p.add_argument("--opt-batch", type=_positive, default=8)
+    p.add_argument("--max-batch", type=_positive, default=32)
+    p.add_argument("--workspace-mb", type=_positive, default=2048)
     p.add_argument("--timing-cache", default=None, help="default: <bundle>/timing.cache, reused across builds")
     p.add_argument("--output", default=None, help="engine file name inside the bundle")
     p.set_defaults(func=cmd_build_engine)
@@ -228,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model repository folder (created if needed)")
     p.add_argument("--format", choices=FORMATS, default="onnx")
     p.add_argument("--name", default=None, help="model name (default: the manifest's name)")
-    p.add_argument("--max-batch-size", type=int, default=None)
+    p.add_argument("--max-batch-size", type=_positive, default=None)
     p.add_argument("--instance-kind", choices=("cpu", "gpu"), default=None)
     p.set_defaults(func=cmd_triton)
     return parser

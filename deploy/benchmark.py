@@ -32,12 +32,14 @@ def percentile(values_ms: np.ndarray, q: float) -> float:
 
 
 def measure(runner: Runner, batch_size: int, iterations: int = 100, warmup: int = 10,
-            progress: Optional[Callable[[int], None]] = None, leak_threshold_mb: float = 8.0, seed: int = 0) -> dict:
+            progress: Optional[Callable[[int], None]] = None, leak_threshold_mb: float = 8.0, seed: int = 0,
+            keep_times: bool = False) -> dict:
     """Time ``iterations`` calls of runner.infer on a random normalized batch after ``warmup`` calls.
 
     Returns p50/p90/p99/mean in ms, throughput in images/s, and rss_growth_mb: resident memory after the
     timed run minus before it (after warmup, so allocator arenas have settled); memory_ok is False when
-    it grew by more than leak_threshold_mb.
+    it grew by more than leak_threshold_mb. keep_times adds the raw per-call times (times_ms), for
+    callers that interleave several runners and pool their samples.
     """
     if batch_size < 1 or iterations < 1:
         raise ValueError(f"batch_size and iterations must be >= 1, got {batch_size} and {iterations}")
@@ -56,7 +58,7 @@ def measure(runner: Runner, batch_size: int, iterations: int = 100, warmup: int 
             progress(1)
     growth = rss_mb() - rss_before
     times_ms = times * 1000.0
-    return {
+    result = {
         "batch": batch_size,
         "iterations": iterations,
         "p50_ms": percentile(times_ms, 50),
@@ -67,3 +69,6 @@ def measure(runner: Runner, batch_size: int, iterations: int = 100, warmup: int 
         "rss_growth_mb": growth,
         "memory_ok": growth <= leak_threshold_mb,
     }
+    if keep_times:
+        result["times_ms"] = times_ms.tolist()
+    return result
