@@ -54,7 +54,11 @@ class EdgeCLI(LightningCLI):
         has_logger = kwargs.get("logger", trainer_config.get("logger")) not in (False, None)
         callbacks: list[Callback] = list(trainer_config.get("callbacks") or [])
         if trainer_config.get("enable_checkpointing", True) is not False and not _has(callbacks, ModelCheckpoint):
-            callbacks.append(ModelCheckpoint(monitor="val/top1", mode="max", save_last=True, filename="epoch{epoch:03d}", auto_insert_metric_name=False))
+            # Best first: trainer.checkpoint_callback (and ckpt_path="best") is the first ModelCheckpoint.
+            callbacks.append(ModelCheckpoint(monitor="val/top1", mode="max", filename="epoch{epoch:03d}", auto_insert_metric_name=False))
+            # Lightning 2.6 refreshes save_last only when a top-k checkpoint was saved; a resumable
+            # last.ckpt needs a checkpoint written every epoch.
+            callbacks.append(ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False))
         if has_logger and not _has(callbacks, LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         if trainer_config.get("enable_progress_bar", True) is not False and not _has(callbacks, ProgressBar):

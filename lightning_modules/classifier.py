@@ -128,8 +128,12 @@ class ImageClassifier(pl.LightningModule):
             return
         self.bad_steps_in_a_row = 0
         every = self.hparams.log_grad_norm_every
-        if every and self.global_step % every == 0:
-            self.log_dict(grad_norm(self, norm_type=2))
+        if every and self.global_step % every == 0 and self.trainer.is_global_zero:
+            # Straight to the loggers: self.log would also wait for trainer.log_every_n_steps, and the two
+            # cadences together would log at neither. Gradients are already all-reduced, so rank zero's are everyone's.
+            norms = {k: float(v) for k, v in grad_norm(self, norm_type=2).items()}
+            for logger in self.loggers:
+                logger.log_metrics(norms, step=self.global_step)
 
     def _scaler_handles_overflow(self) -> bool:
         # With 16-bit AMP, GradScaler skips overflowing steps itself and lowers its scale; those are expected.

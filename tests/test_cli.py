@@ -1,0 +1,97 @@
+"""The `fit` command as a user runs it: YAML in, a run directory, TensorBoard events and test metrics out."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import EXPERIMENTS, TINY, run_main
+from main import cli_main
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def printed_test_top1(stdout: str) -> float:
+    match = re.search(r"^test/top1 = ([0-9.]+)", stdout, re.M)
+    assert match, f"fit did not print the test top-1:\n{stdout[-2000:]}"
+    return float(match.group(1))
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in EXPERIMENTS.glob("*.yaml")))
+def test_every_experiment_parses(config, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli_main(["fit", "--config", str(EXPERIMENTS / config), "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["backbone"] in ("resnet", "mobilenet_v2")
+    assert printed["data"]["source"]
+
+
+def test_command_line_overrides_reach_the_config(quickstart, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", quickstart, "--model.lr", "0.02", "--trainer.max_epochs", "3", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["lr"] == 0.02 and printed["trainer"]["max_epochs"] == 3
+
+
+def test_quickstart_fast_dev_run(quickstart, tmp_path):
+    proc = run_main(["fit", "--config", quickstart, "--trainer.fast_dev_run", "true", *TINY], tmp_path)
+    assert 0.0 <= printed_test_top1(proc.stdout) <= 1.0
+
+
+def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickstart, tmp_path):
+    run_main(["fit", "--config", quickstart, "--trainer.max_epochs", "2", "--model.log_grad_norm_every", "2", *TINY], tmp_path)
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    assert (run / "config.yaml").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["backbone"] == "resnet" and saved["trainer"]["max_epochs"] == 2
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(n.startswith("epoch") for n in ckpts)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["hyper_parameters"]["num_classes"] == 10  # linked from data.num_classes
+
+    acc = events(run)
+    scalars = acc.Tags()["scalars"]
+    assert "grad_2.0_norm_total" in scalars
+    assert any(t.startswith("grad_2.0_norm/net.conv1.weight") for t in scalars)
+    steps = [e.step for e in acc.Scalars("grad_2.0_norm_total")]
+    assert steps == list(range(0, 16, 2))  # every log_grad_norm_every optimizer steps, 2 epochs of 8
+    for tag in ("train/loss_step", "val/top1", "val/top5", "val/f1", "val/best_top1", "test/top1", "lr-AdamW"):
+        assert tag in scalars, tag
+    assert acc.Scalars("val/best_top1")[-1].value == max(e.value for e in acc.Scalars("val/top1"))
+    assert "val/confusion_matrix" in acc.Tags()["images"]
+
+    content = acc.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/best_top1"]
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert session.hparams["lr"].number_value == pytest.approx(0.01)  # the command-line override
+    assert session.hparams["backbone"].string_value == "resnet"
+    assert "data/mean" in session.hparams and "data/batch_size" in session.hparams
+
+
+def test_resumed_fit_ends_where_an_uninterrupted_fit_ends(quickstart, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    whole.mkdir(), split.mkdir()
+    common = ["fit", "--config", quickstart, *TINY, "--model.scheduler", "cosine"]
+    straight = run_main([*common, "--trainer.max_epochs", "2"], whole)
+    # killed after its first epoch: the schedule still spans two epochs, as in the fit it interrupts
+    run_main([*common, "--trainer.max_epochs", "2", "--trainer.max_steps", "8"], split)
+    resumed = run_main([*common, "--trainer.max_epochs", "2", "--ckpt_path", "last"], split)
+
+    # --ckpt_path last continued version_0 in place instead of starting a version_1 from scratch
+    assert sorted(p.name for p in (split / "runs" / "quickstart").iterdir()) == ["version_0"]
+    assert printed_test_top1(resumed.stdout) == printed_test_top1(straight.stdout) > 0.5
+    a = torch.load(whole / "runs/quickstart/version_0/checkpoints/last.ckpt", weights_only=True, map_location="cpu")
+    b = torch.load(split / "runs/quickstart/version_0/checkpoints/last.ckpt", weights_only=True, map_location="cpu")
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    for name, tensor in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
