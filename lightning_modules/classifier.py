@@ -77,6 +77,7 @@ class ImageClassifier(pl.LightningModule):
         self.val_best_top1 = MaxMetric()
         self.bad_steps_in_a_row = 0
         self.skipped_steps = 0
+        self._bad_loss: Optional[str] = None
 
     @staticmethod
     def _eval_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -100,9 +101,8 @@ class ImageClassifier(pl.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         if not torch.isfinite(loss):
-            # Backward still runs (in DDP every rank must take part); the non-finite gradients it produces
-            # are caught in on_before_optimizer_step, where the whole step is dropped.
-            self._bad_step(f"non-finite loss ({loss.item()})")
+            # Backward still runs (in DDP every rank must take part); on_before_optimizer_step drops the step.
+            self._bad_loss = f"non-finite loss ({loss.item()})"
             return loss
         self.train_metrics.update(logits.detach(), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
@@ -119,8 +119,11 @@ class ImageClassifier(pl.LightningModule):
         if not grads:
             return
         total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-        if not torch.isfinite(total):
-            if not self._scaler_handles_overflow():
+        bad_loss, self._bad_loss = self._bad_loss, None
+        if bad_loss or not torch.isfinite(total):
+            if bad_loss:
+                self._bad_step(bad_loss)
+            elif not self._scaler_handles_overflow():
                 bad = [n for n, p in self.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
                 self._bad_step(f"non-finite gradient in {len(bad)} parameter(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
             # Without gradients the optimizer leaves every parameter as it is: the step is skipped.

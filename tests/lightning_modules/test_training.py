@@ -1,0 +1,97 @@
+"""Training behaviour a user relies on: non-finite steps are skipped (and stop the fit when they persist),
+and the same YAML trains with two DDP processes on the CPU."""
+
+import re
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from conftest import TINY, run_main
+from datamodules import ImageClassificationDataModule
+from lightning_modules import ImageClassifier
+
+
+class NaNLossAt(nn.Module):
+    """Cross-entropy that turns NaN at chosen training steps, as a bad batch or an overflow would."""
+
+    def __init__(self, model: ImageClassifier, steps: set[int]):
+        super().__init__()
+        self.inner, self.steps, self.model = model.criterion, steps, [model]
+
+    def forward(self, logits, y):
+        loss = self.inner(logits, y)
+        model = self.model[0]
+        return loss * float("nan") if model.training and model.global_step in self.steps else loss
+
+
+class WeightsAt(pl.Callback):
+    """Snapshots of the weights before each training batch."""
+
+    def __init__(self):
+        self.before = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.before[trainer.global_step] = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
+
+
+def fit(model, max_epochs=1, **trainer_kwargs):
+    snapshots = WeightsAt()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, limit_val_batches=2, callbacks=[snapshots], **trainer_kwargs)
+    data = ImageClassificationDataModule(source="digits", image_size=16, batch_size=64)
+    trainer.fit(model, datamodule=data)
+    return trainer, snapshots
+
+
+def tiny_model(**kwargs):
+    return ImageClassifier(num_classes=10, backbone="resnet", backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4},
+                           input_size=(16, 16), lr=0.01, scheduler="none", log_confusion_matrix=False, **kwargs)
+
+
+def test_a_nan_loss_is_skipped_logged_and_the_fit_goes_on():
+    model = tiny_model()
+    model.criterion = NaNLossAt(model, {3})
+    with pytest.warns(UserWarning, match=r"step 3: non-finite .* the step is skipped"):
+        trainer, snapshots = fit(model, limit_train_batches=8)
+
+    assert trainer.global_step == 8 and not trainer.should_stop  # the fit ran to its end
+    assert model.skipped_steps == 1
+    # the NaN step changed no weight: what step 4 started from is what step 3 started from
+    for name, before in snapshots.before[3].items():
+        if "running_" not in name and "num_batches_tracked" not in name:  # batch-norm statistics follow forward passes
+            torch.testing.assert_close(snapshots.before[4][name], before, rtol=0, atol=0, msg=name)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(snapshots.before[5]["conv1.weight"], snapshots.before[4]["conv1.weight"])  # training resumed
+
+
+def test_persistent_non_finite_steps_stop_the_fit_with_one_clear_message():
+    model = tiny_model(max_bad_steps=3)
+    model.criterion = NaNLossAt(model, set(range(2, 100)))
+    with pytest.warns(UserWarning, match=r"stopping the fit: 3 steps in a row were non-finite \(last at step 4\).*gradient_clip_val"):
+        trainer, snapshots = fit(model, max_epochs=3)
+
+    assert trainer.should_stop and trainer.global_step == 5  # steps 2, 3, 4 were bad; 17 batches an epoch, 3 epochs asked
+    final = model.net.state_dict()
+    for name, before in snapshots.before[2].items():
+        if "num_batches_tracked" not in name and "running" not in name:
+            torch.testing.assert_close(final[name], before, rtol=0, atol=0, msg=name)  # no bad update applied
+
+
+def test_two_process_cpu_ddp_fit_writes_one_run_and_synced_metrics(quickstart, tmp_path):
+    proc = run_main(["fit", "--config", quickstart, *TINY, "--trainer.max_epochs", "1",
+                     "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"], tmp_path, timeout=400)
+    runs = tmp_path / "runs" / "quickstart"
+    assert [p.name for p in runs.iterdir()] == ["version_0"]
+    assert sorted(p.name for p in (runs / "version_0" / "checkpoints").iterdir()) == ["epoch000.ckpt", "last.ckpt"]
+    printed = [float(m) for m in re.findall(r"^test/top1 = ([0-9.]+)", proc.stdout, re.M)]
+    assert len(printed) == 1  # rank zero reports, once
+
+    # The two processes each tested half of the split; the synced metric is the whole split's.
+    model = ImageClassifier.load_from_checkpoint(runs / "version_0" / "checkpoints" / "epoch000.ckpt")
+    data = ImageClassificationDataModule(source="digits", image_size=16, batch_size=64)
+    single = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False).test(model, datamodule=data, verbose=False)
+    # DistributedSampler pads 359 test images to 360 with one repeat: at most one image's worth of difference.
+    assert printed[0] == pytest.approx(single[0]["test/top1"], abs=1 / 359 + 1e-4)
