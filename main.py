@@ -81,7 +81,7 @@ class EdgeCLI(LightningCLI):
             return
         checkpoint = trainer.checkpoint_callback
         best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
-        results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None, verbose=False)
+        results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
         if trainer.is_global_zero and results:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(results[0].items()))
             source = os.path.relpath(best) if best else "final weights"

@@ -54,9 +54,20 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
             )
         else:
             raise ValueError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
+    proto = onnx.load(str(tmp))
+    strip_debug_metadata(proto)
+    onnx.save(proto, str(tmp))
     onnx.checker.check_model(str(tmp), full_check=True)
     os.replace(tmp, path)
     return path
+
+
+def strip_debug_metadata(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node debug records (stack traces with this machine's paths, FX node text):
+    about 12 % of a small model's file, nothing a runtime reads, nothing to ship to a device."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
 
 
 def onnx_parity(model: nn.Module, onnx_path: str | os.PathLike, batch: np.ndarray) -> dict[str, float]:

@@ -1,0 +1,212 @@
+"""StructuredPruning: channels removed inside the fit (torch-pruning, DepGraph), so the epochs after it fine-tune
+a network that is really smaller and faster; and AtEpochs, a YAML-writable schedule for Lightning's own
+(mask-only, no dense speedup) `ModelPruning`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch_pruning as tp
+from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
+
+from lightning_modules import classifier_layer
+
+log = logging.getLogger(__name__)
+
+# A MACs target is approached in steps of MAX_RATIO / MACS_STEPS of the channels (cumulative, from the
+# original widths); the first step whose MACs reach the target is kept.
+MAX_RATIO = 0.9
+MACS_STEPS = 36
+
+
+def count_macs_params(net: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """(MACs, parameters) of one forward pass of `example` (torch-pruning's counter, on a copy in eval mode)."""
+    macs, params = tp.utils.count_ops_and_params(net, example)
+    return int(macs), int(params)
+
+
+def check_target(ratio: Optional[float], macs_reduction: Optional[float]) -> None:
+    if (ratio is None) == (macs_reduction is None):
+        raise ValueError("give StructuredPruning exactly one of ratio (fraction of channels) or macs_reduction (e.g. 2.0 = half the MACs)")
+    if ratio is not None and not 0.0 < ratio < 1.0:
+        raise ValueError(f"StructuredPruning ratio must be between 0 and 1 (the fraction of channels removed), got {ratio}")
+    if macs_reduction is not None and not macs_reduction > 1.0:
+        raise ValueError(f"StructuredPruning macs_reduction must be above 1 (2.0 = half the MACs), got {macs_reduction}")
+
+
+def prune_channels(net: nn.Module, example: torch.Tensor, ratio: Optional[float] = None,
+                   macs_reduction: Optional[float] = None, round_to: Optional[int] = 8,
+                   global_pruning: bool = False) -> dict[str, Any]:
+    """Remove channels from `net` in place by L1 magnitude, keeping the classifier's outputs.
+
+    ratio: the fraction of each layer group's channels to remove; macs_reduction: remove channels step by
+    step until MACs are at most 1/macs_reduction of the original. round_to keeps every pruned width a multiple
+    of it (rounded down: TensorRT and CPU kernels like multiples of 8). Returns params and MACs before/after.
+    """
+    check_target(ratio, macs_reduction)
+    example = example.to(next(net.parameters()).device)
+    macs_before, params_before = count_macs_params(net, example)
+    was_training = net.training
+    # Eval mode: tracing the dependency graph runs a forward pass, which in train mode would move the
+    # BatchNorm running statistics towards those of the all-zeros example.
+    net.eval()
+    try:
+        with torch.enable_grad():  # DepGraph traces through autograd
+            pruner = tp.pruner.MetaPruner(
+                net, example, importance=tp.importance.MagnitudeImportance(p=1),
+                pruning_ratio=ratio if ratio is not None else MAX_RATIO,
+                iterative_steps=1 if ratio is not None else MACS_STEPS,
+                round_to=round_to, global_pruning=global_pruning,
+                ignored_layers=[classifier_layer(net)],
+            )
+            macs = macs_before
+            for _ in range(pruner.iterative_steps):
+                pruner.step()
+                if ratio is not None:
+                    break
+                macs, _ = count_macs_params(net, example)
+                if macs * macs_reduction <= macs_before:
+                    break
+    finally:
+        net.train(was_training)
+    macs_after, params_after = count_macs_params(net, example)
+    if macs_reduction is not None and macs_after * macs_reduction > macs_before:
+        log.warning(f"structured pruning reached only {macs_before / macs_after:.2f}x fewer MACs (asked {macs_reduction}x) "
+                    f"at {MAX_RATIO:.0%} of the channels removed")
+    return {"params_before": params_before, "params_after": params_after,
+            "macs_before": macs_before, "macs_after": macs_after}
+
+
+def reset_best_tracking(trainer: pl.Trainer) -> list[str]:
+    """Forget every monitored best so far: those checkpoints hold the unpruned network, and "best" (which the
+    fit-end export and test load) must be chosen among pruned ones. Returns the pre-pruning best paths."""
+    left_behind = []
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
+            left_behind += [p for p in cb.best_k_models if p]
+            cb.best_k_models = {}
+            cb.kth_best_model_path = ""
+            cb.best_model_path = ""
+            cb.best_model_score = None
+            cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
+        elif isinstance(cb, EarlyStopping):
+            # The accuracy dip right after pruning is expected; it must not count towards patience.
+            cb.wait_count = 0
+            cb.best_score = torch.tensor(torch.inf if cb.monitor_op == torch.lt else -torch.inf)
+    return left_behind
+
+
+class StructuredPruning(Callback):
+    """Remove channels at the start of epoch `at_epoch`; the remaining epochs fine-tune the pruned network.
+
+    L1-magnitude importance over torch-pruning's dependency groups (residual additions pruned together), the
+    classifier's outputs kept. The optimizer and LR scheduler are rebuilt for the epochs that are left, and
+    best-checkpoint tracking restarts so "best" is a pruned checkpoint. Checkpoints record the pruned layer
+    shapes, so `load_from_checkpoint` and `--ckpt_path` resume rebuild the pruned network (and do not prune again).
+
+    Args:
+        at_epoch: the epoch (0-based) at whose start channels are removed; must be below trainer.max_epochs.
+        ratio: fraction of channels removed in every layer group (e.g. 0.3).
+        macs_reduction: instead of ratio, prune until MACs fall by this factor (2.0 = half the MACs).
+        round_to: keep pruned widths multiples of this (8 suits TensorRT and CPU kernels; null: exact ratio).
+        global_pruning: rank channels across all layers instead of layer by layer (uneven widths).
+    """
+
+    def __init__(self, at_epoch: int = 5, ratio: Optional[float] = None, macs_reduction: Optional[float] = None,
+                 round_to: Optional[int] = 8, global_pruning: bool = False) -> None:
+        check_target(ratio, macs_reduction)
+        if at_epoch < 0:
+            raise ValueError(f"StructuredPruning at_epoch must be 0 or more, got {at_epoch}")
+        if round_to is not None and round_to < 1:
+            raise ValueError(f"StructuredPruning round_to must be a positive channel multiple or null, got {round_to}")
+        self.at_epoch, self.ratio, self.macs_reduction = at_epoch, ratio, macs_reduction
+        self.round_to, self.global_pruning = round_to, global_pruning
+        self.pruned = False
+        self.stats: dict[str, Any] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or trainer.fast_dev_run:
+            return
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0 and self.at_epoch >= max_epochs:
+            raise ValueError(
+                f"StructuredPruning at_epoch {self.at_epoch} is not below trainer.max_epochs {max_epochs}: there would be "
+                "no epoch left to fine-tune; lower at_epoch or raise max_epochs"
+            )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, not in setup: a --ckpt_path resume has restored self.pruned by now, and a network pruned
+        # before the resume needs no re-wrapping.
+        if trainer.world_size > 1 and not self.pruned:
+            raise ValueError(
+                "StructuredPruning runs in single-process fits only (DDP would have to re-wrap the network after its "
+                "channels change); set trainer.devices: 1, or prune in one process and fine-tune the pruned checkpoint with DDP"
+            )
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # fast_dev_run runs one epoch: prune in it, so the dry run goes through this path too.
+        due = trainer.current_epoch >= self.at_epoch or bool(trainer.fast_dev_run)
+        if self.pruned or not due:
+            return
+        example = getattr(pl_module, "example_input_array", None)
+        if not isinstance(example, torch.Tensor):
+            raise ValueError(f"StructuredPruning needs {type(pl_module).__name__}.example_input_array to trace the network")
+        net = getattr(pl_module, "net", pl_module)
+        stats = prune_channels(net, example, self.ratio, self.macs_reduction, self.round_to, self.global_pruning)
+        self.pruned = True
+        self.stats = {"epoch": trainer.current_epoch, "input_size": list(example.shape[2:]), **stats}
+
+        # The pruned layers hold new Parameter objects: the old optimizer (and the scheduler bound to it)
+        # would update tensors the network no longer uses.
+        trainer.strategy.setup_optimizers(trainer)
+        left_behind = reset_best_tracking(trainer)
+        if hasattr(pl_module, "val_best_top1"):
+            pl_module.val_best_top1.reset()  # the HPARAMS tab's best should be the pruned network's
+
+        for logger in trainer.loggers:
+            logger.log_metrics({f"pruning/{k}": float(v) for k, v in stats.items()}, step=trainer.global_step)
+        rank_zero_info(
+            f"structured pruning at epoch {trainer.current_epoch}: params {stats['params_before']:,} -> "
+            f"{stats['params_after']:,} ({stats['params_before'] / stats['params_after']:.2f}x fewer), MACs at "
+            f"{'x'.join(map(str, self.stats['input_size']))} {stats['macs_before'] / 1e6:.1f}M -> {stats['macs_after'] / 1e6:.1f}M "
+            f"({stats['macs_before'] / stats['macs_after']:.2f}x fewer); optimizer and LR schedule rebuilt for "
+            f"{trainer.max_epochs - trainer.current_epoch} epoch(s) of fine-tuning"
+            + (f"; best checkpoint now chosen among pruned ones (unpruned best left at {', '.join(left_behind)})" if left_behind else "")
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pruned": self.pruned, "stats": dict(self.stats)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pruned = bool(state_dict.get("pruned", False))
+        self.stats = dict(state_dict.get("stats", {}))
+
+
+class AtEpochs:
+    """A schedule for Lightning's `ModelPruning(apply_pruning=...)` that YAML can express: prune at these epochs.
+
+    ModelPruning applies `amount` at every epoch by default, each time to what is left (0.5 for ten epochs is
+    99.9 % zeros). In YAML: `apply_pruning: {class_path: callbacks.AtEpochs, init_args: {epochs: [5]}}`.
+    """
+
+    def __init__(self, epochs: list[int]) -> None:
+        self.epochs = [int(e) for e in epochs]
+
+    def __call__(self, epoch: int) -> bool:
+        return epoch in self.epochs
+
+
+def sparsity(net: nn.Module) -> float:
+    """Fraction of exactly-zero weights over all conv and linear layers (what masks leave behind)."""
+    zeros = total = 0
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            zeros += int((m.weight == 0).sum())
+            total += m.weight.numel()
+    return zeros / max(total, 1)
