@@ -179,7 +179,7 @@ class Int8Quantization(FitEndStep):
             return top1(OnnxRuntimeRunner(str(out)).infer(x_val), y_val)
 
         int8_top1 = attempt(())
-        attempts = [{"excluded": 0, "int8_top1": int8_top1, "drop_pts": 100 * (fp32_top1 - int8_top1)}]
+        attempts = [{"excluded": 0, "nodes": [], "int8_top1": int8_top1, "drop_pts": 100 * (fp32_top1 - int8_top1)}]
         excluded: list[str] = []
         best = ([], int8_top1)
         if 100 * (fp32_top1 - int8_top1) > self.max_drop and self.max_excluded > 0:
@@ -187,7 +187,8 @@ class Int8Quantization(FitEndStep):
             for k in _doubling(min(self.max_excluded, len(ranked))):
                 excluded = ranked[:k]
                 int8_top1 = attempt(excluded)
-                attempts.append({"excluded": k, "int8_top1": int8_top1, "drop_pts": 100 * (fp32_top1 - int8_top1)})
+                attempts.append({"excluded": k, "nodes": list(excluded), "int8_top1": int8_top1,
+                                 "drop_pts": 100 * (fp32_top1 - int8_top1)})
                 if int8_top1 > best[1]:
                     best = (list(excluded), int8_top1)
                 if 100 * (fp32_top1 - int8_top1) <= self.max_drop:

@@ -11,6 +11,7 @@ from torch import nn
 
 from conftest import TINY, run_main
 from datamodules import ImageClassificationDataModule
+from deploy.bundle import load_bundle
 from lightning_modules import ImageClassifier
 
 
@@ -80,12 +81,16 @@ def test_persistent_non_finite_steps_stop_the_fit_with_one_clear_message():
             torch.testing.assert_close(final[name], before, rtol=0, atol=0, msg=name)  # no bad update applied
 
 
-def test_two_process_cpu_ddp_fit_writes_one_run_and_synced_metrics(quickstart, tmp_path):
+def test_two_process_cpu_ddp_fit_writes_one_run_one_bundle_and_synced_metrics(quickstart, tmp_path):
     proc = run_main(["fit", "--config", quickstart, *TINY, "--trainer.max_epochs", "1",
                      "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"], tmp_path, timeout=400)
     runs = tmp_path / "runs" / "quickstart"
     assert [p.name for p in runs.iterdir()] == ["version_0"]
     assert sorted(p.name for p in (runs / "version_0" / "checkpoints").iterdir()) == ["epoch000.ckpt", "last.ckpt"]
+    # the fit-end callbacks ran on rank zero only: one bundle, complete and verified
+    assert sorted(p.name for p in runs.rglob("manifest.json")) == ["manifest.json"]
+    bundle = load_bundle(runs / "version_0" / "bundle", verify=True)
+    assert {a["format"] for a in bundle.artifacts} == {"onnx", "onnx-int8"}
     printed = [float(m) for m in re.findall(r"^test/top1 = ([0-9.]+)", proc.stdout, re.M)]
     assert len(printed) == 1  # rank zero reports, once
 

@@ -1,0 +1,184 @@
+"""The fit-end chain as a user meets it: `fit` on the quickstart leaves a verified bundle in the run directory."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import pytorch_lightning as pl
+import torch
+from onnx import numpy_helper
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from callbacks import DeployBundle, Int8Quantization, ONNXExport, TensorRTBuild
+from callbacks.quantization import asymmetric_zero_points, prepare_for_quantization, quantize_int8
+from conftest import REPO, TINY, run_main
+from datamodules import ImageClassificationDataModule
+from deploy.bundle import BundleError, load_bundle
+from deploy.runners import OnnxRuntimeRunner
+from lightning_modules import ImageClassifier
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, quickstart_path=str(REPO / "experiments" / "quickstart.yaml")):
+    cwd = tmp_path_factory.mktemp("fit")
+    proc = run_main(["fit", "--config", quickstart_path, *TINY, "--trainer.max_epochs", "2"], cwd)
+    return cwd / "runs" / "quickstart" / "version_0", proc
+
+
+def test_fit_writes_a_bundle_whose_manifest_validates_and_sha256s_match(fitted):
+    run, proc = fitted
+    bundle = load_bundle(run / "bundle", verify=True)  # schema, every sha256 and size checked
+    files = sorted(p.name for p in (run / "bundle").iterdir())
+    assert files == ["config.yaml", "labels.txt", "manifest.json", "model.int8.onnx", "model.onnx",
+                     "report.json", "report.md", "report.png"]
+    assert not (run / ".bundle-staging").exists()
+    assert [(a["format"], a["precision"]) for a in bundle.artifacts] == [("onnx", "fp32"), ("onnx-int8", "int8")]
+    assert bundle.classes == [str(i) for i in range(10)]
+    assert bundle.manifest["task"]["input"]["shape"] == [3, 16, 16]
+    assert bundle.manifest["preprocessing"]["resize"] == [16, 16]
+    assert bundle.manifest["source"]["checkpoint"].startswith("checkpoints/epoch")
+    assert {"torch", "onnx", "onnxruntime"} <= set(bundle.manifest["versions"])
+    skipped = bundle.manifest["skipped"]
+    assert {s["precision"] for s in skipped} == {"fp16", "int8"} and all(s["reason"].startswith("skipped: ") for s in skipped)
+    for a in bundle.artifacts:
+        assert 0.0 <= a["metrics"]["top1"] <= 1.0 and a["metrics"]["latency_ms"] > 0 and a["metrics"]["throughput"] > 0
+    # the table is printed at the end of the fit
+    assert "format" in proc.stdout and "ONNX INT8" in proc.stdout and "Δtop-1" in proc.stdout
+
+
+def test_report_rows_match_an_independent_evaluation_on_the_test_split(fitted):
+    run, _ = fitted
+    report = json.loads((run / "bundle" / "report.json").read_text())
+    assert [r["label"] for r in report["rows"]] == ["PyTorch FP32", "ONNX FP32", "ONNX INT8"]
+    data = ImageClassificationDataModule(source="digits", image_size=16)
+    data.setup("test")
+    x = torch.cat([b[0] for b in data.test_dataloader()]).numpy()
+    y = torch.cat([b[1] for b in data.test_dataloader()]).numpy()
+    for row, name in zip(report["rows"][1:], ["model.onnx", "model.int8.onnx"]):
+        logits = OnnxRuntimeRunner(str(run / "bundle" / name)).infer(x)
+        assert row["top1"] == pytest.approx(float((logits.argmax(1) == y).mean()))
+    assert "| ONNX INT8 |" in (run / "bundle" / "report.md").read_text()
+    acc = EventAccumulator(str(run), size_guidance={"tensors": 0, "images": 0})
+    acc.Reload()
+    assert "bundle/report/text_summary" in acc.Tags()["tensors"] and "bundle/report" in acc.Tags()["images"]
+
+
+def test_onnx_matches_the_best_checkpoint_at_batch_1_and_n(fitted):
+    run, _ = fitted
+    best = next((run / "checkpoints").glob("epoch*.ckpt"))
+    model = ImageClassifier.load_from_checkpoint(best, map_location="cpu").eval()
+    data = ImageClassificationDataModule(source="digits", image_size=16)
+    data.setup("fit")
+    x = next(iter(data.val_dataloader()))[0][:7]
+    runner = OnnxRuntimeRunner(str(run / "bundle" / "model.onnx"))
+    assert runner.input_name == "input" and runner.output_name == "logits"
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(runner.infer(x[:1].numpy()), expected[:1], atol=1e-4)
+    np.testing.assert_allclose(runner.infer(x.numpy()), expected, atol=1e-4)
+    assert not list((run / "bundle").glob("*.data"))  # one file, no external weights
+
+
+def test_int8_zero_points_are_int8_zeros_so_tensorrt_accepts_it(fitted):
+    run, _ = fitted
+    path = run / "bundle" / "model.int8.onnx"
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 20
+    activation_zps = [inits[n.input[2]] for n in qdq if len(n.input) > 2 and inits[n.input[2]].data_type != onnx.TensorProto.INT32]
+    assert activation_zps and all(z.data_type == onnx.TensorProto.INT8 for z in activation_zps)
+    assert all(not numpy_helper.to_array(z).any() for z in activation_zps)
+    assert asymmetric_zero_points(path) == []
+    assert os.path.getsize(path) < os.path.getsize(run / "bundle" / "model.onnx")  # the ratio is measured in benchmarks/compression.py
+
+
+def test_the_device_runtime_serves_the_bundle(fitted, tmp_path):
+    run, _ = fitted
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    paths = []
+    for i in range(20):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.rint(digits.images[i] * 255 / 16).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    out = subprocess.run([sys.executable, "-m", "deploy", "infer", "--bundle", str(run / "bundle"), *paths],
+                         capture_output=True, text=True, cwd=REPO, check=True).stdout
+    predicted = [int(json.loads(line)["top"][0]["class"]) for line in out.splitlines()]
+    assert np.mean(np.array(predicted) == digits.target[:20]) >= 0.5  # a 2-epoch, width-4 model: well above chance
+
+
+def test_gate_keeps_the_most_harmful_nodes_in_fp32(tmp_path):
+    quant = Int8Quantization(num_samples=128, max_drop=-100.0, max_excluded=2)  # a gate no model passes
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, limit_val_batches=2,
+                         enable_progress_bar=False, logger=False, default_root_dir=tmp_path,
+                         callbacks=[ONNXExport(exporter="torchscript"), quant, DeployBundle(latency_iterations=5, throughput_iterations=2)])
+    model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
+    with pytest.warns(UserWarning, match="node\\(s\\) kept in FP32, above the gate"):
+        trainer.fit(model, datamodule=ImageClassificationDataModule(source="digits", image_size=16))
+
+    report = quant.report
+    attempts = report["attempts"]
+    assert [a["excluded"] for a in attempts] == [0, 1, 2] and not report["gate_met"]
+    # the search kept the best attempt (fewest nodes on a tie), and the report says which nodes stay FP32
+    best = max(attempts, key=lambda a: (a["int8_top1"], -a["excluded"]))
+    assert report["excluded_nodes"] == best["nodes"] and report["int8_top1"] == best["int8_top1"]
+    text = (tmp_path / "bundle" / "report.md").read_text()
+    assert "NOT met" in text and all(name in text for name in report["excluded_nodes"])
+
+    # an excluded node really runs in FP32: its weights stay FP32 initializers, not dequantized INT8
+    prepared = prepare_for_quantization(tmp_path / "bundle" / "model.onnx", tmp_path / "prepared.onnx")
+    x = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    nodes = attempts[2]["nodes"]
+    int8 = onnx.load(str(quantize_int8(prepared, tmp_path / "excluded.onnx", x, nodes_to_exclude=nodes)))
+    fp32_weights = {i.name for i in int8.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 4}
+    convs = {n.name: n for n in int8.graph.node if n.op_type == "Conv"}
+    assert len(nodes) == 2
+    for name in nodes:
+        if name in convs:
+            assert convs[name].input[1] in fp32_weights, f"{name} still has INT8 weights"
+    assert sum(c.input[1] in fp32_weights for c in convs.values()) == sum(n in convs for n in nodes)
+
+
+@pytest.mark.parametrize("callbacks,message", [
+    ([TensorRTBuild(precisions=["fp16"])], "TensorRTBuild needs ONNXExport in trainer.callbacks"),
+    ([DeployBundle(), ONNXExport()], "DeployBundle is listed before ONNXExport"),
+    ([ONNXExport(), TensorRTBuild(precisions=["int8"])], "int8 builds from the Q/DQ ONNX of Int8Quantization"),
+])
+def test_a_missing_or_misplaced_step_is_one_sentence_at_fit_start(callbacks, message, tmp_path):
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, default_root_dir=tmp_path, callbacks=callbacks,
+                         enable_progress_bar=False)
+    model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(model, datamodule=ImageClassificationDataModule(source="digits", image_size=16))
+    assert trainer.global_step == 0  # refused before any training
+
+
+KILL_DURING_BUNDLE = """
+import os, signal, sys
+import callbacks.bundle as bundle
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # as a power cut or the OOM killer would, mid-write
+bundle.write_manifest = killed
+sys.argv = ["main.py"] + sys.argv[1:]
+from main import cli_main
+cli_main()
+"""
+
+
+def test_a_fit_killed_while_the_bundle_is_written_leaves_no_manifest(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_BUNDLE, "fit", "--config", str(REPO / "experiments" / "quickstart.yaml"),
+                           *TINY, "--trainer.max_epochs", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    assert (run / ".bundle-staging" / "model.int8.onnx").is_file()  # it was killed well into the bundle
+    assert not (run / "bundle").exists()
+    with pytest.raises(BundleError, match="manifest"):
+        load_bundle(run / ".bundle-staging")
