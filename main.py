@@ -93,14 +93,15 @@ def _has(callbacks: list[Callback], kind: type) -> bool:
     return any(isinstance(c, kind) for c in callbacks)
 
 
-def cli_main(args: Optional[list[str]] = None) -> EdgeCLI:
-    """The `edgecls` console command."""
+def cli_main(args: Optional[list[str]] = None, run: bool = True) -> EdgeCLI:
+    """The `edgecls` console command (run=False: parse and instantiate only, as benchmarks and notebooks need)."""
     return EdgeCLI(
         ImageClassifier,
         ImageClassificationDataModule,
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 
