@@ -19,10 +19,19 @@ from lightning_modules import classifier_layer
 
 log = logging.getLogger(__name__)
 
-# A MACs target is approached in steps of MAX_RATIO / MACS_STEPS of the channels (cumulative, from the
-# original widths); the first step whose MACs reach the target is kept.
+# A MACs target is approached in steps of MACS_STEP of the channels (cumulative, from the original widths),
+# never past MAX_RATIO; the first step whose MACs reach the target is kept.
 MAX_RATIO = 0.9
-MACS_STEPS = 36
+MACS_STEP = 0.02
+
+
+def macs_schedule(macs_reduction: float) -> list[float]:
+    """Channel ratios to try, in torch-pruning's iterative-scheduler form (first entry 0). A conv's MACs scale
+    with in x out channels, so 1 - 1/sqrt(reduction) is about where the target lies: start a little below it
+    (each MACs count is a forward pass at new shapes, slow on the CPU) and walk up in small steps."""
+    start = max(MACS_STEP, 1.0 - macs_reduction ** -0.5 - 0.1)
+    steps = max(1, int(round((MAX_RATIO - start) / MACS_STEP)) + 1)
+    return [0.0] + [min(start + i * MACS_STEP, MAX_RATIO) for i in range(steps)]
 
 
 def count_macs_params(net: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -58,24 +67,21 @@ def prune_channels(net: nn.Module, example: torch.Tensor, ratio: Optional[float]
     net.eval()
     try:
         with torch.enable_grad():  # DepGraph traces through autograd
+            schedule = [0.0, ratio] if ratio is not None else macs_schedule(macs_reduction)
             pruner = tp.pruner.MetaPruner(
                 net, example, importance=tp.importance.MagnitudeImportance(p=1),
-                pruning_ratio=ratio if ratio is not None else MAX_RATIO,
-                iterative_steps=1 if ratio is not None else MACS_STEPS,
+                pruning_ratio=schedule[-1], iterative_steps=len(schedule) - 1,
+                iterative_pruning_ratio_scheduler=lambda _ratio, _steps: schedule,
                 round_to=round_to, global_pruning=global_pruning,
                 ignored_layers=[classifier_layer(net)],
             )
-            macs = macs_before
             for _ in range(pruner.iterative_steps):
                 pruner.step()
-                if ratio is not None:
-                    break
-                macs, _ = count_macs_params(net, example)
-                if macs * macs_reduction <= macs_before:
+                macs_after, params_after = count_macs_params(net, example)
+                if ratio is not None or macs_after * macs_reduction <= macs_before:
                     break
     finally:
         net.train(was_training)
-    macs_after, params_after = count_macs_params(net, example)
     if macs_reduction is not None and macs_after * macs_reduction > macs_before:
         log.warning(f"structured pruning reached only {macs_before / macs_after:.2f}x fewer MACs (asked {macs_reduction}x) "
                     f"at {MAX_RATIO:.0%} of the channels removed")
