@@ -89,6 +89,27 @@ class EdgeCLI(LightningCLI):
             print(f"test/top1 = {results[0].get('test/top1', float('nan')):.4f}  ({source})", flush=True)
 
 
+    def after_predict(self) -> None:
+        """Write what `predict` returned (class probabilities over the test split) to predictions.csv in the run."""
+        batches = self.trainer.predict_loop.predictions
+        if not batches or not self.trainer.is_global_zero:
+            return
+        import torch
+
+        probs = torch.cat([b for b in batches if b is not None]).float()
+        names = list(getattr(self.datamodule, "class_names", None) or range(probs.shape[1]))
+        out = Path(self.trainer.log_dir or ".") / "predictions.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        with open(tmp, "w") as handle:
+            handle.write("index,predicted,probability\n")
+            top, index = probs.max(dim=1)
+            for i, (p, k) in enumerate(zip(top.tolist(), index.tolist())):
+                handle.write(f"{i},{names[k]},{p:.6f}\n")
+        os.replace(tmp, out)
+        print(f"predictions for {len(probs)} images: {out}", flush=True)
+
+
 def _has(callbacks: list[Callback], kind: type) -> bool:
     return any(isinstance(c, kind) for c in callbacks)
 

@@ -78,6 +78,17 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     assert "data/mean" in session.hparams and "data/batch_size" in session.hparams
 
 
+def test_predict_writes_class_probabilities_for_the_test_split(quickstart, tmp_path):
+    run_main(["fit", "--config", quickstart, *TINY, "--trainer.max_epochs", "1", "--trainer.callbacks", "[]"], tmp_path)
+    ckpt = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    proc = run_main(["predict", "--config", quickstart, *TINY, "--ckpt_path", ckpt], tmp_path)
+    out = tmp_path / "runs" / "quickstart" / "version_1" / "predictions.csv"
+    assert str(out.relative_to(tmp_path)) in proc.stdout
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    assert len(rows) == 359  # the digits test split
+    assert all(r[1] in [str(i) for i in range(10)] and 0.1 <= float(r[2]) <= 1.0 for r in rows)
+
+
 def test_resumed_fit_ends_where_an_uninterrupted_fit_ends(quickstart, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     whole.mkdir(), split.mkdir()
