@@ -9,7 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import EXPERIMENTS, TINY, run_main
+from edgecls_testing import EXPERIMENTS, TINY, run_main
 from main import cli_main
 
 

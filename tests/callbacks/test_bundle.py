@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from callbacks import DeployBundle, Int8Quantization, ONNXExport, TensorRTBuild
 from callbacks.quantization import asymmetric_zero_points, prepare_for_quantization, quantize_int8
-from conftest import REPO, TINY, run_main
+from edgecls_testing import REPO, TINY, run_main
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import BundleError, load_bundle
 from deploy.runners import OnnxRuntimeRunner

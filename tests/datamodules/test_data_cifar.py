@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import write_cifar
+from data_factory import write_cifar
 
 from datamodules import ImageClassificationDataModule
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, TinyClassifier, chmod_blocks_reads, make_folder, tiny_trainer
+from data_factory import CLASSES, TinyClassifier, chmod_blocks_reads, make_folder, tiny_trainer
 
 from datamodules import ImageClassificationDataModule
 

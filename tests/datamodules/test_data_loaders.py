@@ -1,7 +1,7 @@
 """Loaders: seeded augmentation, (seed, epoch)-only order (resume-safe), workers, synthetic, BatchSizeFinder."""
 
 import torch
-from conftest import TinyClassifier, tiny_trainer
+from data_factory import TinyClassifier, tiny_trainer
 
 from datamodules import ImageClassificationDataModule
 

@@ -51,7 +51,7 @@ def test_imagefolder_split_files_are_disjoint_stratified_and_reproducible(image_
 
 
 def test_presplit_folders_are_used_as_given(tmp_path):
-    from conftest import make_folder
+    from data_factory import make_folder
 
     root = tmp_path / "pre"
     make_folder(str(root / "train"), per_class=4, seed=1)

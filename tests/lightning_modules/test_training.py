@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from conftest import TINY, run_main
+from edgecls_testing import TINY, run_main
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import load_bundle
 from lightning_modules import ImageClassifier
