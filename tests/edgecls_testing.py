@@ -28,3 +28,7 @@ def run_main(args, cwd: Path, timeout: int = 300, expect_ok: bool = True) -> sub
     if expect_ok and proc.returncode != 0:
         raise AssertionError(f"main.py {' '.join(map(str, args))} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+# For CLI tests about training itself: the quickstart's fit-end chain (ONNX, INT8, bundle) is tested elsewhere.
+NO_FIT_END = ["--trainer.callbacks", "[]"]

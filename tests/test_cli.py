@@ -9,7 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from edgecls_testing import EXPERIMENTS, TINY, run_main
+from edgecls_testing import EXPERIMENTS, NO_FIT_END, TINY, run_main
 from main import cli_main
 
 
@@ -48,7 +48,7 @@ def test_quickstart_fast_dev_run(quickstart, tmp_path):
 
 
 def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickstart, tmp_path):
-    run_main(["fit", "--config", quickstart, "--trainer.max_epochs", "2", "--model.log_grad_norm_every", "2", *TINY], tmp_path)
+    run_main(["fit", "--config", quickstart, "--trainer.max_epochs", "2", "--model.log_grad_norm_every", "2", *TINY, *NO_FIT_END], tmp_path)
     run = tmp_path / "runs" / "quickstart" / "version_0"
     assert (run / "config.yaml").is_file()
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -79,7 +79,7 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
 
 
 def test_predict_writes_class_probabilities_for_the_test_split(quickstart, tmp_path):
-    run_main(["fit", "--config", quickstart, *TINY, "--trainer.max_epochs", "1", "--trainer.callbacks", "[]"], tmp_path)
+    run_main(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "1"], tmp_path)
     ckpt = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
     proc = run_main(["predict", "--config", quickstart, *TINY, "--ckpt_path", ckpt], tmp_path)
     out = tmp_path / "runs" / "quickstart" / "version_1" / "predictions.csv"
@@ -92,7 +92,7 @@ def test_predict_writes_class_probabilities_for_the_test_split(quickstart, tmp_p
 def test_resumed_fit_ends_where_an_uninterrupted_fit_ends(quickstart, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     whole.mkdir(), split.mkdir()
-    common = ["fit", "--config", quickstart, *TINY, "--model.scheduler", "cosine"]
+    common = ["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--model.scheduler", "cosine"]
     straight = run_main([*common, "--trainer.max_epochs", "2"], whole)
     # killed after its first epoch: the schedule still spans two epochs, as in the fit it interrupts
     run_main([*common, "--trainer.max_epochs", "2", "--trainer.max_steps", "8"], split)

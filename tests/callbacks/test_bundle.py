@@ -114,14 +114,29 @@ def test_the_device_runtime_serves_the_bundle(fitted, tmp_path):
     assert np.mean(np.array(predicted) == digits.target[:20]) >= 0.5  # a 2-epoch, width-4 model: well above chance
 
 
+class StateAtFitEnd(pl.Callback):
+    """Listed first, so it sees the trained module just before the fit-end steps run."""
+
+    def on_fit_end(self, trainer, pl_module):
+        self.training = pl_module.training
+        self.state = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
 def test_gate_keeps_the_most_harmful_nodes_in_fp32(tmp_path):
     quant = Int8Quantization(num_samples=128, max_drop=-100.0, max_excluded=2)  # a gate no model passes
+    before = StateAtFitEnd()
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, limit_val_batches=2,
                          enable_progress_bar=False, logger=False, default_root_dir=tmp_path,
-                         callbacks=[ONNXExport(exporter="torchscript"), quant, DeployBundle(latency_iterations=5, throughput_iterations=2)])
+                         callbacks=[before, ONNXExport(exporter="torchscript"), quant,
+                                    DeployBundle(latency_iterations=5, throughput_iterations=2)])
     model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
     with pytest.warns(UserWarning, match="node\\(s\\) kept in FP32, above the gate"):
         trainer.fit(model, datamodule=ImageClassificationDataModule(source="digits", image_size=16))
+
+    # the fit-end steps worked on a copy: the trained module's mode and weights are as they were
+    assert model.training == before.training
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before.state[name]), name
 
     report = quant.report
     attempts = report["attempts"]
