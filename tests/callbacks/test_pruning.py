@@ -17,7 +17,7 @@ from torch import nn
 
 from callbacks import AtEpochs, StructuredPruning, export_onnx, prune_channels
 from callbacks.pruning import count_macs_params, sparsity
-from conftest import EXPERIMENTS, TINY, run_main
+from edgecls_testing import EXPERIMENTS, TINY, run_main
 from datamodules import ImageClassificationDataModule
 from deploy.runners import OnnxRuntimeRunner
 from lightning_modules import ImageClassifier, build_backbone, classifier_layer
