@@ -21,6 +21,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from callbacks import report as report_format
 from callbacks.fit_end import BUNDLE, FitEndStep, best_model, find_step, loader_arrays, top1
 from callbacks.onnx_export import ONNXExport
+from callbacks.pruning import StructuredPruning
 from callbacks.quantization import Int8Quantization
 from callbacks.tensorrt_build import TensorRTBuild
 from deploy.benchmark import measure
@@ -156,10 +157,12 @@ class DeployBundle(FitEndStep):
         trt = find_step(trainer, TensorRTBuild)
         if trt is not None and trt.skipped:
             notes.append(("TensorRT", "; ".join(f"{p} skipped: {r}" for p, r in trt.skipped.items())))
-        pruning = next((c for c in trainer.callbacks if getattr(c, "stats", None) and type(c).__name__ == "StructuredPruning"), None)
-        if pruning is not None:
+        pruning = find_step(trainer, StructuredPruning)
+        if pruning is not None and pruning.stats:
             s = pruning.stats
-            notes.append(("Structured pruning", ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in s.items())))
+            notes.append(("Structured pruning", f"at epoch {s['epoch']}: params {s['params_before']:,} -> {s['params_after']:,}, "
+                                                f"MACs at {'x'.join(map(str, s['input_size']))} {s['macs_before']:,} -> {s['macs_after']:,} "
+                                                f"({s['macs_before'] / max(s['macs_after'], 1):.2f}x fewer)"))
         return {"name": self.name(trainer), "device": device, "throughput_batch": self.throughput_batch,
                 "test_samples": n_test, "rows": rows, "notes": notes}
 
