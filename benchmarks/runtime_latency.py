@@ -15,7 +15,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -23,54 +22,23 @@ import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from callbacks.bundle import TorchRunner  # noqa: E402
+from callbacks.onnx_export import export_onnx  # noqa: E402
+from callbacks.quantization import prepare_for_quantization, quantize_int8  # noqa: E402
 from deploy.benchmark import measure  # noqa: E402
 from deploy.runners import OnnxRuntimeRunner, Runner  # noqa: E402
 
 
-class TorchEagerRunner(Runner):
-    """torch eager in inference mode, behind the deploy Runner interface so one measure() times all."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model.eval()
-        self.input_name, self.output_name, self.input_shape = "input", "logits", (3, 224, 224)
-        self.description = "torch-eager"
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return self.model(torch.from_numpy(batch)).numpy()
-
-
 def export(model: torch.nn.Module, path: str) -> str:
-    # Legacy exporter at opset 17: single file, dynamic batch, in TensorRT 10.0's opset range.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.randn(1, 3, 224, 224), path, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return path
+    """The bundles' own exporter: torch.export-based, opset 18, one file, dynamic batch."""
+    return str(export_onnx(model, path, (224, 224)))
 
 
 def quantize(fp32_path: str, out_path: str, batches: int = 4) -> str:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    rng = np.random.default_rng(0)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.left = batches
-
-        def get_next(self):
-            if self.left == 0:
-                return None
-            self.left -= 1
-            return {"input": rng.standard_normal((8, 3, 224, 224)).astype(np.float32)}
-
-    prepared = out_path + ".pre.onnx"
-    quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
-    quantize_static(prepared, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    """The bundles' own INT8: symmetric Q/DQ, per-channel weights, calibrated here on synthetic batches."""
+    calibration = np.random.default_rng(0).standard_normal((8 * batches, 3, 224, 224)).astype(np.float32)
+    prepared = prepare_for_quantization(fp32_path, out_path + ".pre.onnx")
+    quantize_int8(prepared, out_path, calibration)
     os.unlink(prepared)
     return out_path
 
@@ -148,7 +116,7 @@ def main() -> int:
         int8 = quantize(fp32, os.path.join(tmp, "mobilenet_v2.int8.onnx"))
         sizes = {"torch eager": None, "onnxruntime fp32": os.path.getsize(fp32), "onnxruntime int8": os.path.getsize(int8)}
         threads = args.threads or None
-        runners = {"torch eager": TorchEagerRunner(model),
+        runners = {"torch eager": TorchRunner(model, (3, 224, 224)),
                    "onnxruntime fp32": OnnxRuntimeRunner(fp32, threads=threads),
                    "onnxruntime int8": OnnxRuntimeRunner(int8, threads=threads)}
         probe = np.random.default_rng(2).standard_normal((2, 3, 224, 224)).astype(np.float32)

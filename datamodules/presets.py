@@ -15,13 +15,8 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-INTERPOLATIONS = {
-    "nearest": cv2.INTER_NEAREST,
-    "bilinear": cv2.INTER_LINEAR,
-    "bicubic": cv2.INTER_CUBIC,
-    "area": cv2.INTER_AREA,
-    "lanczos": cv2.INTER_LANCZOS4,
-}
+from deploy.preprocess import INTERPOLATIONS  # one table of interpolation names, shared with the device
+
 
 
 @dataclass

@@ -67,7 +67,6 @@ def add_ignored_files(root: str) -> list[str]:
 
 def add_bad_files(root: str) -> dict[str, str]:
     """One of each kind of broken file in 'dog'; returns {relative path: expected words in the reason}."""
-    dog = os.path.join(root, "dog")
     buf = io.BytesIO()
     Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(buf, format="JPEG")
     data = buf.getvalue()

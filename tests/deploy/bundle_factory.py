@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 
@@ -27,32 +26,17 @@ def tiny_cnn(num_classes: int = 10):
 
 
 def export_onnx(model, example, path: str) -> str:
-    """Legacy exporter at opset 17: one file, dynamic batch, inside TensorRT 10.0's opset range."""
-    import torch
+    """The project's own exporter (callbacks.export_onnx), legacy path: one file, dynamic batch, fast in tests."""
+    from callbacks.onnx_export import export_onnx as project_export
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, example, path, dynamo=False, opset_version=17, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return path
+    return str(project_export(model, path, tuple(example.shape[2:]), exporter="torchscript"))
 
 
 def quantize_int8(fp32_path: str, out_path: str, calibration: np.ndarray) -> str:
-    """Symmetric Q/DQ INT8 (what TensorRT accepts), calibrated on real preprocessed images."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """The project's own symmetric Q/DQ INT8 (what TensorRT accepts), calibrated on real preprocessed images."""
+    from callbacks.quantization import prepare_for_quantization, quantize_int8 as project_quantize
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"input": calibration[i:i + 16]} for i in range(0, len(calibration), 16)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    prepared = out_path + ".pre.onnx"
-    quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
-    quantize_static(prepared, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    prepared = prepare_for_quantization(fp32_path, out_path + ".pre.onnx")
+    project_quantize(prepared, out_path, calibration)
     os.unlink(prepared)
     return out_path

@@ -2,7 +2,6 @@
 and the same YAML trains with two DDP processes on the CPU."""
 
 import re
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
