@@ -302,6 +302,10 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             num_workers=self.num_workers, persistent_workers=self.persistent_workers,
             pin_memory=self._use_pin_memory(), generator=torch.Generator().manual_seed(self.seed),
             worker_init_fn=init_loader_worker if self.num_workers else None,
+            # Workers forked from a process whose OpenMP/OpenCV thread pools are already running can deadlock
+            # (seen here: a loader with workers after batches were made in the main process). A forkserver
+            # starts workers from a clean, single-threaded process instead, and stays cheap after the first.
+            multiprocessing_context="forkserver" if self.num_workers else None,
         )
 
     def _dataset(self, name: str) -> ImageDataset:
