@@ -71,9 +71,9 @@ class EdgeCLI(LightningCLI):
         if self.subcommand != "fit" or self.config["fit"].get("ckpt_path") != "last":
             return None
         runs = Path(RUNS_DIR) / self.experiment_name()
-        versions = [int(p.name.split("_", 1)[1]) for p in runs.glob("version_*/checkpoints/last.ckpt")
-                    for p in [p.parent.parent] if p.name.split("_", 1)[1].isdigit()]
-        return max(versions) if versions else None
+        suffixes = (ckpt.parents[1].name.removeprefix("version_") for ckpt in runs.glob("version_*/checkpoints/last.ckpt"))
+        versions = [int(s) for s in suffixes if s.isdigit()]
+        return max(versions, default=None)
 
     def after_fit(self) -> None:
         trainer = self.trainer
