@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import platform
 import shutil
@@ -118,19 +117,19 @@ class DeployBundle(FitEndStep):
         if quant is not None and quant.int8_path is not None:
             candidates.append(("ONNX INT8", "onnx-int8", "int8", OnnxRuntimeRunner(str(quant.int8_path)), quant.int8_path))
         trt = find_step(trainer, TensorRTBuild)
-        for engine, precision, sidecar in (trt.engines if trt else []):
+        for engine, precision, _sidecar in (trt.engines if trt else []):
             candidates.append((f"TensorRT {precision.upper()}", "tensorrt", precision, TensorRTRunner(str(engine)), engine))
 
+        gpu_name = versions().get("gpu", "GPU")
         rows, artifacts = [], []
         for label, fmt, precision, runner, path in candidates:
             logits = runner.infer(x)
-            gpu = fmt == "tensorrt"
             latency = measure(runner, 1, iterations=self.latency_iterations, warmup=5)
             throughput = measure(runner, self.throughput_batch, iterations=self.throughput_iterations, warmup=2)
             row = {"label": label, "format": fmt, "precision": precision, "top1": top1(logits, y), "top5": top5(logits, y),
                    "latency_ms": latency["p50_ms"], "throughput": throughput["throughput"],
                    "size_mb": (os.path.getsize(path) if path else _state_dict_bytes(model)) / 1e6,
-                   "device": versions().get("gpu", "GPU") if gpu else device}
+                   "device": gpu_name if fmt == "tensorrt" else device}
             rows.append(row)
             if path is not None:
                 metrics = {k: row[k] for k in ("top1", "latency_ms", "throughput", "device")}
@@ -221,6 +220,3 @@ def _replace_dir(new: Path, target: Path) -> None:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
-
-def load_report(bundle_dir: str | os.PathLike) -> dict:
-    return json.loads((Path(bundle_dir) / "report.json").read_text())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import warnings
 from pathlib import Path
@@ -20,8 +19,6 @@ from torch import nn
 
 from callbacks.fit_end import FitEndStep, best_model, input_size, loader_arrays
 from deploy.runners import OnnxRuntimeRunner
-
-log = logging.getLogger(__name__)
 
 # Opset 18 is the lowest the torch.export-based exporter emits natively (asking lower exports at 18 and then
 # down-converts, which failed on MobileNetV2's ReduceMean); TensorRT 10.0 parses 9-20, TensorRT 11 up to 25.

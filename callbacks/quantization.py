@@ -3,7 +3,6 @@ TensorRT accepts, behind an accuracy gate that keeps the most harmful nodes in F
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,8 +20,6 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from callbacks.fit_end import FitEndStep, find_step, loader_arrays, top1
 from callbacks.onnx_export import ONNXExport
 from deploy.runners import OnnxRuntimeRunner
-
-log = logging.getLogger(__name__)
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Optional, Union
 
@@ -21,7 +20,6 @@ from datamodules.rundir import write_excluded, write_split_lists
 from datamodules.split import check_ratios
 from datamodules.stats import (PixelSums, fingerprint, load_cached_mean_std, save_cached_mean_std, sum_pixels)
 
-log = logging.getLogger(__name__)
 
 SOURCES = ("digits", "imagefolder", "cifar10", "cifar100", "synthetic")
 
