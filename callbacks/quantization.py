@@ -57,7 +57,9 @@ def quantize_int8(prepared_path: str | os.PathLike, out_path: str | os.PathLike,
         quant_format=QuantFormat.QDQ, per_channel=per_channel,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
         calibrate_method=METHODS[method], nodes_to_exclude=list(nodes_to_exclude),
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": percentile},
+        # QuantizeBias False: biases stay float; TensorRT rejects DequantizeLinear nodes with INT32 inputs.
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                       "CalibPercentile": percentile},
     )
     os.replace(tmp, out_path)
     return out_path
