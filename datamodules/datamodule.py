@@ -40,6 +40,14 @@ def init_loader_worker(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
 def default_cache_dir() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "edgecls")
 
@@ -59,7 +67,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         split: [train, val, test] fractions for sources without a fixed split (stratified, seeded).
         batch_size: train batch size (Lightning's BatchSizeFinder may change it).
         eval_batch_size: val/test/predict batch size; defaults to batch_size.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (capped at the CPU cores this process may use).
         persistent_workers: keep workers alive between epochs (ignored with num_workers 0).
         pin_memory: pin host memory; default: only when the trainer runs on a GPU.
         seed: seeds the split, the shuffle order and the augmentation of every (epoch, sample).
@@ -113,14 +121,14 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size} eval_batch_size={eval_batch_size}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.num_workers = max(0, int(num_workers))
+        self.num_workers = self._cap_workers(max(0, int(num_workers)))
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.pin_memory = pin_memory
         self.seed = int(seed)
         self.download = download
         self.synthetic = sources.synthetic_options(synthetic) if source == "synthetic" else synthetic
         self.cache_dir = os.path.expanduser(cache_dir) if cache_dir else default_cache_dir()
-        self.index_threads = index_threads or min(8, os.cpu_count() or 1)
+        self.index_threads = index_threads or min(8, usable_cores())
 
         self.class_names = self._cheap_class_names()
         self.num_classes = len(self.class_names)
@@ -130,6 +138,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self._data: Optional[sources.SourceData] = None
         self._datasets: dict[str, ImageDataset] = {}
         self._grid_logged = False
+        self._reported_to: Any = ()  # the run directory last reported to; () = none yet (None = no logger)
 
     # --- construction ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -141,6 +150,17 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         if len(value) != 2 or any(len(v) != 3 for v in value) or any(s <= 0 for s in value[1]):
             raise ValueError(f"mean_std as a list must be [[3 means], [3 positive stds]], got {value!r}")
         return [[float(v) for v in value[0]], [float(v) for v in value[1]]]
+
+    @staticmethod
+    def _cap_workers(requested: int) -> int:
+        # More loader processes than cores only adds memory and context switches; YAMLs written on a
+        # workstation still run on a 2-core laptop or CI runner.
+        cores = usable_cores()
+        if requested <= cores:
+            return requested
+        rank_zero_info(f"data.num_workers {requested} is more than the {cores} CPU core(s) this process may use; "
+                       f"using {cores} loader workers")
+        return cores
 
     def _cheap_class_names(self) -> list[str]:
         if self.source == "digits":
@@ -170,10 +190,15 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             self.class_names = self._data.class_names
             self.excluded = list(self._data.excluded)
             self._build_datasets()
-            self._report()
+        # Once per run directory, not once per DataModule: a DataModule set up before it met its trainer (a
+        # notebook, a test) still leaves its split lists and excluded images in the run, and points its
+        # datasets there for files that go bad mid-fit.
+        run_dir = self._run_dir()
+        if run_dir != self._reported_to:
+            self._reported_to = run_dir
+            self._report(run_dir)
         if stage in (None, "fit") and not self._grid_logged:
-            self._grid_logged = True
-            self._log_augmented_grid()
+            self._grid_logged = self._log_augmented_grid()
 
     def _load_source(self) -> sources.SourceData:
         if self.source == "digits":
@@ -246,8 +271,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             return None
         return trainer.log_dir  # read on every rank: it broadcasts
 
-    def _report(self) -> None:
-        run_dir = self._run_dir()
+    def _report(self, run_dir: Optional[str]) -> None:
         is_zero = self.trainer is None or self.trainer.is_global_zero
         pre = self.preprocessing
         rank_zero_info(f"data: {self.source}, {self.num_classes} classes, "
@@ -257,6 +281,9 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         if self.excluded:
             lines = "\n".join(f"  {f}: {r}" for f, r in self.excluded)
             rank_zero_warn(f"{len(self.excluded)} image(s) could not be decoded and were left out:\n{lines}")
+        if run_dir is not None:  # every rank's workers report files that go bad mid-fit into the one run directory
+            for ds in self._datasets.values():
+                ds.report_dir = run_dir
         if run_dir is None or not is_zero:
             return
         rows = {}
@@ -267,13 +294,18 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         if self.excluded:
             write_excluded(run_dir, self.excluded)
 
-    def _log_augmented_grid(self, count: int = 32) -> None:
-        """What the network is fed in epoch 0 (denormalized), so a wrong augmentation is seen before it costs a run."""
+    def _log_augmented_grid(self, count: int = 32) -> bool:
+        """What the network is fed in epoch 0 (denormalized), so a wrong augmentation is seen before it costs a run.
+
+        False when there is no logger to show it yet (then a later setup with a trainer tries again).
+        """
         trainer = self.trainer
         logger = getattr(trainer, "logger", None) if trainer is not None else None
+        if trainer is not None and not trainer.is_global_zero:
+            return True
         experiment = getattr(logger, "experiment", None) if logger is not None else None
-        if not trainer or not trainer.is_global_zero or not hasattr(experiment, "add_image"):
-            return
+        if not trainer or not hasattr(experiment, "add_image"):
+            return False
         from torchvision.utils import make_grid
 
         ds = self._datasets["train"]
@@ -283,6 +315,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         std = torch.tensor(self.preprocessing.std).view(3, 1, 1)
         grid = make_grid([(x * std + mean).clamp(0, 1) for x in items], nrow=8)
         experiment.add_image("data/train_augmented", grid, 0)
+        return True
 
     # --- loaders ---------------------------------------------------------------------------------------------------
     def _use_pin_memory(self) -> bool:

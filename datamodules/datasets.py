@@ -8,6 +8,7 @@ wrapper (which forwards ``set_epoch`` and yields what this sampler yields).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from datamodules.rundir import append_excluded_once
 from deploy.images import ImageDecodeError, read_image
 
 log = logging.getLogger(__name__)
@@ -97,12 +99,16 @@ class ImageDataset(Dataset):
     """(image, label) pairs from an image store through an albumentations transform.
 
     Indexed by an int, or by ``(index, epoch)`` from ``EpochSampler`` when the transform is random.
-    A file that fails to decode here (changed on disk after indexing) is replaced by the next sample with a
-    warning, so a worker never dies mid-epoch.
+
+    A file that stops decoding after indexing (deleted, truncated, replaced while the fit runs) must not kill a
+    worker, and dropping the sample would change the epoch's length and batch boundaries mid-fit. So it is stood in
+    for by the next decodable image of the same class (cyclically, in index order): the label stays true to the
+    pixels, the class balance stays, and the choice depends only on which files are bad, so a resume sees the
+    same batches. The file is listed once in the run's ``excluded_images.txt`` (``report_dir``) with a warning.
     """
 
     def __init__(self, images: ImageStore, labels: np.ndarray, transform: Callable, seed: int = 0,
-                 random_transform: bool = False):
+                 random_transform: bool = False, report_dir: Optional[str] = None):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
@@ -110,18 +116,46 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.random_transform = random_transform
+        self.report_dir = report_dir  # the run directory; None: warn once per process instead
+        self._bad: set[int] = set()  # per process: a known-bad file is not retried on every read
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def _stand_ins(self, index: int) -> Iterator[int]:
+        """Same class first, then any class (only when the whole class went bad), both cyclic from ``index``."""
+        n = len(self)
+        order = (index + 1 + np.arange(n - 1)) % n
+        same = self.labels[order] == self.labels[index]
+        yield from (int(i) for i in order[same])
+        yield from (int(i) for i in order[~same])
+
+    def _went_bad(self, i: int, exc: ImageDecodeError) -> None:
+        self._bad.add(i)
+        name = self.images.name(i)
+        message = str(exc)
+        path = self.images.paths[i] if isinstance(self.images, FileImages) else name
+        reason = message[len(path) + 2:] if message.startswith(f"{path}: ") else message
+        if self.report_dir is not None:
+            try:
+                first = append_excluded_once(self.report_dir, name, f"went bad during the fit, read as another "
+                                                                    f"image of its class from then on: {reason}")
+            except OSError:
+                first = True  # an unwritable run directory must not stop the fit either
+            if not first:
+                return
+        log.warning("%s went bad during the fit (%s); another image of its class is read in its place", name, reason)
+
     def _read(self, index: int) -> tuple[np.ndarray, int]:
-        for attempt in range(len(self)):
-            i = (index + attempt) % len(self)
+        for i in itertools.chain([index], self._stand_ins(index)):  # lazy: stand-ins cost only when needed
+            if i in self._bad:
+                continue
             try:
                 return self.images.read(i), i
             except ImageDecodeError as exc:
-                log.warning("skipping an image that stopped decoding after indexing: %s", exc)
-        raise RuntimeError("no image in this split can be decoded any more")
+                self._went_bad(i, exc)
+        raise RuntimeError(f"no image of this split decodes any more (last: {self.images.name(index)}); the image "
+                           "folder changed during the fit: restore it and resume with --ckpt_path last")
 
     def __getitem__(self, item: Union[int, tuple[int, int]]) -> tuple[torch.Tensor, int]:
         index, epoch = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), 0)

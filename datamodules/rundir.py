@@ -6,6 +6,11 @@ import os
 import tempfile
 from typing import Iterable
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; two workers may then both list the same file
+    fcntl = None
+
 
 def write_text_atomic(path: str, text: str) -> None:
     """Write to a temp file beside ``path`` and rename it into place: a crash never leaves half a file."""
@@ -37,3 +42,20 @@ def write_excluded(run_dir: str, excluded: list[tuple[str, str]]) -> str:
     path = os.path.join(run_dir, "excluded_images.txt")
     write_text_atomic(path, "".join(f"{f}\t{r}\n" for f, r in excluded))
     return path
+
+
+def append_excluded_once(run_dir: str, file: str, reason: str) -> bool:
+    """Add ``file<TAB>reason`` to ``excluded_images.txt`` unless ``file`` is listed there already; True if added.
+
+    Loader workers of every rank call this when a file goes bad mid-fit; an exclusive lock makes the check and
+    the append one step, so each file is listed once per run however many workers and epochs meet it.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "excluded_images.txt"), "a+", encoding="utf-8") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        f.seek(0)
+        if any(line.split("\t", 1)[0] == file for line in f):
+            return False
+        f.write(f"{file}\t{reason}\n")  # "a" mode: the write lands at the end whatever was read
+        return True

@@ -85,10 +85,18 @@ def fingerprint(parts: Iterable[object]) -> str:
 
 
 def file_signature(paths: Sequence[str]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) per file: a changed or replaced file changes the fingerprint."""
+    """(path, size, mtime_ns) per file: a changed or replaced file changes the fingerprint.
+
+    A file that cannot be stat-ed (a dangling link, removed since it was listed) gets (-1, -1): the decode pass
+    that follows excludes it with its reason, and its coming back changes the fingerprint.
+    """
     out = []
     for p in paths:
-        st = os.stat(p)
+        try:
+            st = os.stat(p)
+        except OSError:
+            out.append((os.path.abspath(p), -1, -1))
+            continue
         out.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
     return out
 

@@ -3,13 +3,18 @@
 Both the DataModule (when it indexes and reads a folder) and the device runtime decode through this
 one function, so a photo that trains as RGB is also served as RGB, with the same EXIF orientation and
 the same handling of gray, alpha, palette, 16-bit and CMYK images.
+
+Every way an input can be bad (missing, a dangling link, not a regular file, empty, unreadable, not an
+image, truncated, over the pixel limit, or any exception inside a decoder plugin) is one exception type,
+``ImageDecodeError``, whose message is one sentence naming the input; callers catch that one type.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from typing import Union
+import stat
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,6 +26,17 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 class ImageDecodeError(ValueError):
     """An input that is not a decodable image; the message names the input and the reason."""
+
+
+def max_pixels() -> Optional[int]:
+    """The largest width x height decoded: Pillow's own decompression-bomb line (``PIL.Image.MAX_IMAGE_PIXELS``).
+
+    Its default, 89.5 megapixels, is a 0.27 GB RGB array: every camera's full-resolution photo (a 61-MP full-frame
+    sensor, 9504x6336) passes, while a few-kilobyte PNG that claims a 14000x13000 canvas is refused from its header,
+    before a byte is decoded. Read at each call so that a user who raises Pillow's limit (or sets it to None for
+    trusted data) raises this one too; Pillow itself refuses outright at twice the limit.
+    """
+    return Image.MAX_IMAGE_PIXELS
 
 
 def is_image_file(name: str) -> bool:
@@ -64,6 +80,34 @@ def array_to_rgb(arr: np.ndarray, name: str = "array") -> np.ndarray:
     raise ImageDecodeError(f"{name}: expected an HxW or HxWxC (C in 1, 3, 4) array, got shape {arr.shape}")
 
 
+def _check_file(path: str, label: str) -> None:
+    """Refuse what ``open`` cannot safely read: a missing file, a dangling link, a folder or FIFO, an empty file."""
+    try:
+        st = os.stat(path)  # follows links: the target is what gets read
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageDecodeError(f"{label}: a symbolic link whose target {os.readlink(path)} does not exist") from None
+        raise ImageDecodeError(f"{label}: no such file") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"{label}: cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        # opening a FIFO or a device named *.png would block or stream forever
+        raise ImageDecodeError(f"{label}: not a regular file")
+    if st.st_size == 0:
+        raise ImageDecodeError(f"{label}: empty file (0 bytes)")
+
+
+def _decode(img: Image.Image, label: str) -> np.ndarray:
+    limit = max_pixels()
+    width, height = img.size
+    if limit is not None and width * height > limit:
+        raise ImageDecodeError(f"{label}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
+                               f"{limit / 1e6:.1f}-megapixel limit (a possible decompression bomb); downscale it, "
+                               "or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it")
+    img.load()  # decode fully now: a truncated file fails here, not later in a worker
+    return pil_to_rgb(img)
+
+
 def read_image(source: ImageSource, name: str | None = None) -> np.ndarray:
     """Decode a path, encoded bytes or an array to HWC uint8 RGB, or raise ImageDecodeError saying why."""
     if isinstance(source, np.ndarray):
@@ -75,19 +119,27 @@ def read_image(source: ImageSource, name: str | None = None) -> np.ndarray:
                 raise ImageDecodeError(f"{label}: empty input (0 bytes)")
             handle = io.BytesIO(source)
         else:
-            if os.path.getsize(source) == 0:
-                raise ImageDecodeError(f"{label}: empty file (0 bytes)")
+            _check_file(os.fspath(source), label)
             handle = open(source, "rb")
+        # Pillow warns (DecompressionBombWarning) between its limit and twice it, and _decode refuses those images
+        # itself; the warning filters are not touched here because they are process-wide and this runs in threads.
         with handle, Image.open(handle) as img:
-            img.load()  # decode fully now: a truncated file fails here, not later in a worker
-            return pil_to_rgb(img)
+            return _decode(img, label)
     except ImageDecodeError:
         raise
     except FileNotFoundError:
         raise ImageDecodeError(f"{label}: no such file") from None
     except PermissionError:
         raise ImageDecodeError(f"{label}: not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(f"{label}: not a regular file") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{label}: not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"{label}: cannot be decoded ({exc})") from None
+    except Image.DecompressionBombError:
+        limit = max_pixels() or 0
+        raise ImageDecodeError(f"{label}: over {2 * limit / 1e6:.0f} megapixels, refused unread as a possible "
+                               "decompression bomb; downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+                               ) from None
+    except Exception as exc:  # noqa: BLE001 (decoder plugins raise anything: struct.error, IndexError, MemoryError...)
+        detail = str(exc).rstrip(".") or "no detail"
+        raise ImageDecodeError(f"{label}: cannot be decoded ({type(exc).__name__}: {detail})") from None
