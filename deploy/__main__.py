@@ -185,6 +185,19 @@ def cmd_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_tensorrt(args: argparse.Namespace) -> int:
+    """Check an ONNX file against TensorRT's documented parser rules (offline: no GPU or TensorRT needed)."""
+    from deploy.tensorrt_check import TensorRTCheckError, check_tensorrt, format_result
+
+    try:
+        result = check_tensorrt(args.model, args.tensorrt)
+    except TensorRTCheckError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0 if result["passed"] else 1
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -238,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=_positive, default=None)
     p.add_argument("--instance-kind", choices=("cpu", "gpu"), default=None)
     p.set_defaults(func=cmd_triton)
+
+    p = sub.add_parser("check-tensorrt", help=cmd_check_tensorrt.__doc__)
+    p.add_argument("model", help="ONNX file, e.g. bundle/model.int8.onnx")
+    p.add_argument("--tensorrt", choices=("10", "11"), default="10", help="rule set: 10 (10.3, JetPack 6) or 11")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.set_defaults(func=cmd_check_tensorrt)
     return parser
 
 
