@@ -1,7 +1,9 @@
-"""Pinned host buffers, device buffers and a stream, through pycuda or (where pycuda is absent) cuda-python.
+"""Pinned host buffers, device buffers and a stream, through cuda-python first and pycuda as the fallback.
 
-Imported only by the TensorRT runner and the engine builder, and each import of pycuda / cuda-python
-happens inside a function, so a CPU-only device never needs either.
+cuda-python is what ``pip install 'edgecls[trt]'`` installs: it comes as wheels (NVIDIA's own TensorRT samples
+use it), while pycuda builds from source and needs the CUDA headers, so it is kept only for machines that
+already have it. Imported only by the TensorRT runner and the engine builder, and each import of cuda-python /
+pycuda happens inside a function, so a CPU-only device never needs either.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 
 
 class CudaUnavailable(RuntimeError):
-    """Neither pycuda nor cuda-python can reach a CUDA GPU."""
+    """Neither cuda-python nor pycuda can reach a CUDA GPU."""
 
 
 def _cudart():
@@ -27,7 +29,7 @@ def _cudart():
 def _check(result: Any) -> Any:
     err, *rest = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
-        raise RuntimeError(f"CUDA runtime call failed: {err}")
+        raise RuntimeError(f"CUDA runtime call failed: {getattr(err, 'name', err)}")
     return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
 
 
@@ -143,42 +145,51 @@ class CudaPythonMemory:
         self.cudart.cudaStreamDestroy(self.stream)
 
 
-def open_cuda(device: int = 0):
-    """pycuda when importable, else cuda-python; CudaUnavailable says which to install when neither is."""
+def _has_pycuda() -> bool:
     try:
         import pycuda.driver  # noqa: F401
     except ImportError:
-        pass
-    else:
-        return PyCudaMemory(device)
+        return False
+    return True
+
+
+def _has_cuda_python() -> bool:
     try:
         _cudart()
     except ImportError:
-        raise CudaUnavailable("neither pycuda nor cuda-python is installed; install one (pip install pycuda, "
-                              "or pip install cuda-python) to run TensorRT engines") from None
-    return CudaPythonMemory(device)
+        return False
+    return True
+
+
+_NEITHER = "neither cuda-python nor pycuda is installed; install cuda-python (pip install cuda-python)"
+
+
+def open_cuda(device: int = 0):
+    """cuda-python when importable, else pycuda; CudaUnavailable says what to install when neither is."""
+    if _has_cuda_python():
+        return CudaPythonMemory(device)
+    if _has_pycuda():
+        return PyCudaMemory(device)
+    raise CudaUnavailable(_NEITHER + " to run TensorRT engines")
 
 
 def gpu_info(device: int = 0) -> dict:
-    """{'name', 'compute_capability' ('8.7')} of a GPU, via whichever CUDA binding is installed."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError:
-        cuda = None
-    if cuda is not None:
-        cuda.init()
-        if cuda.Device.count() <= device:
-            raise CudaUnavailable(f"no CUDA GPU number {device} (found {cuda.Device.count()})")
-        dev = cuda.Device(device)
-        major, minor = dev.compute_capability()
-        return {"name": dev.name(), "compute_capability": f"{major}.{minor}"}
-    try:
+    """{'name', 'compute_capability' ('8.7')} of a GPU, via cuda-python or else pycuda."""
+    if _has_cuda_python():
         cudart = _cudart()
-    except ImportError:
-        raise CudaUnavailable("neither pycuda nor cuda-python is installed, so no GPU can be reached") from None
-    count = int(_check(cudart.cudaGetDeviceCount()))
-    if count <= device:
-        raise CudaUnavailable(f"no CUDA GPU number {device} (found {count})")
-    props = _check(cudart.cudaGetDeviceProperties(device))
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return {"name": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
+        count = int(_check(cudart.cudaGetDeviceCount()))
+        if count <= device:
+            raise CudaUnavailable(f"no CUDA GPU number {device} (found {count})")
+        props = _check(cudart.cudaGetDeviceProperties(device))
+        name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+        return {"name": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
+    if not _has_pycuda():
+        raise CudaUnavailable(_NEITHER + ", so no GPU can be reached")
+    import pycuda.driver as cuda
+
+    cuda.init()
+    if cuda.Device.count() <= device:
+        raise CudaUnavailable(f"no CUDA GPU number {device} (found {cuda.Device.count()})")
+    dev = cuda.Device(device)
+    major, minor = dev.compute_capability()
+    return {"name": dev.name(), "compute_capability": f"{major}.{minor}"}

@@ -3,7 +3,7 @@
 An engine only loads on the TensorRT version and GPU architecture that built it, and loading it
 elsewhere fails deep inside TensorRT. So every engine gets ``<engine>.json`` beside it, and runners
 compare that sidecar with the running TensorRT and GPU *before* deserializing, refusing with the
-command that rebuilds it. tensorrt, pycuda and cuda-python are imported inside functions only.
+command that rebuilds it. tensorrt, cuda-python and pycuda are imported inside functions only.
 """
 
 from __future__ import annotations
@@ -116,61 +116,60 @@ def _check_profile(min_batch: int, opt_batch: int, max_batch: int) -> None:
                           f"opt={opt_batch} max={max_batch}; change --min-batch/--opt-batch/--max-batch")
 
 
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _parser_errors(parser, limit: int = 3) -> str:
+    count = int(parser.num_errors)
+    if count == 0:
+        return "the parser reported no error"
+    shown = "; ".join(_one_line(parser.get_error(i)) for i in range(min(count, limit)))
+    return f"{count} parser error{'s' if count > 1 else ''}, first: {shown}"
+
+
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, precision: str = "fp16",
                  min_batch: int = 1, opt_batch: int = 8, max_batch: int = 32, workspace_mb: int = 2048,
                  timing_cache_path: Optional[str] = None, device: int = 0) -> dict:
     """Build a serialized engine (and its sidecar) from an ONNX file; returns the sidecar dict.
 
-    fp16 on TensorRT 10 uses the (deprecated) FP16 builder flag; on 11 the ONNX is converted to FP16 and
-    built strongly typed. int8 expects a Q/DQ ONNX (explicit quantization) on both.
+    fp32 clears TF32 (on by default) so it really is FP32. fp16 on TensorRT 10 uses the (deprecated) FP16
+    builder flag; on 11 the ONNX is converted to FP16 and built strongly typed. int8 expects a Q/DQ ONNX
+    (explicit quantization) on both. Every failure, including one raised inside tensorrt, is an EngineError
+    whose one-sentence message names the file, what failed and what to do; nothing is written then.
     """
-    import tensorrt as trt
-
     onnx_path, engine_path = os.fspath(onnx_path), os.fspath(engine_path)
     if precision not in PRECISIONS:
         raise EngineError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
     _check_profile(min_batch, opt_batch, max_batch)
-    major = int(trt.__version__.split(".")[0])
-    gpu = running_platform(device)["gpu"]
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    strongly_typed = major >= 11
-    source, temp_fp16 = onnx_path, None
-    if major >= 11 and precision == "fp16":
-        temp_fp16 = convert_onnx_to_fp16(onnx_path, engine_path + ".fp16.onnx")
-        source = temp_fp16
     try:
-        # STRONGLY_TYPED exists in 10 and 11 (always on in 11); EXPLICIT_BATCH is gone in 11, so never name it.
-        flags = (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) if strongly_typed else 0
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(source):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise EngineError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it ({errors})")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-        if not strongly_typed and precision in ("fp16", "int8"):
-            config.set_flag(trt.BuilderFlag.FP16)  # int8 too: layers left unquantized may then run in fp16
-        if not strongly_typed and precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ nodes give the scales; no calibrator
-        tensor = network.get_input(0)
-        chw = tuple(tensor.shape)[1:]
-        shapes = {k: (b,) + chw for k, b in (("min", min_batch), ("opt", opt_batch), ("max", max_batch))}
-        profile = builder.create_optimization_profile()
-        profile.set_shape(tensor.name, shapes["min"], shapes["opt"], shapes["max"])
-        config.add_optimization_profile(profile)
-        cache_bytes = b""
-        if timing_cache_path and os.path.exists(timing_cache_path):
-            with open(timing_cache_path, "rb") as handle:
-                cache_bytes = handle.read()
-        cache = config.create_timing_cache(cache_bytes)
-        config.set_timing_cache(cache, ignore_mismatch=False)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise EngineError(f"{onnx_path}: TensorRT {trt.__version__} could not build a {precision} engine "
-                              "(see the TensorRT log above); try a larger --workspace-mb or another precision")
-        if timing_cache_path:
-            atomic_write_bytes(timing_cache_path, bytes(config.get_timing_cache().serialize()))
+        import tensorrt as trt
+    except ImportError as exc:
+        raise EngineError(f"{engine_path}: cannot be built here because tensorrt is not importable ({exc}); install "
+                          "it with pip install 'edgecls[trt]' or use the TensorRT that ships with JetPack") from None
+    try:
+        gpu = running_platform(device)["gpu"]
+    except Exception as exc:  # no driver, no GPU or no CUDA binding: all mean "not here"
+        raise EngineError(f"{engine_path}: cannot be built here because no CUDA GPU is usable ({_one_line(exc)}); "
+                          "build it on the device that will run it") from None
+    major = int(trt.__version__.split(".")[0])
+    strongly_typed = major >= 11
+    stage = {"step": "starting the build"}  # what was running, should tensorrt itself raise
+    temp_fp16 = engine_path + ".fp16.onnx" if strongly_typed and precision == "fp16" else None
+    try:
+        source = onnx_path
+        if temp_fp16:
+            stage["step"] = "converting the ONNX to FP16"
+            source = convert_onnx_to_fp16(onnx_path, temp_fp16)
+        serialized, io, cache_out = _build_serialized(
+            trt, onnx_path, source, engine_path, precision, strongly_typed, (min_batch, opt_batch, max_batch),
+            int(workspace_mb), timing_cache_path, stage)
+    except EngineError:
+        raise
+    except Exception as exc:
+        raise EngineError(f"{onnx_path}: TensorRT {trt.__version__} failed while {stage['step']} "
+                          f"({type(exc).__name__}: {_one_line(exc)}); fix what the TensorRT log above reports and "
+                          f"build {os.path.basename(engine_path)} again") from exc
     finally:
         if temp_fp16 and os.path.exists(temp_fp16):
             os.unlink(temp_fp16)
@@ -180,17 +179,93 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, p
         "gpu": gpu,
         "precision": precision,
         "strongly_typed": strongly_typed,
-        "profile": {"input": tensor.name, **{k: list(v) for k, v in shapes.items()}},
-        "output": network.get_output(0).name,
+        "tf32": precision != "fp32",
+        "profile": io["profile"],
+        "output": io["output"],
         "workspace_mb": int(workspace_mb),
         "onnx_file": os.path.basename(onnx_path),
         "onnx_sha256": sha256_file(onnx_path),
         "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if cache_out is not None:
+        atomic_write_bytes(timing_cache_path, cache_out)
     # Sidecar first: a crash between the two leaves an orphan sidecar, never an unlabelled engine.
     atomic_write_json(sidecar_path(engine_path), sidecar)
-    atomic_write_bytes(engine_path, bytes(serialized))
+    atomic_write_bytes(engine_path, serialized)
     return sidecar
+
+
+def _build_serialized(trt, onnx_path: str, source: str, engine_path: str, precision: str, strongly_typed: bool,
+                      batches: tuple, workspace_mb: int, timing_cache_path: Optional[str],
+                      stage: dict) -> tuple[bytes, dict, Optional[bytes]]:
+    """(engine bytes, profile and output names, timing cache bytes or None); writes nothing."""
+    version = trt.__version__
+    what = onnx_path if source == onnx_path else f"{onnx_path} (as FP16 ONNX)"
+    stage["step"] = "parsing the ONNX"
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # STRONGLY_TYPED exists in 10 and 11 (always on in 11); EXPLICIT_BATCH is gone in 11, so never name it.
+    flags = (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(source):
+        raise EngineError(f"{what}: TensorRT {version} cannot parse it ({_parser_errors(parser)}); re-export the "
+                          "model with operators and an opset this TensorRT supports")
+    if network.num_inputs < 1 or network.num_outputs < 1:
+        raise EngineError(f"{onnx_path}: has {network.num_inputs} inputs and {network.num_outputs} outputs, but an "
+                          "engine here needs one image input and one logits output; re-export the model")
+    tensor = network.get_input(0)
+    shape = tuple(int(d) for d in tensor.shape)
+    if len(shape) != 4 or any(d < 1 for d in shape[1:]):
+        raise EngineError(f"{onnx_path}: input {tensor.name} has shape {list(shape)}, but only its batch dimension "
+                          "may be dynamic (NCHW); re-export the model with a fixed channel count and image size")
+
+    stage["step"] = "configuring the builder"
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default: an "fp32" engine would run TF32 on Ampere/Orin
+    if not strongly_typed and precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # int8 too: layers left unquantized may then run in fp16
+    if not strongly_typed and precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ nodes give the scales; no calibrator
+    shapes = {k: (b,) + shape[1:] for k, b in zip(("min", "opt", "max"), batches)}
+    profile = builder.create_optimization_profile()
+    profile.set_shape(tensor.name, shapes["min"], shapes["opt"], shapes["max"])
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineError(f"{onnx_path}: TensorRT {version} rejected the batch profile min={batches[0]} "
+                          f"opt={batches[1]} max={batches[2]} for input {tensor.name} {list(shape)}; choose "
+                          "--min-batch/--opt-batch/--max-batch within the batch sizes the ONNX allows (a fixed "
+                          "batch allows only itself), or re-export it with a dynamic batch")
+
+    if timing_cache_path:
+        stage["step"] = "loading the timing cache"
+        cache_bytes = b""
+        if os.path.exists(timing_cache_path):
+            with open(timing_cache_path, "rb") as handle:
+                cache_bytes = handle.read()
+        cache = config.create_timing_cache(cache_bytes)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise EngineError(f"{timing_cache_path}: TensorRT {version} cannot use this timing cache (one from "
+                              "another TensorRT version or GPU, or a damaged file); delete it and build again")
+
+    stage["step"] = f"building the {precision.upper()} engine"
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"{what}: TensorRT {version} could not build an {precision.upper()} engine in a "
+                          f"{workspace_mb} MB workspace (the TensorRT log above says why); raise --workspace-mb, or "
+                          "try another precision")
+    cache_out = None
+    if timing_cache_path:
+        stage["step"] = "saving the timing cache"
+        built_cache = config.get_timing_cache()
+        if built_cache is None:
+            raise EngineError(f"{timing_cache_path}: TensorRT {version} built the engine but returned no timing "
+                              "cache to save; delete the file and build again")
+        cache_out = bytes(built_cache.serialize())
+    io = {"profile": {"input": tensor.name, **{k: list(v) for k, v in shapes.items()}},
+          "output": network.get_output(0).name}
+    return bytes(serialized), io, cache_out
 
 
 def write_sidecar(engine_path: str | os.PathLike, sidecar: dict[str, Any]) -> None:
