@@ -1,6 +1,16 @@
 """``python -m deploy`` (console script ``edgecls-deploy``): infer, bench, build-engine, triton.
 
 Runs on the device with numpy, OpenCV/PIL, onnxruntime and (for engines) TensorRT; never torch.
+
+Exit status:
+  0    everything asked for was done (bench: an artifact that cannot run on this device is skipped
+       with a warning line)
+  1    some inputs failed: one `error: <file>: <why>` line each on stderr, every other input printed
+       (also when every input failed)
+  2    a bad argument, an unusable bundle or artifact, too little memory for the batch size asked
+       for (what was printed before it stands), or an unexpected error; one `error:` line on stderr
+       (EDGECLS_DEBUG=1 shows the traceback of an unexpected one)
+  141  stdout was closed early (`... | head -1`): the command stops quietly, as any Unix tool does
 """
 
 from __future__ import annotations
@@ -8,19 +18,56 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 
 from deploy.bundle import BundleError, FORMATS, add_artifact, artifact_entry, load_bundle, verify_artifact
+from deploy.cuda_memory import CudaUnavailable
 
-EXIT_ALL_FAILED = 1
+EXIT_OK = 0
+EXIT_INPUTS_FAILED = 1
+EXIT_ALL_FAILED = EXIT_INPUTS_FAILED  # the name before exit codes were documented
 EXIT_USAGE = 2
+EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a program killed by SIGPIPE
+
+# ONNX Runtime's arena ("Failed to allocate memory"), C++ std::bad_alloc, CUDA and errno ENOMEM texts.
+_ALLOCATION_FAILURE = re.compile(r"failed to allocate|bad_alloc|out of memory|cannot allocate memory", re.IGNORECASE)
+
+
+EXIT_STATUS = "exit status:" + (__doc__ or "").partition("Exit status:")[2].rstrip()
+
+
+class UsageError(Exception):
+    """A run that cannot go on as asked (nothing to do, a batch that does not fit); the message says what to change."""
 
 
 def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def _warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """MemoryError, or a runtime's own exception type whose message says an allocation failed."""
+    return isinstance(exc, MemoryError) or bool(_ALLOCATION_FAILURE.search(str(exc)))
+
+
+def _out_of_memory(artifact: str, batch: int, flag: str, smaller: str) -> UsageError:
+    if batch <= 1:
+        return UsageError(f"out of memory running {artifact} at batch size 1; free memory on this device "
+                          "(stop other processes) or use a smaller artifact, e.g. --format onnx-int8")
+    return UsageError(f"out of memory running {artifact} at batch size {batch}; try a smaller one, e.g. {flag} {smaller}")
 
 
 def _select(bundle, fmt: Optional[str], precision: Optional[str] = None) -> dict:
@@ -36,7 +83,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    """Classify images: one JSON line per image on stdout, one error line per unreadable image on stderr."""
+    """Classify images: one JSON line per image on stdout, one error line per unreadable image on stderr;
+    exit 1 when any image failed."""
     from deploy.preprocess import Preprocessor, expand_inputs, preprocess
     from deploy.runners import open_runner
 
@@ -45,34 +93,38 @@ def cmd_infer(args: argparse.Namespace) -> int:
     prep = Preprocessor(bundle.preprocessing)
     paths = expand_inputs(args.images)
     if not paths:
-        _error("no images given (folders are searched for image files); pass files or folders")
-        return EXIT_ALL_FAILED
+        raise UsageError("no images given (folders are searched for image files); pass files or folders")
     topk = max(1, min(args.topk, len(bundle.classes)))
-    ok = 0
+    failed = 0
     with open_runner(bundle, entry, providers=args.providers.split(","), threads=args.threads) as runner:
         for start in range(0, len(paths), args.batch_size):
             chunk = paths[start:start + args.batch_size]
             batch, kept, errors = preprocess(chunk, prep)
             for _, message in errors:
                 _error(message)
+            failed += len(errors)
             if not kept:
                 continue
-            probs = softmax(runner.infer(batch))
-            for row, index in zip(probs, kept):
+            try:
+                logits = runner.infer(batch)
+            except Exception as exc:
+                if not is_allocation_failure(exc):
+                    raise
+                raise _out_of_memory(entry["file"], len(kept), "--batch-size", str(max(1, len(kept) // 2))) from None
+            for row, index in zip(softmax(logits), kept):
                 order = np.argsort(-row, kind="stable")[:topk]
                 top = [{"class": bundle.classes[i], "index": int(i), "probability": round(float(row[i]), 6)} for i in order]
                 print(json.dumps({"file": chunk[index], "top": top}), flush=True)
-                ok += 1
-    return 0 if ok else EXIT_ALL_FAILED
+    return EXIT_INPUTS_FAILED if failed else EXIT_OK
 
 
-def _bench_rows(args: argparse.Namespace, bundle, entries: list[dict]) -> list[dict]:
+def _bench_rows(args: argparse.Namespace, bundle, entries: list[dict]) -> tuple[list[dict], Optional[UsageError]]:
+    """The measured rows, and the out-of-memory error that stopped the run early (None when none did), so
+    the rows measured before it are still printed."""
     from deploy.benchmark import measure
     from deploy.runners import open_runner
 
-    batches = [int(b) for b in args.batch.split(",") if b.strip()]
-    if not batches or min(batches) < 1:
-        raise BundleError(f"--batch must be a comma-separated list of positive integers, got {args.batch!r}")
+    batches = args.batch
     progress = _progress_bar(len(entries) * len(batches) * args.iterations, disable=args.no_progress)
     rows = []
     with progress as bar:
@@ -81,7 +133,7 @@ def _bench_rows(args: argparse.Namespace, bundle, entries: list[dict]) -> list[d
             try:
                 runner = open_runner(bundle, entry, providers=args.providers.split(","), threads=args.threads)
             except BundleError as exc:
-                _error(f"skipped {entry['file']}: {exc}")
+                _warning(f"skipped {entry['file']}: {exc}")
                 if bar:
                     bar.advance(task, len(batches) * args.iterations)
                 continue
@@ -90,10 +142,16 @@ def _bench_rows(args: argparse.Namespace, bundle, entries: list[dict]) -> list[d
                     if bar:
                         bar.update(task, description=f"{entry['file']} batch {batch}")
                     step = (lambda n: bar.advance(task, n)) if bar else None
-                    result = measure(runner, batch, iterations=args.iterations, warmup=args.warmup, progress=step)
+                    try:
+                        result = measure(runner, batch, iterations=args.iterations, warmup=args.warmup, progress=step)
+                    except Exception as exc:
+                        if not is_allocation_failure(exc):
+                            raise
+                        fitting = ",".join(str(b) for b in batches if b < batch) or str(max(1, batch // 2))
+                        return rows, _out_of_memory(entry["file"], batch, "--batch", fitting)
                     rows.append({"artifact": entry["file"], "format": entry["format"], "precision": entry["precision"],
-                                 "size_mb": entry["bytes"] / 2**20, **result})
-    return rows
+                                 "size_mb": entry["bytes"] / 1e6, **result})
+    return rows, None
 
 
 class _NoProgress:
@@ -142,12 +200,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bundle.artifact(args.format)  # raises the "no such artifact" sentence
     for entry in entries:
         verify_artifact(bundle.path, entry)
-    rows = _bench_rows(args, bundle, entries)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(format_table(rows))
-    return 0 if rows else EXIT_ALL_FAILED
+    rows, out_of_memory = _bench_rows(args, bundle, entries)
+    if rows:
+        print(json.dumps(rows, indent=2) if args.json else format_table(rows), flush=True)
+    if out_of_memory:
+        raise out_of_memory
+    if not rows:
+        raise UsageError(f"nothing was measured: no artifact in {bundle.path} can run on this device (see the "
+                         "warnings above); pass --format onnx or build an engine here")
+    return EXIT_OK
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
@@ -185,24 +246,33 @@ def cmd_triton(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check_tensorrt(args: argparse.Namespace) -> int:
-    """Check an ONNX file against TensorRT's documented parser rules (offline: no GPU or TensorRT needed)."""
-    from deploy.tensorrt_check import TensorRTCheckError, check_tensorrt, format_result
-
+def _integer(text: str, minimum: int, what: str) -> int:
     try:
-        result = check_tensorrt(args.model, args.tensorrt)
-    except TensorRTCheckError as exc:
-        _error(str(exc))
-        return EXIT_USAGE
-    print(json.dumps(result, indent=2) if args.json else format_result(result))
-    return 0 if result["passed"] else 1
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+    return _integer(text, 1, "a positive integer (1 or more)")
+
+
+def _non_negative(text: str) -> int:
+    return _integer(text, 0, "a whole number, 0 or more")
+
+
+def _batch_sizes(text: str) -> list[int]:
+    what = "comma-separated positive integers such as 1,8,32"
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    try:
+        return [_integer(part, 1, what) for part in parts if part]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,9 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help=cmd_bench.__doc__)
     common(p, None)
-    p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes")
+    p.add_argument("--batch", type=_batch_sizes, default="1,8,32", help="comma-separated batch sizes")
     p.add_argument("--iterations", type=_positive, default=200)
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--warmup", type=_non_negative, default=10, help="untimed calls first (at least one is made)")
     p.add_argument("--json", action="store_true", help="print rows as JSON instead of a table")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
@@ -252,20 +322,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance-kind", choices=("cpu", "gpu"), default=None)
     p.set_defaults(func=cmd_triton)
 
-    p = sub.add_parser("check-tensorrt", help=cmd_check_tensorrt.__doc__)
-    p.add_argument("model", help="ONNX file, e.g. bundle/model.int8.onnx")
-    p.add_argument("--tensorrt", choices=("10", "11"), default="10", help="rule set: 10 (10.3, JetPack 6) or 11")
-    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    p.set_defaults(func=cmd_check_tensorrt)
+    for command in [parser, *sub.choices.values()]:  # every command exits with the same codes
+        command.epilog, command.formatter_class = EXIT_STATUS, argparse.RawDescriptionHelpFormatter
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # A runtime warning (e.g. "no CUDAExecutionProvider; running on CPU") is advice to the user, not a source line.
+    _warning(_first_line(message))
+
+
+def _user_sentence(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "out of memory; free memory on this device (stop other processes) or use a smaller batch or artifact"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror.lower()}; check the path, its permissions and the free disk space"
+    return _first_line(exc)
+
+
+def _stdout_closed() -> int:
+    # The reader (`| head -1`) has what it wanted. Point stdout at /dev/null so that the interpreter's final
+    # flush does not raise again and print "Exception ignored ... BrokenPipeError" on the way out.
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # an in-process caller's stdout may have no file descriptor
+        pass
+    return EXIT_PIPE_CLOSED
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; returns the exit status of the module docstring (argparse exits 2 itself on bad usage)."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except BundleError as exc:
-        _error(str(exc))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            status = args.func(args)
+            sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        return _stdout_closed()
+    except (BundleError, UsageError, CudaUnavailable, OSError, MemoryError) as exc:
+        _error(_user_sentence(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 128 + 2
+    except Exception as exc:
+        if os.environ.get("EDGECLS_DEBUG") == "1":
+            raise
+        _error(f"`{args.command}` failed unexpectedly ({type(exc).__name__}: {_first_line(exc)}); this is a bug: "
+               "rerun with EDGECLS_DEBUG=1 for the traceback and report it")
         return EXIT_USAGE
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from typing import Callable, Optional
 
@@ -19,12 +20,14 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def rss_mb() -> float:
-    """Resident set size now, in MiB (Linux /proc; peak RSS where /proc is absent)."""
+    """Resident set size now, in MB = 10^6 bytes like every size in this project (Linux /proc; peak RSS
+    where /proc is absent)."""
     try:
         with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * _PAGE / 2**20
+            return int(handle.read().split()[1]) * _PAGE / 1e6
     except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6  # bytes on macOS, KiB elsewhere
 
 
 def percentile(values_ms: np.ndarray, q: float) -> float:
@@ -36,13 +39,15 @@ def measure(runner: Runner, batch_size: int, iterations: int = 100, warmup: int 
             keep_times: bool = False) -> dict:
     """Time ``iterations`` calls of runner.infer on a random normalized batch after ``warmup`` calls.
 
-    Returns p50/p90/p99/mean in ms, throughput in images/s, and rss_growth_mb: resident memory after the
-    timed run minus before it (after warmup, so allocator arenas have settled); memory_ok is False when
-    it grew by more than leak_threshold_mb. keep_times adds the raw per-call times (times_ms), for
-    callers that interleave several runners and pool their samples.
+    Returns p50/p90/p99/mean in ms, throughput in images/s, and rss_growth_mb: resident memory (MB = 10^6
+    bytes) after the timed run minus before it (after warmup, so allocator arenas have settled); memory_ok
+    is False when it grew by more than leak_threshold_mb. keep_times adds the raw per-call times
+    (times_ms), for callers that interleave several runners and pool their samples. At least one untimed
+    call is always made, even with warmup=0: a runner's first call pays one-off setup.
     """
-    if batch_size < 1 or iterations < 1:
-        raise ValueError(f"batch_size and iterations must be >= 1, got {batch_size} and {iterations}")
+    if batch_size < 1 or iterations < 1 or warmup < 0:
+        raise ValueError(f"batch_size and iterations must be >= 1 and warmup >= 0, got {batch_size}, "
+                         f"{iterations} and {warmup}")
     shape = tuple(d if d else 224 for d in runner.input_shape)
     batch = np.random.default_rng(seed).standard_normal((batch_size,) + shape).astype(np.float32)
     for _ in range(max(warmup, 1)):

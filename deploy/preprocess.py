@@ -78,7 +78,9 @@ def preprocess(sources: Sequence[ImageSource], preprocessing: dict | Preprocesso
                names: Optional[Sequence[str]] = None) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
     """Preprocess a batch; returns (NCHW float32 of the readable inputs, their indices, [(index, error)]).
 
-    An unreadable input becomes one error sentence and does not stop the rest of the batch.
+    An unreadable input becomes one error sentence and does not stop the rest of the batch, whatever the
+    decoder raised: PIL has exception types of its own (DecompressionBombError is not an OSError), and one
+    odd file must never cost the other images their output.
     """
     prep = preprocessing if isinstance(preprocessing, Preprocessor) else Preprocessor(preprocessing)
     height, width = prep.output_size
@@ -93,10 +95,24 @@ def preprocess(sources: Sequence[ImageSource], preprocessing: dict | Preprocesso
             errors.append((i, str(exc)))
             continue
         except (ValueError, cv2.error) as exc:
-            errors.append((i, f"{name}: cannot be preprocessed ({exc})"))
+            errors.append((i, f"{name}: cannot be preprocessed ({_first_line(exc)})"))
+            continue
+        except Exception as exc:  # noqa: BLE001 - see the docstring: per-file, never per-batch
+            errors.append((i, f"{name}: cannot be read ({_describe(exc)})"))
             continue
         kept.append(i)
     return batch[:len(kept)], kept, errors
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    """'Type: first line', or just the type where the message is empty (MemoryError usually is)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def expand_inputs(paths: Iterable[str]) -> list[str]:

@@ -79,21 +79,28 @@ def test_cli_infer_prints_topk_agreeing_with_torch(digits_bundle, run_cli, fmt):
         assert line["top"][0]["class"] == digits_bundle.classes[line["top"][0]["index"]]
 
 
-def test_cli_infer_reports_bad_images_and_goes_on(digits_bundle, run_cli, tmp_path):
+def test_cli_infer_reports_bad_images_goes_on_and_exits_1(digits_bundle, run_cli, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 not really")
     good = digits_bundle.image_paths[:2]
     code, out, err = run_cli("infer", "--bundle", digits_bundle.path, good[0], str(bad), good[1])
-    assert code == 0
+    assert code == 1
     assert [json.loads(line)["file"] for line in out.splitlines()] == good
     assert err.splitlines() == [f"error: {bad}: not an image (unrecognised format)"]
 
 
-def test_cli_infer_exits_non_zero_only_when_every_input_failed(digits_bundle, run_cli, tmp_path):
+def test_cli_infer_exits_1_when_every_input_failed_too(digits_bundle, run_cli, tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     code, out, err = run_cli("infer", "--bundle", digits_bundle.path, tmp_path / "a.png", tmp_path / "b.png")
     assert code == 1 and out == ""
-    assert len(err.splitlines()) == 2
+    assert [line.split(": ")[1] for line in err.splitlines()] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+
+
+def test_cli_infer_over_a_folder_without_images_is_a_usage_error(digits_bundle, run_cli, tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    code, out, err = run_cli("infer", "--bundle", digits_bundle.path, tmp_path)
+    assert code == 2 and out == ""
+    assert err.splitlines() == ["error: no images given (folders are searched for image files); pass files or folders"]
 
 
 def test_cli_infer_accepts_a_folder(digits_bundle, run_cli):
