@@ -62,6 +62,50 @@ def load_digits_source(size: Sequence[int], interpolation: str, ratios: Sequence
 
 
 # --- CIFAR -------------------------------------------------------------------------------------------------------
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle that asks for a global the CIFAR format never holds (it could run code); the message names the file."""
+
+
+def _numpy_pickle_globals() -> dict[tuple[str, str], Any]:
+    """The globals numpy arrays pickle through, under the module names of numpy 1.x and 2.x writers."""
+    core = np._core if hasattr(np, "_core") else np.core  # resolved here: importing numpy.core warns on numpy 2
+    found = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for module in ("numpy.core", "numpy._core"):
+        found[(f"{module}.multiarray", "_reconstruct")] = core.multiarray._reconstruct  # protocols 0-4
+        found[(f"{module}.numeric", "_frombuffer")] = core.numeric._frombuffer  # protocol 5
+    found[("_codecs", "encode")] = __import__("_codecs").encode  # bytes in protocol-2 pickles written by Python 3
+    return found
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR batches hold: dicts, lists, str/bytes, ints and numpy arrays.
+
+    A pickle can call any importable function while it loads, so a ``batches.meta`` dropped into ``data.root`` would
+    run code the moment the DataModule is built. torchvision guards with an md5 per file, which means re-hashing
+    170 MB every fit; refusing every global but numpy's array reconstruction costs nothing and admits any honest copy.
+    """
+
+    ALLOWED = _numpy_pickle_globals()
+
+    def __init__(self, file, path: str):
+        super().__init__(file, encoding="latin1")  # the original batches are Python 2 pickles
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"{self.path} is not a CIFAR file: it asks to load {module}.{name}, which could "
+                                    "run code, so it was not read; delete it and re-extract the official archive"
+                                    ) from None
+
+
+def read_cifar_pickle(path: str) -> Any:
+    """Load one CIFAR pickle through ``CifarUnpickler``."""
+    with open(path, "rb") as f:
+        return CifarUnpickler(f, path).load()
+
+
 def _torchvision_cifar(name: str):
     from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -78,16 +122,22 @@ def cifar_files(name: str, root: str) -> tuple[str, list[str], list[str], str]:
 def cifar_class_names(name: str, root: Optional[str]) -> list[str]:
     """Class names from the meta file when present (cheap), else placeholders until the data is there."""
     count = 10 if name == "cifar10" else 100
-    if root:
-        folder, _, _, meta = cifar_files(name, root)
-        try:
-            with open(os.path.join(folder, meta), "rb") as f:
-                names = pickle.load(f, encoding="latin1")[_torchvision_cifar(name).meta["key"]]
-            if len(names) == count:
-                return [str(n) for n in names]
-        except (OSError, pickle.UnpicklingError, KeyError, EOFError, ValueError):
-            pass
-    return [f"class_{i}" for i in range(count)]
+    if not root:
+        return [f"class_{i}" for i in range(count)]
+    folder, _, _, meta = cifar_files(name, root)
+    path = os.path.join(folder, meta)
+    if not os.path.exists(path):
+        return [f"class_{i}" for i in range(count)]  # not downloaded yet: prepare_data may fetch it
+    try:
+        names = read_cifar_pickle(path)[_torchvision_cifar(name).meta["key"]]
+    except UnsafePickleError as exc:
+        raise ValueError(str(exc)) from None
+    except Exception:  # noqa: BLE001 (a damaged pickle raises anything; the message below covers every case)
+        names = None
+    if not isinstance(names, list) or len(names) != count:
+        raise ValueError(f"{path} is not a {name} meta file (no list of {count} class names in it); re-extract "
+                         f"{_torchvision_cifar(name).filename} into {root}")
+    return [str(n) for n in names]
 
 
 def download_cifar(name: str, root: str) -> None:
@@ -96,11 +146,16 @@ def download_cifar(name: str, root: str) -> None:
 
 
 def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+    entry = read_cifar_pickle(path)
     labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
-    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(data), np.asarray(labels, dtype=np.int64)
+    raw = entry["data"]
+    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] != 3072:
+        raise ValueError("its data is not an [N, 3072] uint8 array")
+    data = raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (len(data),):
+        raise ValueError(f"it has {labels.size} labels for {len(data)} images")
+    return np.ascontiguousarray(data), labels
 
 
 def load_cifar_source(name: str, root: Optional[str], ratios: Sequence[float], seed: int) -> SourceData:
@@ -118,12 +173,18 @@ def load_cifar_source(name: str, root: Optional[str], ratios: Sequence[float], s
         raise FileNotFoundError(
             f"{label} is not complete under {folder} (missing: {', '.join(missing)}); extract torchvision's "
             f"{_torchvision_cifar(name).filename} into {root} or set download: true where a network exists")
-    try:
-        train = [_read_cifar_batch(os.path.join(folder, f)) for f in train_files]
-        test = [_read_cifar_batch(os.path.join(folder, f)) for f in test_files]
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as exc:
-        raise ValueError(f"{label} files under {folder} cannot be read ({exc}); re-extract "
-                         f"{_torchvision_cifar(name).filename}") from None
+    batches = {}
+    for f in train_files + test_files:
+        path = os.path.join(folder, f)
+        try:
+            batches[f] = _read_cifar_batch(path)
+        except UnsafePickleError as exc:
+            raise ValueError(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 (a damaged pickle raises anything: EOFError, KeyError, TypeError...)
+            raise ValueError(f"{path} is not a readable {label} batch ({type(exc).__name__}: {exc}); re-extract "
+                             f"{_torchvision_cifar(name).filename} into {root}") from None
+    train = [batches[f] for f in train_files]
+    test = [batches[f] for f in test_files]
     x_train, y_train = np.concatenate([a for a, _ in train]), np.concatenate([b for _, b in train])
     x_test, y_test = np.concatenate([a for a, _ in test]), np.concatenate([b for _, b in test])
     keep, held = holdout_split(y_train, ratios[1] / (ratios[0] + ratios[1]), seed)

@@ -56,9 +56,12 @@ def mobilenet_v2(
     weights: a torchvision weight name (IMAGENET1K_V1, IMAGENET1K_V2), fetched through torchvision's cache;
     weights_path: a local state-dict file (works offline). freeze_features: train only the classifier.
     """
-    model = tv_mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width_mult, dropout=dropout)
     if weights and weights_path:
         raise ValueError("give either weights (a torchvision weight name) or weights_path (a local file), not both")
+    if freeze_features and not (weights or weights_path):
+        raise ValueError("backbone_args.freeze_features is true but neither weights nor weights_path is set: frozen "
+                         "random features learn nothing; give weights or weights_path, or set freeze_features false")
+    model = tv_mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width_mult, dropout=dropout)
     if weights:
         try:
             enum = MobileNet_V2_Weights[weights]

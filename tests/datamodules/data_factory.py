@@ -109,8 +109,12 @@ def dirty_folder(tmp_path) -> tuple[str, dict[str, str]]:
     os.chmod(os.path.join(root, "dog/unreadable.jpg"), 0o644)
 
 
-def write_cifar(root: str, name: str = "cifar10", per_file: int = 20, seed: int = 0) -> None:
-    """A tiny CIFAR in its own pickle format (same file names, keys and byte layout as the real archives)."""
+def write_cifar(root: str, name: str = "cifar10", per_file: int = 20, seed: int = 0, protocol: int = 4,
+                numpy1_names: bool = False) -> None:
+    """A tiny CIFAR in its own pickle format (same file names, keys and byte layout as the real archives).
+
+    ``numpy1_names`` writes the globals as numpy 1.x did (``numpy.core.multiarray``), as in the official archives.
+    """
     rng = np.random.default_rng(seed)
     classes = 10 if name == "cifar10" else 100
     folder = os.path.join(root, "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
@@ -121,11 +125,15 @@ def write_cifar(root: str, name: str = "cifar10", per_file: int = 20, seed: int 
         labels = (np.arange(n) % classes).tolist()
         entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "filenames": [f"{i}.png" for i in range(n)]}
         entry["labels" if name == "cifar10" else "fine_labels"] = labels
+        data = pickle.dumps(entry, protocol=protocol)
+        if numpy1_names:
+            assert protocol <= 2  # GLOBAL opcodes are newline-terminated text, so a rename keeps the pickle valid
+            data = data.replace(b"numpy._core.", b"numpy.core.")
         with open(os.path.join(folder, f), "wb") as fh:
-            pickle.dump(entry, fh)
+            fh.write(data)
     meta_name, key = ("batches.meta", "label_names") if name == "cifar10" else ("meta", "fine_label_names")
     with open(os.path.join(folder, meta_name), "wb") as fh:
-        pickle.dump({key: [f"name{i}" for i in range(classes)]}, fh)
+        pickle.dump({key: [f"name{i}" for i in range(classes)]}, fh, protocol=protocol)
 
 
 class TinyClassifier(pl.LightningModule):

@@ -1,5 +1,7 @@
 """Loaders: seeded augmentation, (seed, epoch)-only order (resume-safe), workers, synthetic, BatchSizeFinder."""
 
+import os
+
 import torch
 from data_factory import TinyClassifier, tiny_trainer
 
@@ -79,3 +81,23 @@ def test_calibration_loader_uses_the_eval_transform_on_a_fixed_subset(tmp_path):
     a = torch.cat([x for x, _ in dm.calibration_dataloader(num_samples=40, batch_size=16)])
     b = torch.cat([x for x, _ in dm.calibration_dataloader(num_samples=40, batch_size=8)])
     assert a.shape == (40, 3, 16, 16) and torch.equal(a, b)
+
+
+def test_num_workers_above_the_cores_is_capped_with_one_logged_sentence(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from datamodules.datamodule import usable_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})  # a 3-core container
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")  # Lightning's loggers do not propagate
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger=logger.name):
+            dm = ImageClassificationDataModule(num_workers=16, persistent_workers=True, cache_dir=str(tmp_path))
+            same = ImageClassificationDataModule(num_workers=3, cache_dir=str(tmp_path))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert usable_cores() == 3 and dm.num_workers == 3 and dm.persistent_workers and same.num_workers == 3
+    said = [r.getMessage() for r in caplog.records if "num_workers" in r.getMessage()]
+    assert said == ["data.num_workers 16 is more than the 3 CPU core(s) this process may use; using 3 loader workers"]
+    assert dm.train_dataloader().num_workers == 3

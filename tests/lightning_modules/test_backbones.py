@@ -78,8 +78,20 @@ def test_unknown_backbone_or_argument_is_one_clear_sentence():
         build_backbone("resnet", 10, depth=50)
 
 
-def test_frozen_batchnorm_keeps_its_statistics_in_train_mode():
-    model = ImageClassifier(num_classes=10, backbone="mobilenet_v2", backbone_args={"freeze_features": True, "width_mult": 0.35})
+def test_frozen_features_without_pretrained_weights_are_one_config_sentence():
+    with pytest.raises(ValueError) as caught:
+        build_backbone("mobilenet_v2", 10, freeze_features=True)
+    message = str(caught.value)
+    assert message.startswith("backbone_args.freeze_features is true but neither weights nor weights_path is set")
+    assert "set freeze_features false" in message and "\n" not in message
+    with pytest.raises(ValueError, match="frozen random features learn nothing"):
+        ImageClassifier(num_classes=10, backbone="mobilenet_v2", backbone_args={"freeze_features": True})
+
+
+def test_frozen_batchnorm_keeps_its_statistics_in_train_mode(tmp_path):
+    torch.save(tv_mobilenet_v2(weights=None, width_mult=0.35).state_dict(), tmp_path / "pretrained.pth")
+    model = ImageClassifier(num_classes=10, backbone="mobilenet_v2", backbone_args={
+        "freeze_features": True, "width_mult": 0.35, "weights_path": str(tmp_path / "pretrained.pth")})
     model.train()
     bn = model.net.features[0][1]
     before = bn.running_mean.clone()
