@@ -1,9 +1,14 @@
-"""Fit-end work as Lightning callbacks, listed in the experiment YAML's trainer.callbacks in the order they run."""
+"""Fit-end work as Lightning callbacks, listed in the experiment YAML's trainer.callbacks in the order they run.
+
+A new fit-end step is one FitEndStep subclass in its own file (what it consumes and produces, and `run`) plus a
+YAML line; it publishes what it makes into the run's records (callbacks/records.py), which DeployBundle reads.
+"""
 
 from callbacks.bundle import DeployBundle
+from callbacks.fit_end import FitEndStep
 from callbacks.onnx_export import ONNXExport, export_onnx
 from callbacks.pruning import AtEpochs, StructuredPruning, prune_channels
 from callbacks.quantization import Int8Quantization, quantize_int8
 from callbacks.tensorrt_build import TensorRTBuild
 
-__all__ = ["AtEpochs", "StructuredPruning", "prune_channels", "DeployBundle", "Int8Quantization", "ONNXExport", "TensorRTBuild", "export_onnx", "quantize_int8"]
+__all__ = ["FitEndStep", "AtEpochs", "StructuredPruning", "prune_channels", "DeployBundle", "Int8Quantization", "ONNXExport", "TensorRTBuild", "export_onnx", "quantize_int8"]

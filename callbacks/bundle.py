@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
@@ -18,14 +19,12 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from callbacks import report as report_format
-from callbacks.fit_end import BUNDLE, FitEndStep, best_model, find_step, loader_arrays, top1
-from callbacks.onnx_export import ONNXExport
-from callbacks.pruning import StructuredPruning
-from callbacks.quantization import Int8Quantization
-from callbacks.tensorrt_build import TensorRTBuild
+from callbacks.fit_end import (BUNDLE, FitEndStep, best_model, debug_mode, evaluate, input_size, numpy_batches,
+                               one_sentence)
+from callbacks.records import FAILED, OK, ArtifactRecord, FitEndRecord
 from deploy.benchmark import measure
 from deploy.bundle import artifact_entry, atomic_write_bytes, atomic_write_json, new_manifest, write_labels, write_manifest
-from deploy.runners import OnnxRuntimeRunner, Runner, TensorRTRunner
+from deploy.runners import Runner, runner_for_file
 
 
 class TorchRunner(Runner):
@@ -38,12 +37,6 @@ class TorchRunner(Runner):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self.model(torch.from_numpy(batch)).numpy()
-
-
-def top5(logits: np.ndarray, labels: np.ndarray) -> Optional[float]:
-    if logits.shape[1] <= 5:
-        return None
-    return float((np.argsort(-logits, axis=1)[:, :5] == labels[:, None]).any(axis=1).mean())
 
 
 def cpu_name() -> str:
@@ -79,99 +72,116 @@ def git_commit() -> Optional[str]:
 
 
 class DeployBundle(FitEndStep):
-    """Evaluate every artifact on the test split, time it, and write runs/<exp>/version_N/bundle/.
+    """Score every artifact the earlier steps recorded on the test split, time it, and write
+    runs/<exp>/version_N/bundle/.
 
-    The bundle is assembled in a staging folder and renamed into place at the very end (manifest.json last),
-    so a fit killed half-way never leaves a bundle that looks complete.
+    It reads only the run's artifact records, so a new fit-end step needs no change here. Artifacts that were
+    skipped or failed are listed in the manifest and the report with their reason. The bundle is assembled in a
+    staging folder and renamed into place at the very end (manifest.json last), so a fit killed half-way never
+    leaves a bundle that looks complete.
 
     Args:
         latency_iterations: timed batch-1 calls per artifact (p50 is reported).
         throughput_batch: batch size of the throughput measurement.
         throughput_iterations: timed calls at that batch size.
+        tensorrt_rules: the TensorRT version whose documented ONNX rules every ONNX artifact is checked against.
     """
 
-    requires = (ONNXExport,)
-
-    def __init__(self, latency_iterations: int = 100, throughput_batch: int = 32, throughput_iterations: int = 10) -> None:
+    def __init__(self, latency_iterations: int = 100, throughput_batch: int = 32, throughput_iterations: int = 10,
+                 tensorrt_rules: str = "10") -> None:
         super().__init__()
         self.latency_iterations, self.throughput_batch, self.throughput_iterations = (
             latency_iterations, throughput_batch, throughput_iterations)
+        self.tensorrt_rules = tensorrt_rules
         self.bundle_dir: Optional[Path] = None
         self.report: dict[str, Any] = {}
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        export = find_step(trainer, ONNXExport)
-        if not self.should_run(trainer) or export is None or export.onnx_path is None:
-            return
+    def consumes(self) -> tuple[str, ...]:
+        return ("onnx:fp32",)
+
+    def skip(self, record: FitEndRecord, reason: str) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        print(f"no deploy bundle written: {reason}; the checkpoints are in {self.run_dir / 'checkpoints'}",
+              file=sys.stderr, flush=True)
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
         dm = trainer.datamodule
         model, checkpoint = best_model(trainer, pl_module)
-        x, y = loader_arrays(dm.test_dataloader())
-        shape = tuple(x.shape[1:])
+        shape = (3, *input_size(pl_module))
         device = cpu_name()
-
-        candidates: list[tuple[str, str, str, Runner, Optional[Path]]] = [
-            ("PyTorch FP32", "pytorch", "fp32", TorchRunner(model, shape), None),
-            ("ONNX FP32", "onnx", "fp32", OnnxRuntimeRunner(str(export.onnx_path)), export.onnx_path),
-        ]
-        quant = find_step(trainer, Int8Quantization)
-        if quant is not None and quant.int8_path is not None:
-            candidates.append(("ONNX INT8", "onnx-int8", "int8", OnnxRuntimeRunner(str(quant.int8_path)), quant.int8_path))
-        trt = find_step(trainer, TensorRTBuild)
-        for engine, precision, _sidecar in (trt.engines if trt else []):
-            candidates.append((f"TensorRT {precision.upper()}", "tensorrt", precision, TensorRTRunner(str(engine)), engine))
-
         gpu_name = versions().get("gpu", "GPU")
-        rows, artifacts = [], []
-        for label, fmt, precision, runner, path in candidates:
-            logits = runner.infer(x)
-            latency = measure(runner, 1, iterations=self.latency_iterations, warmup=5)
-            throughput = measure(runner, self.throughput_batch, iterations=self.throughput_iterations, warmup=2)
-            row = {"label": label, "format": fmt, "precision": precision, "top1": top1(logits, y), "top5": top5(logits, y),
-                   "latency_ms": latency["p50_ms"], "throughput": throughput["throughput"],
-                   "size_mb": (os.path.getsize(path) if path else _state_dict_bytes(model)) / 1e6,
-                   "device": gpu_name if fmt == "tensorrt" else device}
-            rows.append(row)
-            if path is not None:
-                metrics = {k: row[k] for k in ("top1", "latency_ms", "throughput", "device")}
-                if row["top5"] is not None:
-                    metrics["top5"] = row["top5"]
-                artifacts.append(artifact_entry(path, fmt, precision, metrics, bundle_dir=str(self.staging)))
+        test_batches = lambda: numpy_batches(dm.test_dataloader())  # noqa: E731
 
-        self.report = self._report(trainer, rows, device, len(y))
-        self._write(trainer, dm, artifacts, checkpoint)
-        self._log(trainer)
+        reference = self.measure_one("PyTorch FP32", TorchRunner(model, shape), test_batches)
+        reference.update(format="pytorch", precision="fp32", runtime="pytorch", device=device,
+                         size_mb=_state_dict_bytes(model) / 1e6, delta_pts=0.0)
+        rows, entries = [reference], []
+        for art in list(record.artifacts):
+            if art.ok:
+                try:
+                    with runner_for_file(art.file, art.format) as runner:
+                        row = self.measure_one(art.label, runner, test_batches)
+                except Exception as exc:
+                    if debug_mode():
+                        raise
+                    sentence = f"{art.file.name} could not be measured: {one_sentence(exc)}"
+                    record.fail(self.name, sentence)
+                    art.status, art.reason = FAILED, sentence  # an unmeasured file is not shipped
+                    art.file.unlink(missing_ok=True)
+                    print(f"fit-end step {self.name}: {sentence}; left out of the bundle", file=sys.stderr, flush=True)
+                else:
+                    row.update(format=art.format, precision=art.precision, runtime=art.runtime,
+                               device=gpu_name if art.format == "tensorrt" else device,
+                               size_mb=os.path.getsize(art.file) / 1e6,
+                               delta_pts=100 * (row["top1"] - reference["top1"]))
+                    rows.append(row)
+            entries.append(self.manifest_entry(art, rows[-1] if art.ok else None))
 
-    def _report(self, trainer: pl.Trainer, rows: list[dict], device: str, n_test: int) -> dict[str, Any]:
-        notes = []
-        export = find_step(trainer, ONNXExport)
-        notes.append(("ONNX parity", f"max |logit difference| vs torch {max(export.parity.values()):.1e} "
-                                     f"({', '.join(export.parity)}; opset {export.opset}, {export.exporter} exporter)"))
-        quant = find_step(trainer, Int8Quantization)
-        if quant is not None and quant.report:
-            q = quant.report
-            kept = ", ".join(q["excluded_nodes"]) or "none"
-            gate = "met" if q["gate_met"] else "NOT met"
-            notes.append(("INT8", f"{q['mode']} quantization, drop {q['drop_pts']:+.2f} pt on the validation split "
-                                  f"(gate {q.get('max_drop_pts', '-')} pt: {gate}); nodes kept in FP32: {kept}"))
-        trt = find_step(trainer, TensorRTBuild)
-        if trt is not None and trt.skipped:
-            notes.append(("TensorRT", "; ".join(f"{p} skipped: {r}" for p, r in trt.skipped.items())))
-        pruning = find_step(trainer, StructuredPruning)
-        if pruning is not None and pruning.stats:
-            s = pruning.stats
-            notes.append(("Structured pruning", f"at epoch {s['epoch']}: params {s['params_before']:,} -> {s['params_after']:,}, "
-                                                f"MACs at {'x'.join(map(str, s['input_size']))} {s['macs_before']:,} -> {s['macs_after']:,} "
-                                                f"({s['macs_before'] / max(s['macs_after'], 1):.2f}x fewer)"))
-        return {"name": self.name(trainer), "device": device, "throughput_batch": self.throughput_batch,
-                "test_samples": n_test, "rows": rows, "notes": notes}
+        self.report = self.build_report(trainer, record, rows, device, reference["samples"])
+        self.write(trainer, dm, entries, checkpoint)
+        record.bundle_dir = self.bundle_dir
+        self.announce(trainer)
 
-    def name(self, trainer: pl.Trainer) -> str:
+    def measure_one(self, label: str, runner: Runner, batches) -> dict[str, Any]:
+        scores = evaluate(runner.infer, batches())
+        latency = measure(runner, 1, iterations=self.latency_iterations, warmup=5)
+        throughput = measure(runner, self.throughput_batch, iterations=self.throughput_iterations, warmup=2)
+        return {"label": label, **scores, "latency_ms": latency["p50_ms"], "throughput": throughput["throughput"]}
+
+    def manifest_entry(self, art: ArtifactRecord, row: Optional[dict]) -> dict[str, Any]:
+        facts = dict(art.facts)
+        quantization = facts.pop("quantization", None)
+        extra = {"runtime": art.runtime, "step": art.step, "label": art.label}
+        if quantization is not None:
+            extra["quantization"] = quantization
+        if facts:
+            extra["facts"] = facts
+        if not art.ok:
+            return {"file": None, "format": art.format, "precision": art.precision, "status": art.status,
+                    "reason": art.reason, **extra}
+        metrics = {k: row[k] for k in ("top1", "top5", "delta_pts", "latency_ms", "throughput", "device") if k in row}
+        entry = artifact_entry(art.file, art.format, art.precision, metrics, bundle_dir=str(self.staging))
+        entry.update(status=OK, **extra)
+        if art.format in ("onnx", "onnx-int8"):
+            entry["tensorrt_check"] = tensorrt_verdict(art.file, self.tensorrt_rules)
+        return entry
+
+    def build_report(self, trainer: pl.Trainer, record: FitEndRecord, rows: list[dict], device: str,
+                     n_test: int) -> dict[str, Any]:
+        unavailable = [{"label": a.label, "step": a.step, "status": a.status, "reason": a.reason}
+                       for a in record.artifacts if not a.ok]
+        return {"name": self.experiment_name(trainer), "device": device, "throughput_batch": self.throughput_batch,
+                "test_samples": n_test, "rows": rows, "notes": [list(n) for n in record.notes],
+                "unavailable": unavailable, "failures": [f"{f.step}: {f.sentence}" for f in record.failures],
+                "steps": record.facts}
+
+    def experiment_name(self, trainer: pl.Trainer) -> str:
         logger = trainer.logger
         return str(getattr(logger, "name", None) or self.run_dir.name)
 
-    def _write(self, trainer: pl.Trainer, dm: Any, artifacts: list[dict], checkpoint: str) -> None:
+    def write(self, trainer: pl.Trainer, dm: Any, entries: list[dict], checkpoint: str) -> None:
         staging = self.staging
-        trt = find_step(trainer, TensorRTBuild)
         classes = list(getattr(dm, "class_names", None) or [str(i) for i in range(trainer.lightning_module.hparams.num_classes)])
         write_labels(staging, classes)
         atomic_write_json(staging / "report.json", self.report)
@@ -186,22 +196,31 @@ class DeployBundle(FitEndStep):
             shutil.copyfile(config, staging / "config.yaml")
         source = {"git_commit": git_commit(), "config": "config.yaml" if config.is_file() else None,
                   "checkpoint": os.path.relpath(checkpoint, self.run_dir) if os.path.isfile(checkpoint) else checkpoint}
-        manifest = new_manifest(self.name(trainer), classes, dm.preprocessing.to_dict(), artifacts, source, versions())
-        if trt is not None and trt.skipped:
-            manifest["skipped"] = [{"format": "tensorrt", "precision": p, "reason": f"skipped: {r}"} for p, r in trt.skipped.items()]
+        manifest = new_manifest(self.experiment_name(trainer), classes, dm.preprocessing.to_dict(), entries, source, versions())
         (staging / "timing.cache").unlink(missing_ok=True)  # a build-machine cache, no use on a device
         write_manifest(staging, manifest)  # last file written
         self.bundle_dir = self.run_dir / BUNDLE
         _replace_dir(staging, self.bundle_dir)
 
-    def _log(self, trainer: pl.Trainer) -> None:
+    def announce(self, trainer: pl.Trainer) -> None:
         table = report_format.plain_table(self.report)
         if isinstance(trainer.logger, TensorBoardLogger):
             trainer.logger.experiment.add_text("bundle/report", report_format.markdown(self.report), trainer.global_step)
             trainer.logger.experiment.add_figure("bundle/report", self._figure, trainer.global_step)
             trainer.logger.experiment.flush()
         rank_zero_info(f"deploy bundle: {self.bundle_dir}")
-        print(f"\n{table}\n{self.report['device']}; bundle: {self.bundle_dir}\n", flush=True)
+        lines = [f"\n{table}"]
+        for item in self.report["unavailable"]:
+            lines.append(f"{item['label']}: {item['status']}: {item['reason']}")
+        lines.append(f"{self.report['device']}; bundle: {self.bundle_dir}\n")
+        print("\n".join(lines), flush=True)
+
+
+def tensorrt_verdict(path: Path, rules: str) -> dict[str, Any]:
+    """TensorRT's documented ONNX rules, checked without TensorRT (deploy.tensorrt_check)."""
+    from deploy.tensorrt_check import check_tensorrt
+
+    return check_tensorrt(path, tensorrt=rules)
 
 
 def _state_dict_bytes(model: torch.nn.Module) -> int:
@@ -219,4 +238,3 @@ def _replace_dir(new: Path, target: Path) -> None:
     os.replace(new, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-

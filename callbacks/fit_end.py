@@ -1,8 +1,13 @@
-"""What every fit-end step shares: its paths, its place in the callback order, and the model it works on.
+"""What every fit-end step shares: its paths, its place in the chain, the records, and the failure rule.
 
 At `on_fit_end` the strategy has already torn down (the model is back on the CPU, DDP unwrapped), and
 `trainer.log_dir` broadcasts across ranks, so paths are computed in `setup` on every rank and the work itself
 happens on rank zero only.
+
+The failure rule: training is done and its checkpoints are on disk, so nothing at fit end may lose them. A step
+that raises is recorded as failed with one sentence (printed, and written into the manifest and the report); the
+steps that need its output record themselves as skipped with why; the others run, and the bundle is written.
+`EDGECLS_DEBUG=1` lets the exception through with its traceback instead.
 """
 
 from __future__ import annotations
@@ -10,26 +15,65 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning import Callback
 
+from callbacks.records import FAILED, SKIPPED, ArtifactRecord, FitEndRecord, fit_end_record, reset_fit_end_record
+
 STAGING = ".bundle-staging"  # artifacts collect here; DeployBundle renames it to bundle/ when all is written
 BUNDLE = "bundle"
 
+# Which step class makes each "format:precision", for the hint in an order error (filled by __init_subclass__).
+PRODUCERS: dict[str, str] = {}
+
+
+def debug_mode() -> bool:
+    return os.environ.get("EDGECLS_DEBUG", "") not in ("", "0")
+
+
+def one_sentence(exc: BaseException, limit: int = 400) -> str:
+    """The first line of an exception's message (its type where it has none), short enough for a log line."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    if not text or not isinstance(exc, (ValueError, RuntimeError, OSError)):
+        text = f"{type(exc).__name__}: {text}".rstrip(": ")  # the type says what a bare KeyError or a bug was
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class FitEndStep(Callback):
-    """Base class of the fit-end callbacks: `requires` lists the steps that must be listed before this one."""
+    """Base class of the fit-end callbacks.
 
-    requires: tuple[type["FitEndStep"], ...] = ()
+    A step declares what it consumes and produces as "format:precision" keys (`consumes()`, `produces()`), does
+    its work in `run(trainer, pl_module, record)`, and publishes what it made into the record. The base class
+    checks the order at fit start, skips the step (recorded, with why) when an input is missing, and turns an
+    exception into a failed record instead of a lost bundle.
+    """
+
+    PRODUCES: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for key in cls.PRODUCES:
+            PRODUCERS.setdefault(key, cls.__name__)
 
     def __init__(self) -> None:
         self.run_dir: Optional[Path] = None
         self.staging: Optional[Path] = None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def consumes(self) -> tuple[str, ...]:
+        return ()
+
+    def produces(self) -> tuple[str, ...]:
+        return self.PRODUCES
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -37,34 +81,87 @@ class FitEndStep(Callback):
         check_order(trainer, self)
         self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir broadcasts
         self.staging = self.run_dir / STAGING
-        if trainer.is_global_zero and self.requires == ():
-            # A staging folder left by a killed fit is stale: the first step starts it afresh.
-            shutil.rmtree(self.staging, ignore_errors=True)
+        first = next(c for c in trainer.callbacks if isinstance(c, FitEndStep))
+        if first is self:
+            reset_fit_end_record(trainer)
+            if trainer.is_global_zero:
+                # A staging folder left by a killed fit is stale: the first step starts it afresh.
+                shutil.rmtree(self.staging, ignore_errors=True)
 
     def should_run(self, trainer: pl.Trainer) -> bool:
         return trainer.is_global_zero and not trainer.interrupted and not trainer.fast_dev_run and trainer.state.fn == "fit"
 
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.should_run(trainer):
+            return
+        record = fit_end_record(trainer)
+        missing = [key for key in self.consumes() if record.find(*key.split(":", 1)) is None]
+        if missing:
+            self.skip(record, self.missing_reason(record, missing))
+            return
+        self.staging.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run(trainer, pl_module, record)
+        except Exception as exc:
+            if debug_mode():
+                raise
+            sentence = one_sentence(exc)
+            record.fail(self.name, sentence)
+            self.on_failure(record, sentence)
+            print(f"fit-end step {self.name} failed: {sentence}; the other steps go on "
+                  "(EDGECLS_DEBUG=1 shows the traceback)", file=sys.stderr, flush=True)
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
+        raise NotImplementedError
+
+    def skip(self, record: FitEndRecord, reason: str) -> None:
+        """Record each output this step would have made as skipped (not a failure)."""
+        for key in self.produces():
+            fmt, precision = key.split(":", 1)
+            record.publish(ArtifactRecord(self.name, fmt, precision, self.runtime_for(key), SKIPPED, reason=reason))
+        print(f"fit-end step {self.name} skipped: {reason}", file=sys.stderr, flush=True)
+
+    def on_failure(self, record: FitEndRecord, sentence: str) -> None:
+        """Record each output this step did not make as failed; steps may publish finer records first."""
+        made = {(r.format, r.precision) for r in record.artifacts if r.step == self.name}
+        for key in self.produces():
+            fmt, precision = key.split(":", 1)
+            if (fmt, precision) not in made:
+                record.publish(ArtifactRecord(self.name, fmt, precision, self.runtime_for(key), FAILED, reason=sentence))
+
+    def runtime_for(self, key: str) -> str:
+        return "any"
+
+    def missing_reason(self, record: FitEndRecord, missing: list[str]) -> str:
+        parts = []
+        for key in missing:
+            fmt, precision = key.split(":", 1)
+            earlier = record.find(fmt, precision, status=None)
+            if earlier is not None:
+                parts.append(f"its input {key} was {earlier.status} in {earlier.step} ({earlier.reason})")
+            else:
+                parts.append(f"no earlier step made its input {key}")
+        return "; ".join(parts)
+
 
 def check_order(trainer: pl.Trainer, step: FitEndStep) -> None:
-    """A missing or misplaced prerequisite is one sentence at fit start, not a failure at fit end."""
-    callbacks = trainer.callbacks
-    mine = callbacks.index(step)
-    for needed in step.requires:
-        where = [i for i, c in enumerate(callbacks) if isinstance(c, needed)]
-        if not where:
+    """Every input a step consumes is produced by a step listed before it: one sentence at fit start, not a
+    failure at fit end."""
+    steps = [c for c in trainer.callbacks if isinstance(c, FitEndStep)]
+    mine = steps.index(step)
+    for key in step.consumes():
+        makers = [i for i, s in enumerate(steps) if key in s.produces()]
+        maker = PRODUCERS.get(key, "the step that makes it")
+        if not makers:
             raise ValueError(
-                f"{type(step).__name__} needs {needed.__name__} in trainer.callbacks; add "
-                f"'- class_path: callbacks.{needed.__name__}' before it in the experiment YAML"
+                f"{step.name} needs {key}, which no step in trainer.callbacks makes; add "
+                f"'- class_path: callbacks.{maker}' before it in the experiment YAML"
             )
-        if where[0] > mine:
+        if makers[0] > mine:
             raise ValueError(
-                f"{type(step).__name__} is listed before {needed.__name__} in trainer.callbacks, but runs on its "
-                f"output; list {needed.__name__} first"
+                f"{step.name} is listed before {steps[makers[0]].name} in trainer.callbacks, but runs on its "
+                f"output ({key}); list {steps[makers[0]].name} first"
             )
-
-
-def find_step(trainer: pl.Trainer, kind: type) -> Optional[Callback]:
-    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
 
 
 def best_model(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[pl.LightningModule, str]:
@@ -81,21 +178,43 @@ def best_model(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[pl.L
     return model.eval(), source
 
 
-def loader_arrays(loader, limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Collect (x float32 NCHW, y int64) from a DataLoader as numpy, up to `limit` samples."""
-    xs, ys, n = [], [], 0
+def numpy_batches(loader, limit: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(x float32 NCHW, y int64) batch by batch from a DataLoader, up to `limit` samples; never a whole split."""
+    n = 0
     for x, y in loader:
-        xs.append(x.numpy().astype(np.float32, copy=False))
-        ys.append(y.numpy())
+        x, y = x.numpy().astype(np.float32, copy=False), y.numpy()
+        if limit is not None and n + len(y) > limit:
+            x, y = x[: limit - n], y[: limit - n]
+        if len(y):
+            yield x, y
         n += len(y)
         if limit is not None and n >= limit:
-            break
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    return (x[:limit], y[:limit]) if limit is not None else (x, y)
+            return
 
 
-def top1(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(axis=1) == labels).mean())
+def first_batch(loader, size: int) -> np.ndarray:
+    """Up to `size` images from the start of a loader, as one array (parity checks, error ranking)."""
+    return np.concatenate([x for x, _ in numpy_batches(loader, limit=size)])
+
+
+def evaluate(infer, batches) -> dict[str, float]:
+    """Top-1 (and top-5 where there are more than 5 classes) of `infer(x) -> logits`, streamed batch by batch."""
+    correct1 = correct5 = total = 0
+    classes = 0
+    for x, y in batches:
+        logits = np.asarray(infer(x))
+        classes = logits.shape[1]
+        correct1 += int((logits.argmax(axis=1) == y).sum())
+        if classes > 5:
+            top = np.argpartition(-logits, 5, axis=1)[:, :5]
+            correct5 += int((top == y[:, None]).any(axis=1).sum())
+        total += len(y)
+    if total == 0:
+        raise ValueError("the split to evaluate on holds no images")
+    out = {"top1": correct1 / total, "samples": total}
+    if classes > 5:
+        out["top5"] = correct5 / total
+    return out
 
 
 def input_size(pl_module: pl.LightningModule) -> tuple[int, int]:

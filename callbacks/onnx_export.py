@@ -17,7 +17,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
-from callbacks.fit_end import FitEndStep, best_model, input_size, loader_arrays
+from callbacks.fit_end import FitEndStep, best_model, first_batch, input_size
+from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.runners import OnnxRuntimeRunner
 
 # Opset 18 is the lowest the torch.export-based exporter emits natively (asking lower exports at 18 and then
@@ -88,26 +89,26 @@ class ONNXExport(FitEndStep):
         tolerance: largest acceptable |logit difference|; above it the export is an error.
     """
 
+    PRODUCES = ("onnx:fp32",)
+
     def __init__(self, opset: int = DEFAULT_OPSET, exporter: Literal["dynamo", "torchscript"] = "dynamo",
                  parity_batch: int = 16, tolerance: float = 1e-3) -> None:
         super().__init__()
         self.opset, self.exporter, self.parity_batch, self.tolerance = opset, exporter, parity_batch, tolerance
-        self.onnx_path: Optional[Path] = None
-        self.parity: dict[str, float] = {}
-        self.source = ""
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.should_run(trainer):
-            return
-        model, self.source = best_model(trainer, pl_module)
-        self.onnx_path = export_onnx(model, self.staging / "model.onnx", input_size(pl_module), self.opset, self.exporter)
-        x, _ = loader_arrays(trainer.datamodule.val_dataloader(), limit=self.parity_batch)
-        self.parity = onnx_parity(model, self.onnx_path, x)
-        worst = max(self.parity.values())
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
+        model, source = best_model(trainer, pl_module)
+        path = export_onnx(model, self.staging / "model.onnx", input_size(pl_module), self.opset, self.exporter)
+        parity = onnx_parity(model, path, first_batch(trainer.datamodule.val_dataloader(), self.parity_batch))
+        worst = max(parity.values())
         if worst > self.tolerance:
             raise RuntimeError(
-                f"ONNX Runtime disagrees with torch on {self.onnx_path}: max |logit difference| {worst:.2e} > "
+                f"ONNX Runtime disagrees with torch on {path.name}: max |logit difference| {worst:.2e} > "
                 f"tolerance {self.tolerance:.0e}; try exporter: torchscript, or another opset"
             )
-        rank_zero_info(f"ONNX export: {self.onnx_path} ({os.path.getsize(self.onnx_path) / 1e6:.2f} MB, opset {self.opset}, "
+        record.publish(ArtifactRecord(self.name, "onnx", "fp32", "any", file=path, label="ONNX FP32", facts={
+            "parity_max_abs_diff": parity, "opset": self.opset, "exporter": self.exporter, "checkpoint": source}))
+        record.note(self.name, "ONNX parity", f"max |logit difference| vs torch {worst:.1e} ({', '.join(parity)}; "
+                                              f"opset {self.opset}, {self.exporter} exporter)")
+        rank_zero_info(f"ONNX export: {path} ({os.path.getsize(path) / 1e6:.2f} MB, opset {self.opset}, "
                        f"{self.exporter}); ONNX Runtime parity max |diff| {worst:.1e}")

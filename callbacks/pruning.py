@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
+from callbacks.records import fit_end_record
 from lightning_modules import classifier_layer
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,17 @@ class StructuredPruning(Callback):
             f"{trainer.max_epochs - trainer.current_epoch} epoch(s) of fine-tuning"
             + (f"; best checkpoint now chosen among pruned ones (unpruned best left at {', '.join(left_behind)})" if left_behind else "")
         )
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Published as a note of the run's fit-end record, which the bundle report reads (no step reads this class).
+        if not self.stats or not trainer.is_global_zero:
+            return
+        s = self.stats
+        fit_end_record(trainer).note(
+            "StructuredPruning", "Structured pruning",
+            f"at epoch {s['epoch']}: params {s['params_before']:,} -> {s['params_after']:,}, MACs at "
+            f"{'x'.join(map(str, s['input_size']))} {s['macs_before']:,} -> {s['macs_after']:,} "
+            f"({s['macs_before'] / max(s['macs_after'], 1):.2f}x fewer)", facts=dict(s))
 
     def state_dict(self) -> dict[str, Any]:
         return {"pruned": self.pruned, "stats": dict(self.stats)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Literal, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -17,25 +17,64 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from callbacks.fit_end import FitEndStep, find_step, loader_arrays, top1
-from callbacks.onnx_export import ONNXExport
+from callbacks.fit_end import FitEndStep, evaluate, first_batch, numpy_batches
+from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.runners import OnnxRuntimeRunner
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
 
 
-class ArrayReader(CalibrationDataReader):
-    """Feeds calibration batches (already eval-transformed, NCHW float32) to onnxruntime."""
+class BatchReader(CalibrationDataReader):
+    """Feeds calibration batches (eval-transformed, NCHW float32) to onnxruntime one at a time.
 
-    def __init__(self, x: np.ndarray, batch_size: int = 32, input_name: str = "input") -> None:
-        self.x, self.batch_size, self.input_name = x, batch_size, input_name
+    `batches` is a callable returning a fresh iterator of numpy batches (a DataLoader pass, or slices of an
+    array). onnxruntime's histogram calibrators (entropy, percentile) keep every intermediate output of every
+    batch they are given in one call and stack them, which costs memory in proportion to the sample count and
+    fails when the last batch is smaller ("inhomogeneous shape"). With `CalibStridedMinMax: 1` they are given
+    one batch per call (`set_range`) and merge histograms as they go, so any sample count and batch size works.
+    """
+
+    def __init__(self, batches: Callable[[], Iterator[np.ndarray]], count: int, samples: int,
+                 input_name: str = "input") -> None:
+        self.batches, self.count, self.samples, self.input_name = batches, count, samples, input_name
         self.rewind()
 
+    def __len__(self) -> int:
+        return self.count
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        if start_index < self.position:
+            self.rewind()
+        while self.position < start_index:
+            self._next_batch()
+        self.end = end_index
+
+    def _next_batch(self) -> Optional[np.ndarray]:
+        batch = next(self._iter, None)
+        if batch is not None:
+            self.position += 1
+        return batch
+
     def get_next(self) -> Optional[dict[str, np.ndarray]]:
-        return next(self._batches, None)
+        if self.end is not None and self.position >= self.end:
+            return None
+        batch = self._next_batch()
+        return None if batch is None else {self.input_name: batch}
 
     def rewind(self) -> None:
-        self._batches = iter({self.input_name: self.x[i:i + self.batch_size]} for i in range(0, len(self.x), self.batch_size))
+        self._iter, self.position, self.end = iter(self.batches()), 0, None
+
+
+def array_batches(x: np.ndarray, batch_size: int = 32) -> BatchReader:
+    """A BatchReader over an array already in memory (tests, benchmarks)."""
+    x = np.asarray(x, dtype=np.float32)
+    starts = range(0, len(x), batch_size)
+    return BatchReader(lambda: (x[i:i + batch_size] for i in starts), len(starts), len(x))
+
+
+def loader_batches(loader) -> BatchReader:
+    """A BatchReader that streams a DataLoader, re-iterated on every rewind."""
+    return BatchReader(lambda: (xb for xb, _ in numpy_batches(loader)), len(loader), len(loader.dataset))
 
 
 def prepare_for_quantization(fp32_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
@@ -44,25 +83,43 @@ def prepare_for_quantization(fp32_path: str | os.PathLike, out_path: str | os.Pa
     return Path(out_path)
 
 
-def quantize_int8(prepared_path: str | os.PathLike, out_path: str | os.PathLike, calibration: np.ndarray,
-                  method: str = "minmax", per_channel: bool = True, nodes_to_exclude: Sequence[str] = (),
-                  percentile: float = 99.999) -> Path:
-    """Static Q/DQ INT8 with every zero point 0 (symmetric activations and weights), per-channel weights."""
+def quantize_int8(prepared_path: str | os.PathLike, out_path: str | os.PathLike,
+                  calibration: np.ndarray | BatchReader, method: str = "minmax", per_channel: bool = True,
+                  nodes_to_exclude: Sequence[str] = (), percentile: float = 99.999,
+                  calibration_cache: Optional[str | os.PathLike] = None) -> Path:
+    """Static Q/DQ INT8 in TensorRT's form: every zero point 0 (symmetric activations and weights), per-channel
+    weights, float biases. `calibration` is an array or a BatchReader (streamed); `calibration_cache` keeps the
+    computed ranges in a file, so later calls with other `nodes_to_exclude` skip calibration."""
     if method not in METHODS:
         raise ValueError(f"calibration method {method!r} is not one of {sorted(METHODS)}")
+    reader = calibration if isinstance(calibration, BatchReader) else array_batches(calibration)
+    if len(reader) == 0:
+        raise ValueError("INT8 calibration got no images; raise num_samples or check the train split")
+    reader.rewind()
     out_path = Path(out_path)
     tmp = out_path.with_name(f".tmp-{os.getpid()}-{out_path.name}")
+    cache = {}
+    if calibration_cache is not None and _has_calibration_cache():
+        cache = {"calibration_cache_path": str(calibration_cache)}
     quantize_static(
-        str(prepared_path), str(tmp), ArrayReader(calibration),
+        str(prepared_path), str(tmp), reader,
         quant_format=QuantFormat.QDQ, per_channel=per_channel,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
         calibrate_method=METHODS[method], nodes_to_exclude=list(nodes_to_exclude),
         # QuantizeBias False: biases stay float; TensorRT rejects DequantizeLinear nodes with INT32 inputs.
+        # CalibStridedMinMax 1: one batch per collection call (see BatchReader).
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                       "CalibPercentile": percentile},
+                       "CalibStridedMinMax": 1, "CalibPercentile": percentile},
+        **cache,
     )
     os.replace(tmp, out_path)
     return out_path
+
+
+def _has_calibration_cache() -> bool:
+    import inspect
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
 def quantize_dynamic_linear(fp32_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
@@ -85,8 +142,6 @@ def asymmetric_zero_points(path: str | os.PathLike) -> list[str]:
             if zp is None:
                 continue
             values = numpy_helper.to_array(zp)
-            if zp.data_type == onnx.TensorProto.INT32:
-                continue  # int32 bias dequantisation: zero point 0 by construction, not an activation Q/DQ
             if zp.data_type != onnx.TensorProto.INT8 or np.any(values != 0):
                 bad.append(node.name or node.output[0])
     return bad
@@ -103,7 +158,7 @@ def rank_nodes_by_quantization_error(prepared_path: Path, int8_path: Path, x: np
         aug_fp32, aug_int8 = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         modify_model_output_intermediate_tensors(str(prepared_path), aug_fp32)
         modify_model_output_intermediate_tensors(str(int8_path), aug_int8)
-        reader = ArrayReader(x)
+        reader = array_batches(x, batch_size=8)
         fp32_acts = collect_activations(aug_fp32, reader)
         reader.rewind()
         int8_acts = collect_activations(aug_int8, reader)
@@ -119,90 +174,128 @@ def rank_nodes_by_quantization_error(prepared_path: Path, int8_path: Path, x: np
     return [node for _, node in sorted(scored)]
 
 
+def ranking_sample_size(height: int, width: int) -> int:
+    """Validation images for the SQNR ranking: every intermediate activation of both models is held for them, so
+    fewer at large inputs (about 20 at 224x224, 256 at 64x64 and below)."""
+    return int(max(8, min(256, 256 * 64 * 64 // max(height * width, 1))))
+
+
 class Int8Quantization(FitEndStep):
-    """Quantize model.onnx to model.int8.onnx (static Q/DQ, symmetric, per-channel) with an accuracy gate.
+    """Quantize model.onnx to model.int8.onnx (static Q/DQ in TensorRT's form) behind an accuracy gate.
+
+    Calibration and every validation pass stream from the DataModule's loaders. If INT8 loses more than
+    `max_drop` top-1 points on the validation split, the nodes with the worst quantization SQNR are kept in FP32
+    (1, 2, 4 ... up to `max_excluded`) and the best attempt is kept; the report lists them.
 
     Args:
         num_samples: calibration images from the train split, eval-transformed (500-1000 is the usual advice).
         method: calibration: minmax | entropy | percentile.
         per_channel: per-output-channel weight scales.
-        max_drop: the gate: largest acceptable top-1 drop against FP32 on the validation split, in points.
+        max_drop: the gate: the most top-1 points INT8 may lose against FP32 on the validation split.
         max_excluded: the most nodes the gate may keep in FP32 while it searches.
         mode: static (Q/DQ, for ONNX Runtime and TensorRT) | dynamic (seed 1's dynamic INT8 of Linear layers; CPU only).
+        calibration_batch: images per calibration batch (onnxruntime holds every activation of one batch).
     """
 
-    requires = (ONNXExport,)
+    PRODUCES = ("onnx-int8:int8",)
 
     def __init__(self, num_samples: int = 512, method: Literal["minmax", "entropy", "percentile"] = "minmax",
                  per_channel: bool = True, max_drop: float = 0.5, max_excluded: int = 8,
-                 mode: Literal["static", "dynamic"] = "static") -> None:
+                 mode: Literal["static", "dynamic"] = "static", calibration_batch: int = 16) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"Int8Quantization method {method!r} is not one of {sorted(METHODS)}")
+        if num_samples < 1 or calibration_batch < 1:
+            raise ValueError(f"Int8Quantization num_samples and calibration_batch must be 1 or more, got "
+                             f"{num_samples} and {calibration_batch}")
         self.num_samples, self.method, self.per_channel = num_samples, method, per_channel
         self.max_drop, self.max_excluded, self.mode = max_drop, max_excluded, mode
-        self.int8_path: Optional[Path] = None
-        self.report: dict = {}
+        self.calibration_batch = calibration_batch
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        export = find_step(trainer, ONNXExport)
-        if not self.should_run(trainer) or export is None or export.onnx_path is None:
-            return
+    def consumes(self) -> tuple[str, ...]:
+        return ("onnx:fp32",)
+
+    def runtime_for(self, key: str) -> str:
+        return "tensorrt" if self.mode == "static" else "onnxruntime"
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
+        fp32 = record.find("onnx", "fp32")
         dm = trainer.datamodule
-        x_val, y_val = loader_arrays(dm.val_dataloader())
-        fp32_top1 = top1(OnnxRuntimeRunner(str(export.onnx_path)).infer(x_val), y_val)
+
+        def val_top1(path: Path) -> float:
+            runner = OnnxRuntimeRunner(str(path))
+            return evaluate(runner.infer, numpy_batches(dm.val_dataloader()))["top1"]
+
+        fp32_top1 = val_top1(fp32.file)
         out = self.staging / "model.int8.onnx"
         if self.mode == "dynamic":
-            self.int8_path = quantize_dynamic_linear(export.onnx_path, out)
-            int8_top1 = top1(OnnxRuntimeRunner(str(out)).infer(x_val), y_val)
-            self.report = {"mode": "dynamic", "fp32_top1": fp32_top1, "int8_top1": int8_top1,
-                           "drop_pts": 100 * (fp32_top1 - int8_top1), "excluded_nodes": [], "gate_met": True}
-            return
-        x_cal, _ = loader_arrays(dm.calibration_dataloader(self.num_samples), limit=self.num_samples)
-        prepared = prepare_for_quantization(export.onnx_path, self.staging / ".model.prepared.onnx")
-        self.int8_path, self.report = self.gated_quantization(prepared, out, x_cal, x_val, y_val, fp32_top1)
-        prepared.unlink(missing_ok=True)
-        bad = asymmetric_zero_points(self.int8_path)
-        if bad:
-            raise RuntimeError(f"{self.int8_path}: {len(bad)} Q/DQ nodes have non-zero or non-INT8 zero points "
-                               f"({bad[:3]}...), which TensorRT rejects; this is a bug in the quantization settings")
-        r = self.report
-        rank_zero_info(f"INT8: top-1 {100 * r['int8_top1']:.2f} % vs FP32 {100 * fp32_top1:.2f} % "
-                       f"(drop {r['drop_pts']:+.2f} pt, gate {self.max_drop} pt, {len(r['excluded_nodes'])} node(s) kept in FP32), "
-                       f"{os.path.getsize(self.int8_path) / 1e6:.2f} MB")
+            quantize_dynamic_linear(fp32.file, out)
+            int8_top1 = val_top1(out)
+            report = {"mode": "dynamic", "fp32_top1": fp32_top1, "int8_top1": int8_top1,
+                      "delta_pts": 100 * (int8_top1 - fp32_top1), "excluded_nodes": [], "gate_met": True}
+        else:
+            calibration = loader_batches(dm.calibration_dataloader(self.num_samples, batch_size=self.calibration_batch))
+            prepared = prepare_for_quantization(fp32.file, self.staging / ".model.prepared.onnx")
+            cache = self.staging / ".calibration.json"
+            try:
+                report = self.gated_quantization(prepared, out, calibration, val_top1, fp32_top1, cache,
+                                                 lambda n: first_batch(dm.val_dataloader(), n))
+            finally:
+                prepared.unlink(missing_ok=True)
+                cache.unlink(missing_ok=True)
+            bad = asymmetric_zero_points(out)
+            if bad:
+                raise RuntimeError(f"{out.name}: {len(bad)} Q/DQ nodes have non-zero or non-INT8 zero points "
+                                   f"({bad[:3]}...), which TensorRT rejects; this is a bug in the quantization settings")
+        r = report
+        record.publish(ArtifactRecord(self.name, "onnx-int8", "int8", self.runtime_for(""), file=out, label="ONNX INT8",
+                                      facts={"quantization": {**r, "calibration": r.get("method", "none"), "method": "ptq"}}))
+        kept = ", ".join(r["excluded_nodes"]) or "none"
+        gate = "met" if r["gate_met"] else "NOT met"
+        line = (f"{r['mode']} PTQ ({r.get('method', 'dynamic')}, {r.get('num_samples', 0)} calibration images), "
+                f"Δ {r['delta_pts']:+.2f} pt top-1 vs FP32 on the validation split (gate: at most {self.max_drop} pt "
+                f"lost, {gate}); nodes kept in FP32: {kept}")
+        record.note(self.name, "INT8", line, facts=r)
+        rank_zero_info(f"INT8: top-1 {100 * r['int8_top1']:.2f} % vs FP32 {100 * fp32_top1:.2f} % on val "
+                       f"(Δ {r['delta_pts']:+.2f} pt, gate {self.max_drop} pt: {gate}, {len(r['excluded_nodes'])} "
+                       f"node(s) kept in FP32), {os.path.getsize(out) / 1e6:.2f} MB")
 
-    def gated_quantization(self, prepared: Path, out: Path, x_cal: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                           fp32_top1: float) -> tuple[Path, dict]:
+    def gated_quantization(self, prepared: Path, out: Path, calibration: BatchReader, val_top1, fp32_top1: float,
+                           cache: Path, val_sample) -> dict:
         def attempt(excluded: Sequence[str]) -> float:
-            quantize_int8(prepared, out, x_cal, self.method, self.per_channel, excluded)
-            return top1(OnnxRuntimeRunner(str(out)).infer(x_val), y_val)
+            quantize_int8(prepared, out, calibration, self.method, self.per_channel, excluded, calibration_cache=cache)
+            return val_top1(out)
+
+        def entry(k: int, nodes: Sequence[str], top1: float) -> dict:
+            return {"excluded": k, "nodes": list(nodes), "int8_top1": top1, "delta_pts": 100 * (top1 - fp32_top1)}
 
         int8_top1 = attempt(())
-        attempts = [{"excluded": 0, "nodes": [], "int8_top1": int8_top1, "drop_pts": 100 * (fp32_top1 - int8_top1)}]
+        attempts = [entry(0, [], int8_top1)]
         excluded: list[str] = []
         best = ([], int8_top1)
         if 100 * (fp32_top1 - int8_top1) > self.max_drop and self.max_excluded > 0:
-            ranked = rank_nodes_by_quantization_error(prepared, out, x_val[: min(len(x_val), 256)])
+            height, width = OnnxRuntimeRunner(str(prepared)).input_shape[1:]
+            sample = val_sample(ranking_sample_size(height or 224, width or 224))
+            ranked = rank_nodes_by_quantization_error(prepared, out, sample)
             for k in _doubling(min(self.max_excluded, len(ranked))):
                 excluded = ranked[:k]
                 int8_top1 = attempt(excluded)
-                attempts.append({"excluded": k, "nodes": list(excluded), "int8_top1": int8_top1,
-                                 "drop_pts": 100 * (fp32_top1 - int8_top1)})
+                attempts.append(entry(k, excluded, int8_top1))
                 if int8_top1 > best[1]:
                     best = (list(excluded), int8_top1)
                 if 100 * (fp32_top1 - int8_top1) <= self.max_drop:
                     break
             if best[0] != excluded:
                 excluded, int8_top1 = best[0], attempt(best[0])  # the search ended on a worse attempt
-        drop = 100 * (fp32_top1 - int8_top1)
-        met = drop <= self.max_drop
+        delta = 100 * (int8_top1 - fp32_top1)
+        met = -delta <= self.max_drop
         if not met:
-            rank_zero_warn(f"INT8 stays {drop:.2f} pt below FP32 with {len(excluded)} node(s) kept in FP32, above the "
+            rank_zero_warn(f"INT8 stays {-delta:.2f} pt below FP32 with {len(excluded)} node(s) kept in FP32, above the "
                            f"gate of {self.max_drop} pt; raise max_excluded, try method: entropy or percentile, or "
                            "quantization-aware training")
-        return out, {"mode": "static", "method": self.method, "num_samples": int(len(x_cal)), "fp32_top1": fp32_top1,
-                     "int8_top1": int8_top1, "drop_pts": drop, "max_drop_pts": self.max_drop, "gate_met": met,
-                     "excluded_nodes": list(excluded), "attempts": attempts}
+        return {"mode": "static", "method": self.method, "num_samples": calibration.samples,
+                "fp32_top1": fp32_top1, "int8_top1": int8_top1, "delta_pts": delta, "max_drop_pts": self.max_drop,
+                "gate_met": met, "excluded_nodes": list(excluded), "attempts": attempts}
 
 
 def _doubling(limit: int) -> Iterable[int]:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional, Sequence
+import sys
+from typing import Sequence
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
 
-from callbacks.fit_end import FitEndStep, find_step
-from callbacks.onnx_export import ONNXExport
-from callbacks.quantization import Int8Quantization
+from callbacks.fit_end import FitEndStep, debug_mode, one_sentence
+from callbacks.records import FAILED, SKIPPED, ArtifactRecord, fit_end_record
 from deploy.engine import build_engine, tensorrt_status
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -30,7 +29,7 @@ class TensorRTBuild(FitEndStep):
         workspace_mb: builder workspace limit.
     """
 
-    requires = (ONNXExport,)
+    PRODUCES = tuple(f"tensorrt:{p}" for p in PRECISIONS)
 
     def __init__(self, precisions: Sequence[str] = ("fp16", "int8"), min_batch: int = 1, opt_batch: int = 8,
                  max_batch: int = 32, workspace_mb: int = 2048) -> None:
@@ -40,35 +39,51 @@ class TensorRTBuild(FitEndStep):
             raise ValueError(f"TensorRTBuild precisions {unknown} are not among {list(PRECISIONS)}")
         self.precisions = list(precisions)
         self.min_batch, self.opt_batch, self.max_batch, self.workspace_mb = min_batch, opt_batch, max_batch, workspace_mb
-        self.engines: list[tuple[Path, str, dict]] = []  # (engine path, precision, sidecar)
-        self.skipped: dict[str, str] = {}  # precision -> reason
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit" and "int8" in self.precisions and find_step(trainer, Int8Quantization) is None:
-            raise ValueError("TensorRTBuild precision int8 builds from the Q/DQ ONNX of Int8Quantization; add "
-                             "'- class_path: callbacks.Int8Quantization' before TensorRTBuild, or drop int8")
+    def consumes(self) -> tuple[str, ...]:
+        return ("onnx:fp32",) + (("onnx-int8:int8",) if "int8" in self.precisions else ())
+
+    def produces(self) -> tuple[str, ...]:
+        return tuple(f"tensorrt:{p}" for p in self.precisions)
+
+    def runtime_for(self, key: str) -> str:
+        return "tensorrt"
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        export = find_step(trainer, ONNXExport)
-        if not self.should_run(trainer) or export is None or export.onnx_path is None:
+        # Each precision is its own artifact: a missing Q/DQ file or a failed int8 build costs only the int8
+        # engine, so the base class's all-or-nothing input check is not used here.
+        if not self.should_run(trainer):
             return
+        record = fit_end_record(trainer)
         available, reason = tensorrt_status()
         if not available:
-            self.skipped = {p: reason for p in self.precisions}
+            for p in self.precisions:
+                record.publish(ArtifactRecord(self.name, "tensorrt", p, "tensorrt", SKIPPED, reason=reason))
             rank_zero_info(f"TensorRT build skipped: {reason}")
             return
-        quant = find_step(trainer, Int8Quantization)
+        self.staging.mkdir(parents=True, exist_ok=True)
         timing_cache = str(self.staging / "timing.cache")
         for precision in self.precisions:
-            source: Optional[Path] = export.onnx_path
-            if precision == "int8":
-                source = quant.int8_path if quant is not None and quant.mode == "static" else None
-                if source is None:
-                    self.skipped[precision] = "no Q/DQ INT8 ONNX (Int8Quantization did not run in static mode)"
-                    continue
+            source = record.find("onnx-int8", "int8", runtime="tensorrt") if precision == "int8" else record.find("onnx", "fp32")
+            if source is None:
+                wanted = "onnx-int8:int8" if precision == "int8" else "onnx:fp32"
+                why = self.missing_reason(record, [wanted])
+                record.publish(ArtifactRecord(self.name, "tensorrt", precision, "tensorrt", SKIPPED, reason=why))
+                print(f"TensorRT {precision} engine skipped: {why}", file=sys.stderr, flush=True)
+                continue
             engine = self.staging / f"model.{precision}.engine"
-            sidecar = build_engine(source, engine, precision, self.min_batch, self.opt_batch, self.max_batch,
-                                   self.workspace_mb, timing_cache)
-            self.engines.append((engine, precision, sidecar))
+            try:
+                sidecar = build_engine(source.file, engine, precision, self.min_batch, self.opt_batch, self.max_batch,
+                                       self.workspace_mb, timing_cache)
+            except Exception as exc:
+                if debug_mode():
+                    raise
+                sentence = one_sentence(exc)
+                record.fail(self.name, f"{precision} engine: {sentence}")
+                record.publish(ArtifactRecord(self.name, "tensorrt", precision, "tensorrt", FAILED, reason=sentence))
+                print(f"fit-end step {self.name} failed on the {precision} engine: {sentence}; the other steps go on",
+                      file=sys.stderr, flush=True)
+                continue
+            record.publish(ArtifactRecord(self.name, "tensorrt", precision, "tensorrt", file=engine,
+                                          facts={"engine": sidecar, "built_from": source.file.name}))
             rank_zero_info(f"TensorRT {precision} engine: {engine}")

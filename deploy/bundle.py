@@ -100,17 +100,29 @@ def validate_preprocessing(pre: Any, where: str = MANIFEST) -> dict:
     return pre
 
 
+STATUSES = ("ok", "skipped", "failed")
+
+
 def validate_artifact(entry: Any, where: str = MANIFEST) -> dict:
-    """Check one ``artifacts`` entry: file, format, precision, sha256, bytes (metrics optional)."""
+    """Check one ``artifacts`` entry. An ok entry (status "ok" or absent) has file, format, precision, sha256 and
+    bytes (metrics optional); a skipped or failed one has format, precision and its one-sentence reason."""
     if not isinstance(entry, dict):
         raise _fail(where, f"every entry of 'artifacts' must be an object, got {entry!r}")
+    status = entry.get("status", "ok")
+    if status not in STATUSES:
+        raise _fail(where, f"artifact 'status' must be one of {list(STATUSES)}, got {status!r}")
     name = entry.get("file")
+    label = name or f"{entry.get('format')} {entry.get('precision')}"
+    if entry.get("format") not in FORMATS:
+        raise _fail(where, f"artifact {label}: 'format' must be one of {list(FORMATS)}, got {entry.get('format')!r}")
+    if not isinstance(entry.get("precision"), str):
+        raise _fail(where, f"artifact {label}: 'precision' must be a string such as 'fp32', 'fp16' or 'int8'")
+    if status != "ok":
+        if not (isinstance(entry.get("reason"), str) and entry["reason"]):
+            raise _fail(where, f"artifact {label}: a {status} entry must give its 'reason'")
+        return entry
     if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
         raise _fail(where, f"artifact 'file' must be a path relative to the bundle folder, got {name!r}")
-    if entry.get("format") not in FORMATS:
-        raise _fail(where, f"artifact {name}: 'format' must be one of {list(FORMATS)}, got {entry.get('format')!r}")
-    if not isinstance(entry.get("precision"), str):
-        raise _fail(where, f"artifact {name}: 'precision' must be a string such as 'fp32', 'fp16' or 'int8'")
     digest = entry.get("sha256")
     if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
         raise _fail(where, f"artifact {name}: 'sha256' must be 64 lowercase hex digits, got {digest!r}")
@@ -119,6 +131,10 @@ def validate_artifact(entry: Any, where: str = MANIFEST) -> dict:
     if "metrics" in entry and not isinstance(entry["metrics"], dict):
         raise _fail(where, f"artifact {name}: 'metrics' must be an object")
     return entry
+
+
+def is_ok(entry: dict) -> bool:
+    return entry.get("status", "ok") == "ok"
 
 
 def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict:
@@ -152,6 +168,8 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict:
     seen = set()
     for entry in artifacts:
         validate_artifact(entry, where)
+        if not is_ok(entry):
+            continue
         if entry["file"] in seen:
             raise _fail(where, f"artifact {entry['file']} is listed twice")
         seen.add(entry["file"])
@@ -172,7 +190,13 @@ class Bundle:
 
     @property
     def artifacts(self) -> list[dict]:
-        return self.manifest["artifacts"]
+        """The artifacts that are in the folder (status ok)."""
+        return [a for a in self.manifest["artifacts"] if is_ok(a)]
+
+    @property
+    def unavailable(self) -> list[dict]:
+        """The artifacts the fit-end chain skipped or failed to make, each with its reason."""
+        return [a for a in self.manifest["artifacts"] if not is_ok(a)]
 
     @property
     def input_shape(self) -> list[int]:
@@ -188,7 +212,9 @@ class Bundle:
                 return entry
         have = ", ".join(f"{a['file']} ({a['format']}, {a['precision']})" for a in self.artifacts) or "none"
         want = " ".join(x for x in (format, precision) if x) or "any"
-        raise BundleError(f"{os.path.join(self.path, MANIFEST)}: no {want} artifact in this bundle (it has: {have}); "
+        why = next((f" ({a['status']} at fit end: {a['reason']})" for a in self.unavailable
+                    if format in (None, a["format"]) and precision in (None, a["precision"])), "")
+        raise BundleError(f"{os.path.join(self.path, MANIFEST)}: no {want} artifact in this bundle{why} (it has: {have}); "
                           "build it first, e.g. with `python -m deploy build-engine` for TensorRT")
 
 
@@ -236,7 +262,7 @@ def load_bundle(bundle_dir: str | os.PathLike, verify: bool | Iterable[str] = Tr
     if verify:
         wanted = None if verify is True else set(verify)
         for entry in manifest["artifacts"]:
-            if wanted is None or entry["file"] in wanted:
+            if is_ok(entry) and (wanted is None or entry["file"] in wanted):
                 verify_artifact(bundle_dir, entry)
     return Bundle(path=bundle_dir, manifest=manifest, classes=classes)
 
@@ -285,6 +311,9 @@ def add_artifact(bundle_dir: str | os.PathLike, entry: dict) -> dict:
     """Add (or replace, by file name) one artifact in manifest.json atomically; returns the new manifest."""
     manifest = read_manifest(bundle_dir)
     validate_artifact(entry, os.path.join(os.fspath(bundle_dir), MANIFEST))
-    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["file"] != entry["file"]] + [entry]
+    # a device-built engine also replaces the fit's "skipped" record of the same format and precision
+    manifest["artifacts"] = [a for a in manifest["artifacts"]
+                             if a.get("file") != entry["file"]
+                             and (is_ok(a) or (a["format"], a["precision"]) != (entry["format"], entry["precision"]))] + [entry]
     write_manifest(bundle_dir, manifest)
     return manifest

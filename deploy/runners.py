@@ -232,11 +232,16 @@ class TensorRTRunner(Runner):
             self.memory = None
 
 
+def runner_for_file(path: str | os.PathLike, format: str, providers: Sequence[str] = ("cpu",),
+                    threads: Optional[int] = None) -> Runner:
+    """The runner for one artifact file of a manifest format (onnx, onnx-int8, tensorrt)."""
+    if format in ("onnx", "onnx-int8"):
+        return OnnxRuntimeRunner(path, providers=providers, threads=threads)
+    if format == "tensorrt":
+        return TensorRTRunner(path)
+    raise BundleError(f"{os.fspath(path)}: no runner for format {format!r}")
+
+
 def open_runner(bundle: Bundle, entry: dict, providers: Sequence[str] = ("cpu",), threads: Optional[int] = None) -> Runner:
     """The right runner for one manifest artifact entry."""
-    path = bundle.artifact_path(entry)
-    if entry["format"] in ("onnx", "onnx-int8"):
-        return OnnxRuntimeRunner(path, providers=providers, threads=threads)
-    if entry["format"] == "tensorrt":
-        return TensorRTRunner(path)
-    raise BundleError(f"{path}: no runner for format {entry['format']!r}")
+    return runner_for_file(bundle.artifact_path(entry), entry["format"], providers, threads)

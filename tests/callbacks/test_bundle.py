@@ -42,12 +42,18 @@ def test_fit_writes_a_bundle_whose_manifest_validates_and_sha256s_match(fitted):
     assert bundle.manifest["preprocessing"]["resize"] == [16, 16]
     assert bundle.manifest["source"]["checkpoint"].startswith("checkpoints/epoch")
     assert {"torch", "onnx", "onnxruntime"} <= set(bundle.manifest["versions"])
-    skipped = bundle.manifest["skipped"]
-    assert {s["precision"] for s in skipped} == {"fp16", "int8"} and all(s["reason"].startswith("skipped: ") for s in skipped)
+    # TensorRT is absent here: its engines are listed as skipped, with the reason, not silently missing
+    skipped = bundle.unavailable
+    assert [(s["format"], s["precision"], s["status"]) for s in skipped] == [("tensorrt", "fp16", "skipped"), ("tensorrt", "int8", "skipped")]
+    assert all("tensorrt" in s["reason"] for s in skipped)
+    # every ONNX file passes the offline check of TensorRT's documented rules
+    assert all(a["tensorrt_check"]["passed"] and not a["tensorrt_check"]["problems"] for a in bundle.artifacts)
+    assert bundle.artifact("onnx-int8")["quantization"]["method"] == "ptq"
     for a in bundle.artifacts:
         assert 0.0 <= a["metrics"]["top1"] <= 1.0 and a["metrics"]["latency_ms"] > 0 and a["metrics"]["throughput"] > 0
     # the table is printed at the end of the fit
-    assert "format" in proc.stdout and "ONNX INT8" in proc.stdout and "Δtop-1" in proc.stdout
+    assert "artifact" in proc.stdout and "ONNX INT8" in proc.stdout and "Δtop-1 pt" in proc.stdout
+    assert "TensorRT FP16: skipped: " in proc.stdout
 
 
 def test_report_rows_match_an_independent_evaluation_on_the_test_split(fitted):
@@ -90,8 +96,13 @@ def test_int8_zero_points_are_int8_zeros_so_tensorrt_accepts_it(fitted):
     inits = {i.name: i for i in model.graph.initializer}
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert len(qdq) > 20
-    activation_zps = [inits[n.input[2]] for n in qdq if len(n.input) > 2 and inits[n.input[2]].data_type != onnx.TensorProto.INT32]
+    activation_zps = [inits[n.input[2]] for n in qdq if len(n.input) > 2]
     assert activation_zps and all(z.data_type == onnx.TensorProto.INT8 for z in activation_zps)
+    # biases stay float: TensorRT rejects a DequantizeLinear whose input is INT32
+    dq_inputs = [inits[n.input[0]] for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert dq_inputs and all(t.data_type == onnx.TensorProto.INT8 for t in dq_inputs)
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    assert convs and all(inits[c.input[2]].data_type == onnx.TensorProto.FLOAT for c in convs if c.input[2] in inits)
     assert all(not numpy_helper.to_array(z).any() for z in activation_zps)
     assert asymmetric_zero_points(path) == []
     assert os.path.getsize(path) < os.path.getsize(run / "bundle" / "model.onnx")  # the ratio is measured in benchmarks/compression.py
@@ -138,7 +149,7 @@ def test_gate_keeps_the_most_harmful_nodes_in_fp32(tmp_path):
     for name, value in model.state_dict().items():
         assert torch.equal(value, before.state[name]), name
 
-    report = quant.report
+    report = json.loads((tmp_path / "bundle" / "report.json").read_text())["steps"]["Int8Quantization"]
     attempts = report["attempts"]
     assert [a["excluded"] for a in attempts] == [0, 1, 2] and not report["gate_met"]
     # the search kept the best attempt (fewest nodes on a tie), and the report says which nodes stay FP32
@@ -162,9 +173,9 @@ def test_gate_keeps_the_most_harmful_nodes_in_fp32(tmp_path):
 
 
 @pytest.mark.parametrize("callbacks,message", [
-    ([TensorRTBuild(precisions=["fp16"])], "TensorRTBuild needs ONNXExport in trainer.callbacks"),
+    ([TensorRTBuild(precisions=["fp16"])], "TensorRTBuild needs onnx:fp32, .*callbacks.ONNXExport"),
     ([DeployBundle(), ONNXExport()], "DeployBundle is listed before ONNXExport"),
-    ([ONNXExport(), TensorRTBuild(precisions=["int8"])], "int8 builds from the Q/DQ ONNX of Int8Quantization"),
+    ([ONNXExport(), TensorRTBuild(precisions=["int8"])], "TensorRTBuild needs onnx-int8:int8, .*callbacks.Int8Quantization"),
 ])
 def test_a_missing_or_misplaced_step_is_one_sentence_at_fit_start(callbacks, message, tmp_path):
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, default_root_dir=tmp_path, callbacks=callbacks,
