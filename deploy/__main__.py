@@ -30,7 +30,6 @@ from deploy.cuda_memory import CudaUnavailable
 
 EXIT_OK = 0
 EXIT_INPUTS_FAILED = 1
-EXIT_ALL_FAILED = EXIT_INPUTS_FAILED  # the name before exit codes were documented
 EXIT_USAGE = 2
 EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a program killed by SIGPIPE
 
