@@ -19,6 +19,7 @@ from datamodules.presets import (IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, TR
 from datamodules.rundir import write_excluded, write_split_lists
 from datamodules.split import check_ratios
 from datamodules.stats import (PixelSums, fingerprint, load_cached_mean_std, save_cached_mean_std, sum_pixels)
+from deploy.images import ImageDecodeError
 
 
 SOURCES = ("digits", "imagefolder", "cifar10", "cifar100", "synthetic")
@@ -62,7 +63,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         image_size: resize target, an int or [height, width].
         crop_size: optional center crop after the resize at eval time (the network input), an int or [height, width].
         interpolation: resize interpolation: nearest, bilinear, bicubic, area or lanczos.
-        augment: train augmentation: a preset (none, light, s1, s2) or a list of {name: <albumentations transform>, ...args}.
+        augment: train augmentation: a preset (none, light, shift_color, s1, s2) or a list of
+            {name: <albumentations transform>, ...args}.
         mean_std: normalization: auto (exact statistics of the train split, cached), imagenet, or [[r, g, b], [r, g, b]].
         split: [train, val, test] fractions for sources without a fixed split (stratified, seeded).
         batch_size: train batch size (Lightning's BatchSizeFinder may change it).
@@ -248,7 +250,14 @@ class ImageClassificationDataModule(pl.LightningDataModule):
                 sums.add_images(images.array[images.indices[start:start + 4096]])
             return sums
         resize = Resize(*self.resize, interpolation=INTERPOLATIONS[self.interpolation])
-        return sum_pixels(lambda i: resize(image=images.read(i))["image"], len(images), self.index_threads)
+
+        def resized(i: int) -> Optional[np.ndarray]:
+            try:
+                return resize(image=images.read(i))["image"]
+            except ImageDecodeError:
+                return None  # went bad since indexing: the loaders stand in for it, the statistics skip it
+
+        return sum_pixels(resized, len(images), self.index_threads)
 
     def _build_datasets(self) -> None:
         pre = self.preprocessing

@@ -197,5 +197,5 @@ def load_imagefolder_source(root: Optional[str], ratios: Sequence[float], seed: 
     if broken:
         raise ValueError(f"class folder(s) {broken} under {root} have no image that can be decoded; see the "
                          "excluded images listed above")
-    excluded = [(os.path.relpath(p, root), r) for p, r in reasons.items()]
+    excluded = sorted((os.path.relpath(p, root), r) for p, r in reasons.items())
     return SourceData(classes, splits, identity, excluded, sums if want_sums else None)

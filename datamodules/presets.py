@@ -84,6 +84,18 @@ def _light(pre: Preprocessing) -> list[A.BasicTransform]:
     ]
 
 
+def _shift_color(pre: Preprocessing) -> list[A.BasicTransform]:
+    """Pad + random crop (a shift of up to 1/8 of the side) + mild brightness/contrast/saturation: no flip, no
+    rotation, so it is safe for classes that a mirror or a turn changes (digits, text, left/right, arrows)."""
+    h, w = pre.output_size
+    pad = max(2, round(min(h, w) / 8))
+    return _resize_steps(pre) + [
+        A.PadIfNeeded(min_height=h + 2 * pad, min_width=w + 2 * pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
+        A.RandomCrop(height=h, width=w),
+        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.0, p=0.8),
+    ]
+
+
 def _s1(pre: Preprocessing) -> list[A.BasicTransform]:
     """Seed 1's recipe: torchvision's RandomResizedCrop + flip + ColorJitter(brightness, contrast) on every image."""
     return [
@@ -115,7 +127,7 @@ def _s2(pre: Preprocessing) -> list[A.BasicTransform]:
     ]
 
 
-TRAIN_PRESETS = {"none": _resize_steps, "light": _light, "s1": _s1, "s2": _s2}
+TRAIN_PRESETS = {"none": _resize_steps, "light": _light, "shift_color": _shift_color, "s1": _s1, "s2": _s2}
 
 
 def _as_tuples(value: Any) -> Any:
@@ -158,7 +170,7 @@ def transform_from_spec(spec: dict[str, Any]) -> A.BasicTransform:
 
 
 def build_train_transform(augment: Union[str, Sequence[dict[str, Any]]], pre: Preprocessing) -> A.Compose:
-    """A named preset (``none``, ``light``, ``s1``, ``s2``) or a YAML list of transforms, then normalize.
+    """A named preset (``none``, ``light``, ``shift_color``, ``s1``, ``s2``) or a YAML list of transforms, then normalize.
 
     A list is used as written; it must turn an image of any size into ``pre.output_size`` (checked here on two
     blank images, so a wrong list fails at setup, not in a worker).

@@ -53,3 +53,18 @@ def test_eval_transform_is_deterministic_and_described(tmp_path):
     assert torch.equal(eval_tf(image=image)["image"], eval_tf(image=image)["image"])
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape[1:] == (3, 20, 20) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+@pytest.mark.parametrize("preset, mirrors", [("shift_color", False), ("light", True)])
+def test_shift_color_never_mirrors_a_left_to_right_image(preset, mirrors):
+    from datamodules.datasets import seed_transform
+
+    pre = Preprocessing(resize=[32, 32], mean=[0.5] * 3, std=[0.25] * 3)
+    transform = build_train_transform(preset, pre)
+    ramp = np.repeat(np.repeat(np.linspace(0, 255, 40, dtype=np.uint8)[None, :, None], 40, axis=0), 3, axis=2)
+    flipped = 0
+    for index in range(40):
+        seed_transform(transform, 0, 0, index)
+        x = transform(image=ramp)["image"]
+        flipped += bool(x[:, :, :8].mean() > x[:, :, -8:].mean())
+    assert (flipped > 0) == mirrors

@@ -1,0 +1,55 @@
+"""experiments/imagefolder_scratch.yaml, as a user runs it: a folder of real scans with a few broken files in it."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+from edgecls_testing import EXPERIMENTS, run_main
+from PIL import Image
+from sklearn.datasets import load_digits
+
+RECIPE = str(EXPERIMENTS / "imagefolder_scratch.yaml")
+
+
+def write_digit_folder(root, per_class: int = 30) -> dict[str, str]:
+    """root/<digit>/*.png: scikit-learn's scanned handwritten digits as 32x32 gray PNGs, plus broken files.
+
+    Returns {relative path: words its exclusion reason must contain} for the broken ones.
+    """
+    digits = load_digits()
+    counts = dict.fromkeys(range(10), 0)
+    for pixels, label in zip(digits.images, digits.target):
+        if counts[label] == per_class:
+            continue
+        folder = root / f"digit_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        gray = np.rint(pixels * (255 / 16)).astype(np.uint8)
+        Image.fromarray(gray).resize((32, 32), Image.BILINEAR).save(folder / f"{counts[label]:03d}.png")
+        counts[label] += 1
+    (root / "digit_3" / "empty.png").write_bytes(b"")
+    (root / "digit_5" / "readme.png").write_text("scanned by the night shift\n")
+    whole = (root / "digit_7" / "000.png").read_bytes()
+    (root / "digit_7" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    os.symlink(root / "digit_9" / "gone.png", root / "digit_9" / "link.png")
+    return {"digit_3/empty.png": "empty file", "digit_5/readme.png": "not an image",
+            "digit_7/cut.png": "cannot be decoded", "digit_9/link.png": "symbolic link"}
+
+
+@pytest.mark.slow
+def test_scratch_recipe_trains_a_folder_of_real_scans_skips_broken_files_and_beats_chance(tmp_path):
+    root = tmp_path / "my_images"
+    broken = write_digit_folder(root)
+    proc = run_main(["fit", "--config", RECIPE, "--data.root", root, "--data.image_size", "32",
+                     "--data.batch_size", "16", "--trainer.max_epochs", "6", "--trainer.enable_progress_bar", "false",
+                     "--data.cache_dir", tmp_path / "cache"], tmp_path, timeout=600)
+
+    run = tmp_path / "runs" / "imagefolder_scratch" / "version_0"
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and len(checkpoints) >= 2, checkpoints  # the best val/top1 and the last
+    listed = dict(line.split("\t") for line in (run / "excluded_images.txt").read_text().splitlines())
+    assert set(listed) == set(broken)
+    for name, words in broken.items():
+        assert words in listed[name], (name, listed[name])
+    top1 = float(re.search(r"^test/top1 = ([0-9.]+)", proc.stdout, re.M).group(1))
+    assert top1 > 0.5, proc.stdout[-3000:]  # chance is 0.1
