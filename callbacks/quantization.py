@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal, Optional, Sequence
 
@@ -83,6 +84,33 @@ def prepare_for_quantization(fp32_path: str | os.PathLike, out_path: str | os.Pa
     return Path(out_path)
 
 
+@dataclass(frozen=True)
+class Int8Form:
+    """Which integers a static INT8 file holds, for which runtime: the settings handed to quantize_static.
+
+    TensorRT wants symmetric int8 everywhere and float biases; ONNX Runtime's x86 kernels want uint8
+    activations (U8S8); one file cannot serve both, so each flavour is its own file.
+    """
+
+    name: str
+    activation_type: QuantType = QuantType.QInt8
+    weight_type: QuantType = QuantType.QInt8
+    activation_symmetric: bool = True
+    weight_symmetric: bool = True
+    quantize_bias: bool = False
+    quant_format: QuantFormat = QuantFormat.QDQ
+    reduce_range: bool = False
+
+    def describe(self) -> dict:
+        return {"form": self.name, "activations": self.activation_type.name, "weights": self.weight_type.name,
+                "activation_symmetric": self.activation_symmetric, "quant_format": self.quant_format.name,
+                "int32_bias": self.quantize_bias, "reduce_range": self.reduce_range}
+
+
+# QuantizeBias False: TensorRT rejects DequantizeLinear nodes with INT32 inputs, so biases stay float.
+TENSORRT_FORM = Int8Form("S8S8 symmetric Q/DQ, float biases (TensorRT)")
+
+
 def quantize_int8(prepared_path: str | os.PathLike, out_path: str | os.PathLike,
                   calibration: np.ndarray | BatchReader, method: str = "minmax", per_channel: bool = True,
                   nodes_to_exclude: Sequence[str] = (), percentile: float = 99.999,
@@ -90,6 +118,15 @@ def quantize_int8(prepared_path: str | os.PathLike, out_path: str | os.PathLike,
     """Static Q/DQ INT8 in TensorRT's form: every zero point 0 (symmetric activations and weights), per-channel
     weights, float biases. `calibration` is an array or a BatchReader (streamed); `calibration_cache` keeps the
     computed ranges in a file, so later calls with other `nodes_to_exclude` skip calibration."""
+    return quantize_static_int8(prepared_path, out_path, calibration, TENSORRT_FORM, method, per_channel,
+                                nodes_to_exclude, percentile, calibration_cache)
+
+
+def quantize_static_int8(prepared_path: str | os.PathLike, out_path: str | os.PathLike,
+                         calibration: np.ndarray | BatchReader, form: Int8Form, method: str = "minmax",
+                         per_channel: bool = True, nodes_to_exclude: Sequence[str] = (),
+                         percentile: float = 99.999, calibration_cache: Optional[str | os.PathLike] = None) -> Path:
+    """Static INT8 of `form` (TENSORRT_FORM, or a CPU form from callbacks.cpu_quantization), written atomically."""
     if method not in METHODS:
         raise ValueError(f"calibration method {method!r} is not one of {sorted(METHODS)}")
     reader = calibration if isinstance(calibration, BatchReader) else array_batches(calibration)
@@ -103,13 +140,12 @@ def quantize_int8(prepared_path: str | os.PathLike, out_path: str | os.PathLike,
         cache = {"calibration_cache_path": str(calibration_cache)}
     quantize_static(
         str(prepared_path), str(tmp), reader,
-        quant_format=QuantFormat.QDQ, per_channel=per_channel,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        quant_format=form.quant_format, per_channel=per_channel, reduce_range=form.reduce_range,
+        activation_type=form.activation_type, weight_type=form.weight_type,
         calibrate_method=METHODS[method], nodes_to_exclude=list(nodes_to_exclude),
-        # QuantizeBias False: biases stay float; TensorRT rejects DequantizeLinear nodes with INT32 inputs.
         # CalibStridedMinMax 1: one batch per collection call (see BatchReader).
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                       "CalibStridedMinMax": 1, "CalibPercentile": percentile},
+        extra_options={"ActivationSymmetric": form.activation_symmetric, "WeightSymmetric": form.weight_symmetric,
+                       "QuantizeBias": form.quantize_bias, "CalibStridedMinMax": 1, "CalibPercentile": percentile},
         **cache,
     )
     os.replace(tmp, out_path)
@@ -262,40 +298,55 @@ class Int8Quantization(FitEndStep):
 
     def gated_quantization(self, prepared: Path, out: Path, calibration: BatchReader, val_top1, fp32_top1: float,
                            cache: Path, val_sample) -> dict:
-        def attempt(excluded: Sequence[str]) -> float:
-            quantize_int8(prepared, out, calibration, self.method, self.per_channel, excluded, calibration_cache=cache)
-            return val_top1(out)
+        def quantize(excluded: Sequence[str]) -> Path:
+            return quantize_int8(prepared, out, calibration, self.method, self.per_channel, excluded,
+                                 calibration_cache=cache)
 
-        def entry(k: int, nodes: Sequence[str], top1: float) -> dict:
-            return {"excluded": k, "nodes": list(nodes), "int8_top1": top1, "delta_pts": 100 * (top1 - fp32_top1)}
+        report = gated_quantization(quantize, prepared, out, val_top1, fp32_top1, self.max_drop, self.max_excluded,
+                                    val_sample)
+        return {"mode": "static", "method": self.method, "num_samples": calibration.samples, **report}
 
-        int8_top1 = attempt(())
-        attempts = [entry(0, [], int8_top1)]
-        excluded: list[str] = []
-        best = ([], int8_top1)
-        if 100 * (fp32_top1 - int8_top1) > self.max_drop and self.max_excluded > 0:
-            height, width = OnnxRuntimeRunner(str(prepared)).input_shape[1:]
-            sample = val_sample(ranking_sample_size(height or 224, width or 224))
-            ranked = rank_nodes_by_quantization_error(prepared, out, sample)
-            for k in _doubling(min(self.max_excluded, len(ranked))):
-                excluded = ranked[:k]
-                int8_top1 = attempt(excluded)
-                attempts.append(entry(k, excluded, int8_top1))
-                if int8_top1 > best[1]:
-                    best = (list(excluded), int8_top1)
-                if 100 * (fp32_top1 - int8_top1) <= self.max_drop:
-                    break
-            if best[0] != excluded:
-                excluded, int8_top1 = best[0], attempt(best[0])  # the search ended on a worse attempt
-        delta = 100 * (int8_top1 - fp32_top1)
-        met = -delta <= self.max_drop
-        if not met:
-            rank_zero_warn(f"INT8 stays {-delta:.2f} pt below FP32 with {len(excluded)} node(s) kept in FP32, above the "
-                           f"gate of {self.max_drop} pt; raise max_excluded, try method: entropy or percentile, or "
-                           "quantization-aware training")
-        return {"mode": "static", "method": self.method, "num_samples": calibration.samples,
-                "fp32_top1": fp32_top1, "int8_top1": int8_top1, "delta_pts": delta, "max_drop_pts": self.max_drop,
-                "gate_met": met, "excluded_nodes": list(excluded), "attempts": attempts}
+
+def gated_quantization(quantize: Callable[[Sequence[str]], Path], prepared: Path, out: Path,
+                       val_top1: Callable[[Path], float], fp32_top1: float, max_drop: float, max_excluded: int,
+                       val_sample: Callable[[int], np.ndarray], what: str = "INT8") -> dict:
+    """The accuracy gate both INT8 flavours share: `quantize(excluded_nodes)` writes `out`; when it loses more
+    than `max_drop` top-1 points on the validation split, the nodes with the worst SQNR are kept in FP32
+    (1, 2, 4 ... up to `max_excluded`) and the best attempt is what `out` holds at the end."""
+
+    def attempt(excluded: Sequence[str]) -> float:
+        quantize(excluded)
+        return val_top1(out)
+
+    def entry(k: int, nodes: Sequence[str], top1: float) -> dict:
+        return {"excluded": k, "nodes": list(nodes), "int8_top1": top1, "delta_pts": 100 * (top1 - fp32_top1)}
+
+    int8_top1 = attempt(())
+    attempts = [entry(0, [], int8_top1)]
+    excluded: list[str] = []
+    best = ([], int8_top1)
+    if 100 * (fp32_top1 - int8_top1) > max_drop and max_excluded > 0:
+        height, width = OnnxRuntimeRunner(str(prepared)).input_shape[1:]
+        sample = val_sample(ranking_sample_size(height or 224, width or 224))
+        ranked = rank_nodes_by_quantization_error(prepared, out, sample)
+        for k in _doubling(min(max_excluded, len(ranked))):
+            excluded = ranked[:k]
+            int8_top1 = attempt(excluded)
+            attempts.append(entry(k, excluded, int8_top1))
+            if int8_top1 > best[1]:
+                best = (list(excluded), int8_top1)
+            if 100 * (fp32_top1 - int8_top1) <= max_drop:
+                break
+        if best[0] != excluded:
+            excluded, int8_top1 = best[0], attempt(best[0])  # the search ended on a worse attempt
+    delta = 100 * (int8_top1 - fp32_top1)
+    met = -delta <= max_drop
+    if not met:
+        rank_zero_warn(f"{what} stays {-delta:.2f} pt below FP32 with {len(excluded)} node(s) kept in FP32, above the "
+                       f"gate of {max_drop} pt; raise max_excluded, try method: entropy or percentile, or "
+                       "quantization-aware training")
+    return {"fp32_top1": fp32_top1, "int8_top1": int8_top1, "delta_pts": delta, "max_drop_pts": max_drop,
+            "gate_met": met, "excluded_nodes": list(excluded), "attempts": attempts}
 
 
 def _doubling(limit: int) -> Iterable[int]:

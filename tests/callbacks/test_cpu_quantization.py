@@ -1,0 +1,81 @@
+"""The CPU INT8 flavour: a tiny digits fit leaves model.int8-cpu.onnx (U8S8 on x86) beside TensorRT's symmetric
+file, both behind the accuracy gate and both scored on the test split in the manifest."""
+
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+
+from callbacks import CpuInt8Quantization, DeployBundle, Int8Quantization, ONNXExport
+from callbacks.cpu_quantization import activation_zero_point_types, cpu_family
+from callbacks.quantization import asymmetric_zero_points
+from callbacks.records import fit_end_record
+from datamodules import ImageClassificationDataModule
+from deploy.bundle import load_bundle
+from deploy.runners import OnnxRuntimeRunner
+from lightning_modules import ImageClassifier
+
+
+@pytest.fixture(scope="module")
+def cpu_fit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cpu_int8")
+    pl.seed_everything(0)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=8, limit_val_batches=2,
+                         enable_progress_bar=False, logger=False, default_root_dir=root,
+                         callbacks=[ONNXExport(exporter="torchscript"), Int8Quantization(num_samples=128),
+                                    CpuInt8Quantization(num_samples=128, max_drop=1.0),
+                                    DeployBundle(latency_iterations=5, throughput_iterations=2)])
+    model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
+    trainer.fit(model, datamodule=ImageClassificationDataModule(source="digits", image_size=16))
+    return root / "bundle", trainer
+
+
+def test_the_cpu_int8_file_is_u8s8_on_x86_and_tensorrts_stays_symmetric(cpu_fit):
+    bundle_dir, _ = cpu_fit
+    cpu, trt = bundle_dir / "model.int8-cpu.onnx", bundle_dir / "model.int8.onnx"
+    expected = {"x86_64": {"UINT8"}, "aarch64": {"INT8"}}[cpu_family()]
+    assert activation_zero_point_types(cpu) == expected
+    assert activation_zero_point_types(trt) == {"INT8"} and asymmetric_zero_points(trt) == []
+    if cpu_family() == "x86_64":
+        assert asymmetric_zero_points(cpu)  # uint8 zero points: TensorRT would refuse this file, by design
+
+
+def test_both_int8_files_pass_their_gate_and_are_scored_in_the_manifest_with_their_runtime(cpu_fit):
+    bundle_dir, _ = cpu_fit
+    bundle = load_bundle(bundle_dir, verify=True)
+    by_file = {a["file"]: a for a in bundle.artifacts}
+    assert list(by_file) == ["model.onnx", "model.int8.onnx", "model.int8-cpu.onnx"]
+    cpu, trt = by_file["model.int8-cpu.onnx"], by_file["model.int8.onnx"]
+    assert (cpu["format"], cpu["precision"], cpu["runtime"], cpu["label"]) == ("onnx-int8", "int8", "cpu", "ONNX INT8 (CPU)")
+    assert trt["runtime"] == "tensorrt"
+    q = cpu["quantization"]
+    assert q["gate_met"] and q["method"] == "ptq" and q["cpu_family"] == cpu_family()
+    assert q["activations"] == ("QUInt8" if cpu_family() == "x86_64" else "QInt8") and q["quant_format"] == "QDQ"
+    assert -q["delta_pts"] <= 1.0
+    # the manifest's test top-1 is what ONNX Runtime gives on the test split, file by file
+    data = ImageClassificationDataModule(source="digits", image_size=16)
+    data.setup("test")
+    x = np.concatenate([b[0].numpy() for b in data.test_dataloader()])
+    y = np.concatenate([b[1].numpy() for b in data.test_dataloader()])
+    top1 = float((OnnxRuntimeRunner(str(bundle_dir / cpu["file"])).infer(x).argmax(1) == y).mean())
+    assert cpu["metrics"]["top1"] == pytest.approx(top1)
+    labels = [r["label"] for r in json.loads((bundle_dir / "report.json").read_text())["rows"]]
+    assert labels == ["PyTorch FP32", "ONNX FP32", "ONNX INT8", "ONNX INT8 (CPU)"]
+
+
+def test_tensorrt_still_finds_the_symmetric_file_and_cpu_runtimes_the_cpu_one(cpu_fit):
+    bundle_dir, trainer = cpu_fit
+    record = fit_end_record(trainer)
+    assert record.find("onnx-int8", "int8", runtime="tensorrt").file.name == "model.int8.onnx"
+    from deploy.selection import resolve
+
+    bundle = load_bundle(bundle_dir)
+    assert bundle.artifact("onnx-int8")["file"] == "model.int8.onnx"  # first listed: Triton's GPU default
+    choice = resolve(bundle, "onnxruntime", "onnx-int8", None, ["cpu"], None, None)
+    assert (choice.entry["file"], choice.runtime) == ("model.int8-cpu.onnx", "onnxruntime")
+
+
+def test_a_target_that_is_not_a_cpu_family_is_one_sentence():
+    with pytest.raises(ValueError, match="target 'sparc' is not a CPU family it knows; set target to one of"):
+        CpuInt8Quantization(target="sparc")
