@@ -168,7 +168,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         if self.source == "digits":
             return list(sources.DIGITS_CLASSES)
         if self.source in ("cifar10", "cifar100"):
-            return sources.cifar_class_names(self.source, self.root)
+            return sources.cifar_class_names(self.source, self.root, repairable=self.download)
         if self.source == "synthetic":
             return [f"class_{i}" for i in range(int(self.synthetic["classes"]))]
         return imagefolder.class_names(self.root)

@@ -119,21 +119,30 @@ def cifar_files(name: str, root: str) -> tuple[str, list[str], list[str], str]:
     return folder, [f for f, _ in tv.train_list], [f for f, _ in tv.test_list], tv.meta["filename"]
 
 
-def cifar_class_names(name: str, root: Optional[str]) -> list[str]:
-    """Class names from the meta file when present (cheap), else placeholders until the data is there."""
+def cifar_class_names(name: str, root: Optional[str], repairable: bool = False) -> list[str]:
+    """Class names from the meta file when present (cheap), else placeholders until the data is there.
+
+    ``repairable``: the download that follows (torchvision's md5 check, re-extract) will replace a bad meta file,
+    so placeholders stand in for now instead of an error.
+    """
     count = 10 if name == "cifar10" else 100
+    placeholders = [f"class_{i}" for i in range(count)]
     if not root:
-        return [f"class_{i}" for i in range(count)]
+        return placeholders
     folder, _, _, meta = cifar_files(name, root)
     path = os.path.join(folder, meta)
     if not os.path.exists(path):
-        return [f"class_{i}" for i in range(count)]  # not downloaded yet: prepare_data may fetch it
+        return placeholders  # not downloaded yet: prepare_data may fetch it
     try:
         names = read_cifar_pickle(path)[_torchvision_cifar(name).meta["key"]]
     except UnsafePickleError as exc:
+        if repairable:
+            return placeholders
         raise ValueError(str(exc)) from None
     except Exception:  # noqa: BLE001 (a damaged pickle raises anything; the message below covers every case)
         names = None
+    if repairable and (not isinstance(names, list) or len(names) != count):
+        return placeholders
     if not isinstance(names, list) or len(names) != count:
         raise ValueError(f"{path} is not a {name} meta file (no list of {count} class names in it); re-extract "
                          f"{_torchvision_cifar(name).filename} into {root}")

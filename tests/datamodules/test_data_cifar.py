@@ -70,6 +70,8 @@ def test_a_crafted_cifar_pickle_runs_nothing_and_is_one_sentence(tmp_path, craft
     message = str(caught.value)
     assert message.startswith(f"{path} is not a CIFAR file: it asks to load pathlib.Path") and "re-extract" in message
     assert "\n" not in message
+    # with download: true, torchvision's md5 check and re-extract will replace the file: no error yet, and no code run
+    ImageClassificationDataModule(source="cifar10", root=str(tmp_path), download=True)
     assert not (tmp_path / "pwned").exists()
 
 
