@@ -171,8 +171,9 @@ class DeployBundle(FitEndStep):
                      n_test: int) -> dict[str, Any]:
         unavailable = [{"label": a.label, "step": a.step, "status": a.status, "reason": a.reason}
                        for a in record.artifacts if not a.ok]
+        params = sum(p.numel() for p in trainer.lightning_module.parameters())
         return {"name": self.experiment_name(trainer), "device": device, "throughput_batch": self.throughput_batch,
-                "test_samples": n_test, "rows": rows, "notes": [list(n) for n in record.notes],
+                "test_samples": n_test, "params": params, "rows": rows, "notes": [list(n) for n in record.notes],
                 "unavailable": unavailable, "failures": [f"{f.step}: {f.sentence}" for f in record.failures],
                 "steps": record.facts}
 
@@ -207,6 +208,9 @@ class DeployBundle(FitEndStep):
         if isinstance(trainer.logger, TensorBoardLogger):
             trainer.logger.experiment.add_text("bundle/report", report_format.markdown(self.report), trainer.global_step)
             trainer.logger.experiment.add_figure("bundle/report", self._figure, trainer.global_step)
+            values = report_format.leaderboard_values(self.report)
+            values["bundle/size_mb"] = sum(f.stat().st_size for f in self.bundle_dir.rglob("*") if f.is_file()) / 1e6
+            trainer.logger.log_metrics(values, step=trainer.global_step)  # the HPARAMS tab reads these tags
             trainer.logger.experiment.flush()
         rank_zero_info(f"deploy bundle: {self.bundle_dir}")
         lines = [f"\n{table}"]

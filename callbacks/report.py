@@ -31,6 +31,22 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
+def leaderboard_values(report: dict[str, Any]) -> dict[str, float]:
+    """The bundle's columns of the HPARAMS tab (lightning_modules.classifier.LEADERBOARD_METRICS), each logged only
+    when the bundle has it: INT8's worst Δtop-1, the fastest CPU artifact's latency, the parameter count."""
+    rows = report["rows"][1:]  # after the PyTorch reference
+    values: dict[str, float] = {}
+    int8 = [r["delta_pts"] for r in rows if r.get("precision") == "int8"]
+    if int8:
+        values["bundle/int8_delta_top1_pt"] = min(int8)
+    cpu = [r["latency_ms"] for r in rows if r.get("format") != "tensorrt"]
+    if cpu:
+        values["bundle/cpu_latency_ms"] = min(cpu)
+    if report.get("params"):
+        values["bundle/params"] = float(report["params"])
+    return values
+
+
 def markdown(report: dict[str, Any]) -> str:
     rows = table_rows(report["rows"])
     lines = [f"# {report['name']}: deploy bundle report", "",

@@ -3,6 +3,10 @@ gradient-norm monitoring and a guard against non-finite steps."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import time
 from typing import Any, Literal, Optional, Sequence
 
 import pytorch_lightning as pl
@@ -16,6 +20,37 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from lightning_modules.architecture import apply_layer_shapes, layer_shapes
 from lightning_modules.backbones import build_backbone
 from lightning_modules.figures import confusion_matrix_figure
+
+# The HPARAMS tab as the experiment's leaderboard. TensorBoard's hparams plugin shows, without a click, the first
+# five hparam columns flagged `differs` (sorted by name) and the first five metrics in the order the experiment
+# lists them; everything else is one click away under "Hyperparameters"/"Metrics" in its left pane.
+HEADLINE_HPARAMS = ("backbone", "lr", "weight_decay", "batch_size", "max_epochs")
+# TensorBoard's CUSTOM SCALARS tab, in reading order: the Scalars tab sorts sections by name and opens the first
+# three (epoch, then 62 per-parameter gradient norms); this one puts train and val side by side on one chart each
+# and the per-parameter norms on a single chart. Tags are regular expressions.
+READING_ORDER = {
+    "loss and accuracy": {
+        "loss (train, val)": ["Multiline", ["train/loss_epoch", "val/loss"]],
+        "top-1 (train, val, best val)": ["Multiline", ["train/top1", "val/top1", "val/best_top1"]],
+        "val f1 and top-5": ["Multiline", ["val/f1", "val/top5"]],
+    },
+    "optimization": {
+        "learning rate": ["Multiline", ["lr-.*"]],
+        "gradient norm (all parameters)": ["Multiline", ["grad_2.0_norm_total"]],
+        "skipped non-finite steps": ["Multiline", ["train/skipped_steps"]],
+        "gradient norm per parameter": ["Multiline", ["grad_2.0_norm/.*"]],
+    },
+}
+# (scalar tag, column title): the plugin shows each run's last value of the tag; a run that never logged it shows
+# an empty cell, never a placeholder. The bundle/ tags are logged by callbacks.DeployBundle at fit end.
+LEADERBOARD_METRICS = (
+    ("val/best_top1", "best val top-1"),
+    ("test/top1", "test top-1"),
+    ("bundle/int8_delta_top1_pt", "INT8 Δtop-1 pt"),
+    ("bundle/cpu_latency_ms", "best CPU ms"),
+    ("bundle/size_mb", "bundle MB"),
+    ("bundle/params", "params"),
+)
 
 
 class ImageClassifier(pl.LightningModule):
@@ -147,7 +182,9 @@ class ImageClassifier(pl.LightningModule):
         self.skipped_steps += 1
         self.bad_steps_in_a_row += 1
         rank_zero_warn(f"step {step}: {what}; the step is skipped (skipped so far: {self.skipped_steps})")
-        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        if self.trainer.is_global_zero:  # straight to the loggers: self.log would drop it between log_every_n_steps
+            for logger in self.loggers:
+                logger.log_metrics({"train/skipped_steps": float(self.skipped_steps)}, step=step)
         if self.bad_steps_in_a_row >= self.hparams.max_bad_steps:
             self.trainer.should_stop = True
             ckpt = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or "none saved yet"
@@ -212,24 +249,36 @@ class ImageClassifier(pl.LightningModule):
         return self
 
     def on_fit_start(self) -> None:
-        if isinstance(self.logger, TensorBoardLogger):
-            params = dict(self.hparams)
-            dm = self.trainer.datamodule
-            if dm is not None:
-                params.update({f"data/{k}": v for k, v in dict(getattr(dm, "hparams", {})).items()})
-                pre = getattr(dm, "preprocessing", None)
-                if pre is not None:
-                    params.update({"data/mean": pre.mean, "data/std": pre.std})
-            # The HPARAMS tab shows each run with its best validation top-1 (updated every epoch).
-            self.logger.log_hyperparams(params, metrics={"val/best_top1": 0.0})
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            params = leaderboard_hparams(self, self.trainer)
+            self.logger.log_hyperparams(params)  # hparams.yaml; with no metrics Lightning writes no events
+            write_leaderboard_session(self.logger, params)
+            self.logger.experiment.add_custom_scalars(READING_ORDER)
         n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
         rank_zero_info(f"{self.hparams.backbone}: {sum(p.numel() for p in self.parameters()):,} parameters ({n_train:,} trainable)")
 
+    def on_train_start(self) -> None:
+        # From the first step, so the chart reads 0 instead of missing until something goes wrong.
+        if self.trainer.is_global_zero and self.global_step == 0:
+            for logger in self.loggers:
+                logger.log_metrics({"train/skipped_steps": float(self.skipped_steps)}, step=0)
+
+    def on_fit_end(self) -> None:
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            # A fit stopped by persistent non-finite steps is listed as failed (the plugin filters on status).
+            write_leaderboard_end(self.logger, failed=self.bad_steps_in_a_row >= self.hparams.max_bad_steps)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["layer_shapes"] = layer_shapes(self.net)
+        # torchmetrics states are not in the state_dict: without this a resumed run's best restarts from its
+        # first resumed epoch.
+        if self.val_best_top1.update_count:
+            checkpoint["val_best_top1"] = float(self.val_best_top1.compute())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A channel-pruned checkpoint carries its own layer shapes: rebuild those layers before the weights load.
+        if "val_best_top1" in checkpoint:
+            self.val_best_top1.update(torch.tensor(checkpoint["val_best_top1"], device=self.device))
         if "layer_shapes" in checkpoint and apply_layer_shapes(self.net, checkpoint["layer_shapes"]):
             rank_zero_info(f"rebuilt the pruned architecture from the checkpoint: {sum(p.numel() for p in self.parameters()):,} parameters")
 
@@ -253,3 +302,83 @@ class ImageClassifier(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches) - self.trainer.global_step)
         sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total, pct_start=hp.pct_start)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+# --- the HPARAMS leaderboard ----------------------------------------------------------------------------------------
+
+def leaderboard_hparams(module: ImageClassifier, trainer: pl.Trainer) -> dict[str, Any]:
+    """The settings a person varies between runs, under short names (`backbone.width`, `lr`, `max_epochs`):
+    no class paths, no linked or derived values."""
+    hp = module.hparams
+    params: dict[str, Any] = {"backbone": hp.backbone}
+    params.update({f"backbone.{k}": v for k, v in (hp.backbone_args or {}).items()})
+    params.update(optimizer=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay, scheduler=hp.scheduler,
+                  label_smoothing=hp.label_smoothing)
+    data = dict(getattr(trainer.datamodule, "hparams", None) or {})
+    for key, name in (("source", "data"), ("augment", "augment"), ("image_size", "image_size"), ("batch_size", "batch_size")):
+        if key in data:
+            params[name] = data[key]
+    params.update(max_epochs=trainer.max_epochs, precision=str(trainer.precision),
+                  devices=trainer.num_devices * trainer.num_nodes, strategy=strategy_name(trainer.strategy))
+    seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything
+    if seed is not None:
+        params["seed"] = int(seed)
+    return {k: _hparam_value(v) for k, v in params.items() if v is not None}
+
+
+def strategy_name(strategy: Any) -> str:
+    """DDPStrategy -> ddp, SingleDeviceStrategy -> single_device: the names trainer.strategy takes."""
+    name = type(strategy).__name__.removesuffix("Strategy")
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    return f"{name}_spawn" if getattr(strategy, "_start_method", None) == "spawn" else name
+
+
+def _hparam_value(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value, separators=(",", ":"), default=str)  # a list, or an augment pipeline, as one cell
+
+
+def write_leaderboard_session(logger: TensorBoardLogger, params: dict[str, Any]) -> None:
+    """The hparams plugin's experiment and session-start summaries, as Lightning's `log_hyperparams(params,
+    metrics)` writes them, but without logging a placeholder value for each metric (a run that never finished an
+    epoch would show best top-1 0.0), with column titles, the headline columns, and a trial name that fits its
+    10em column."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    infos = []
+    for name, value in params.items():
+        kind = api_pb2.DATA_TYPE_BOOL if isinstance(value, bool) else (
+            api_pb2.DATA_TYPE_FLOAT64 if isinstance(value, (int, float)) else api_pb2.DATA_TYPE_STRING)
+        infos.append(api_pb2.HParamInfo(name=name, type=kind, differs=name in HEADLINE_HPARAMS))
+    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=title) for tag, title in LEADERBOARD_METRICS]
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics, time_created_secs=time.time())
+    start = plugin_data_pb2.SessionStartInfo(group_name=trial_name(logger), start_time_secs=time.time())
+    for name, value in params.items():
+        field = "bool_value" if isinstance(value, bool) else "number_value" if isinstance(value, (int, float)) else "string_value"
+        setattr(start.hparams[name], field, value)
+    _write_hparams_summary(logger, "experiment", plugin_data_pb2.HParamsPluginData(experiment=experiment))
+    _write_hparams_summary(logger, "session_start_info", plugin_data_pb2.HParamsPluginData(session_start_info=start))
+
+
+def write_leaderboard_end(logger: TensorBoardLogger, failed: bool) -> None:
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    status = api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS
+    end = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
+    _write_hparams_summary(logger, "session_end_info", plugin_data_pb2.HParamsPluginData(session_end_info=end))
+
+
+def trial_name(logger: TensorBoardLogger) -> str:
+    """`v3 quickstart` for runs/quickstart/version_3: the version first, where a cut-off name still tells runs apart."""
+    version = logger.version
+    version = f"v{version}" if isinstance(version, int) else str(version).replace("version_", "v")
+    return f"{version} {logger.name}"
+
+
+def _write_hparams_summary(logger: TensorBoardLogger, kind: str, data: Any) -> None:
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import metadata
+
+    summary = Summary(value=[Summary.Value(tag=f"_hparams_/{kind}", metadata=metadata.create_summary_metadata(data))])
+    logger.experiment._get_file_writer().add_summary(summary)  # the writer Lightning's log_hyperparams uses

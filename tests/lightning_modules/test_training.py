@@ -6,6 +6,8 @@ import re
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from edgecls_testing import TINY, run_main
@@ -37,9 +39,9 @@ class WeightsAt(pl.Callback):
         self.before[trainer.global_step] = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
 
 
-def fit(model, max_epochs=1, **trainer_kwargs):
+def fit(model, max_epochs=1, logger=False, **trainer_kwargs):
     snapshots = WeightsAt()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=logger, enable_checkpointing=False,
                          enable_progress_bar=False, limit_val_batches=2, callbacks=[snapshots], **trainer_kwargs)
     data = ImageClassificationDataModule(source="digits", image_size=16, batch_size=64)
     trainer.fit(model, datamodule=data)
@@ -65,6 +67,28 @@ def test_a_nan_loss_is_skipped_logged_and_the_fit_goes_on():
             torch.testing.assert_close(snapshots.before[4][name], before, rtol=0, atol=0, msg=name)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not torch.equal(snapshots.before[5]["conv1.weight"], snapshots.before[4]["conv1.weight"])  # training resumed
+
+
+def test_skipped_steps_chart_starts_at_zero_and_counts_a_skip_between_logging_steps(tmp_path):
+    model = tiny_model()
+    model.criterion = NaNLossAt(model, {3})
+    logger = TensorBoardLogger(tmp_path, name="run", default_hp_metric=False)
+    with pytest.warns(UserWarning, match=r"step 3: non-finite"):
+        fit(model, limit_train_batches=8, logger=logger, log_every_n_steps=50)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/skipped_steps")] == [(0, 0.0), (3, 1.0)]
+
+
+def test_best_val_top1_survives_a_checkpoint_round_trip():
+    model = tiny_model()
+    model.val_best_top1.update(torch.tensor(0.75))
+    checkpoint = {}
+    model.on_save_checkpoint(checkpoint)
+    resumed = tiny_model()
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.val_best_top1.update(torch.tensor(0.5))  # a worse first epoch after the resume
+    assert float(resumed.val_best_top1.compute()) == 0.75
 
 
 def test_persistent_non_finite_steps_stop_the_fit_with_one_clear_message():

@@ -1,0 +1,183 @@
+"""What a person sees comparing runs in TensorBoard: the HPARAMS tab as a leaderboard (the settings they varied,
+best and test top-1, the bundle's numbers), rendered by the real TensorBoard in headless Chromium."""
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+from edgecls_testing import EXPERIMENTS, NO_FIT_END, TINY, run_main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two quickstart runs that differ in lr and epochs; the first goes through the fit-end chain to its bundle."""
+    cwd = tmp_path_factory.mktemp("runs")
+    quickstart = str(EXPERIMENTS / "quickstart.yaml")
+    run_main(["fit", "--config", quickstart, *TINY, "--trainer.max_epochs", "1", "--model.lr", "0.01"], cwd, timeout=400)
+    run_main(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "2", "--model.lr", "0.003"], cwd)
+    return cwd / "runs"
+
+
+def events(run: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def hparams_data(acc: EventAccumulator, kind: str):
+    return getattr(plugin_data_pb2.HParamsPluginData.FromString(acc.PluginTagToContent("hparams")[f"_hparams_/{kind}"]), kind)
+
+
+def test_hparams_are_the_settings_a_person_varies_under_readable_names(two_runs):
+    acc = events(two_runs / "quickstart" / "version_0")
+    start = hparams_data(acc, "session_start_info")
+    values = dict(start.hparams)
+    assert values["lr"].number_value == pytest.approx(0.01) and values["max_epochs"].number_value == 1
+    assert values["backbone"].string_value == "resnet" and values["backbone.width"].number_value == 4
+    assert values["precision"].string_value == "32-true" and values["strategy"].string_value == "single_device"
+    assert values["data"].string_value == "digits" and values["batch_size"].number_value == 64
+    assert values["seed"].number_value == 42 and values["devices"].number_value == 1
+    shown = " ".join([*values, *(v.string_value for v in values.values())])
+    assert "class_path" not in shown and "_instantiator" not in shown and "lightning_modules." not in shown
+    assert start.group_name == "v0 quickstart"  # the trial name, short enough for its 10em column
+
+    experiment = hparams_data(acc, "experiment")
+    # the five columns TensorBoard shows without a click: those flagged `differs`
+    assert sorted(h.name for h in experiment.hparam_infos if h.differs) == ["backbone", "batch_size", "lr", "max_epochs", "weight_decay"]
+    assert [m.name.tag for m in experiment.metric_infos][:2] == ["val/best_top1", "test/top1"]
+    assert hparams_data(acc, "session_end_info").status == api_pb2.STATUS_SUCCESS
+
+
+def test_every_leaderboard_metric_has_a_value_and_none_is_a_placeholder(two_runs):
+    acc = events(two_runs / "quickstart" / "version_0")
+    tags = [m.name.tag for m in hparams_data(acc, "experiment").metric_infos]
+    scalars = acc.Tags()["scalars"]
+    assert set(tags) <= set(scalars), set(tags) - set(scalars)  # the bundle run has every column
+    bundle = json.loads((two_runs / "quickstart" / "version_0" / "bundle" / "report.json").read_text())
+    int8 = [r for r in bundle["rows"] if r["precision"] == "int8"]
+    assert acc.Scalars("bundle/int8_delta_top1_pt")[-1].value == pytest.approx(min(r["delta_pts"] for r in int8))
+    assert acc.Scalars("bundle/params")[-1].value == bundle["params"] > 1000
+
+    trained = events(two_runs / "quickstart" / "version_1")
+    best = trained.Scalars("val/best_top1")
+    # one value per finished epoch, none before the first (a 0.0 there would be a failed run's "best")
+    assert len(best) == 2 and best[0].step > 0 and best[-1].value == max(e.value for e in trained.Scalars("val/top1"))
+    assert not any(t.startswith("bundle/") for t in trained.Tags()["scalars"])  # no bundle: empty cells, not zeros
+
+
+# --- the page itself ------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def page_text(url: str, wait_for: str, timeout: float = 60.0) -> str:
+    """The rendered text of `url`, shadow roots included (TensorBoard's dashboards live in them, so --dump-dom
+    misses them), read through the DevTools protocol over a pipe: no websocket client needed."""
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+
+    def fds():  # Chromium reads commands on fd 3 and answers on fd 4 (via high numbers: the pipes may be 3 or 4)
+        os.dup2(to_child_r, 100), os.dup2(from_child_w, 101)
+        os.dup2(100, 3), os.dup2(101, 4)
+
+    with TemporaryProfile() as profile:
+        proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             "--window-size=1920,1000", "--remote-debugging-pipe", url],
+            preexec_fn=fds, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_child_r), os.close(from_child_w)
+        reader = os.fdopen(from_child_r, "rb")
+        writer = os.fdopen(to_child_w, "wb")
+        ids = iter(range(1, 10**6))
+
+        def call(method, session=None, **params):
+            msg_id = next(ids)
+            msg = {"id": msg_id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+            writer.write(json.dumps(msg).encode() + b"\0")
+            writer.flush()
+            buffer = b""
+            while True:
+                chunk = reader.read1(65536)
+                if not chunk:
+                    raise RuntimeError("chromium closed the DevTools pipe")
+                buffer += chunk
+                *done, buffer = buffer.split(b"\0")
+                for raw in done:
+                    reply = json.loads(raw)
+                    if reply.get("id") == msg_id:
+                        return reply.get("result", {})
+
+        try:
+            deadline = time.monotonic() + timeout
+            page = next(t for t in call("Target.getTargets")["targetInfos"] if t["type"] == "page")
+            session = call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+            walk = ("(function text(n){if(n.nodeName==='STYLE'||n.nodeName==='SCRIPT')return '';"
+                    "let s=n.shadowRoot?text(n.shadowRoot):'';"
+                    "for(const c of n.childNodes){s+=c.nodeType===3?c.textContent+' ':text(c);}return s;})(document)")
+            text = ""
+            while time.monotonic() < deadline:
+                text = call("Runtime.evaluate", session, expression=walk, returnByValue=True)["result"].get("value", "")
+                if wait_for in text:
+                    time.sleep(2)  # the table fills row by row
+                    return " ".join(call("Runtime.evaluate", session, expression=walk, returnByValue=True)["result"]["value"].split())
+                time.sleep(1)
+            return " ".join(text.split())
+        finally:
+            proc.kill()
+            proc.wait()
+            reader.close(), writer.close()
+
+
+class TemporaryProfile:
+    def __enter__(self):
+        import tempfile
+
+        self.path = tempfile.mkdtemp(prefix="chromium-profile-")
+        return self.path
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install -y chromium)")
+def test_the_hparams_tab_shows_lr_epochs_and_both_runs_best_top1_without_a_click(two_runs):
+    port = free_port()
+    board = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(two_runs), "--port", str(port),
+                              "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(60):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        text = page_text(f"http://127.0.0.1:{port}/#hparams", wait_for="v1 quickstart")
+    finally:
+        board.kill()
+        board.wait()
+
+    table = text[text.index("Trial ID"):]
+    for header in ("lr", "max_epochs", "best val top-1", "test top-1"):
+        assert f" {header} " in table, header
+    for version in (0, 1):
+        best = events(two_runs / "quickstart" / f"version_{version}").Scalars("val/best_top1")[-1].value
+        row = table[table.index(f"v{version} quickstart"):]
+        shown = f"{best:.{4 - math.floor(math.log10(best))}f}"  # as the table shows it: 5 significant digits
+        assert shown in row[:400], (version, shown, row[:400])
