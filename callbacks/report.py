@@ -72,44 +72,39 @@ def plain_table(report: dict[str, Any]) -> str:
 
 
 def figure(report: dict[str, Any]) -> "plt.Figure":
-    """Three panels with the value printed on every bar: Δtop-1 (points, so equal accuracies read as 0, not as
-    three identical long bars), latency and size; the PyTorch row's latency is written, not drawn, when it would
-    dwarf the deployable rows."""
+    """Accuracy against latency, one labelled point per artifact with its numbers written beside it and PyTorch
+    FP32 as the dashed reference line; file sizes beside it. Large type: TensorBoard shows it as a thumbnail."""
     rows = report["rows"]
-    labels = [r["label"] for r in rows]
-    fig, (acc, lat, size) = plt.subplots(1, 3, figsize=(12, 0.5 * len(rows) + 2.2), dpi=100)
-    ys = range(len(rows))
-
-    deltas = [0.0 if i == 0 else r["delta_pts"] for i, r in enumerate(rows)]
-    acc.barh(ys, deltas, color=["tab:gray" if d == 0 else ("tab:red" if d < 0 else "tab:green") for d in deltas])
-    span = max(1.0, max(abs(d) for d in deltas) * 1.6)
-    acc.set_xlim(-span, span)
-    acc.axvline(0, color="black", lw=0.8)
-    for y, r, d in zip(ys, rows, deltas):
-        acc.text(0, y, f" {100 * r['top1']:.2f} % ({d:+.2f})" if y else f" {100 * r['top1']:.2f} % (ref)",
-                 va="center", ha="left", fontsize=8)
-    acc.set_xlabel("Δ test top-1 vs PyTorch FP32, points")
-
+    fig, (acc, size) = plt.subplots(1, 2, figsize=(11, 4.6), dpi=100, gridspec_kw={"width_ratios": [2.2, 1]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    reference = rows[0]
+    acc.axhline(100 * reference["top1"], color="gray", lw=1, ls="--")
     latencies = [r["latency_ms"] for r in rows]
-    deployable = latencies[1:] or latencies
-    cap = max(deployable) * 1.5
-    lat.barh(ys, [min(v, cap) for v in latencies], color="tab:orange")
-    for y, v in zip(ys, latencies):
-        lat.text(min(v, cap), y, f" {v:.2f} ms" + (" (cut)" if v > cap else ""), va="center", fontsize=8)
-    lat.set_xlim(0, cap * 1.45)
-    lat.set_xlabel("latency ms (batch 1, p50)")
+    for i, r in enumerate(rows):
+        x, y = r["latency_ms"], 100 * r["top1"]
+        delta = "reference" if i == 0 else f"{r['delta_pts']:+.2f} pt"
+        acc.plot([x], [y], "o", ms=11, color=colors[i % len(colors)], label=r["label"])
+        acc.annotate(f"{r['label']}\n{y:.2f} % ({delta}), {x:.2f} ms", (x, y), xytext=(8, 10 + 22 * (i % 3)),
+                     textcoords="offset points", fontsize=10, color=colors[i % len(colors)])
+    acc.set_xscale("log")  # PyTorch eager and an INT8 engine can be 100x apart
+    acc.set_xlim(min(latencies) / 1.6, max(latencies) * 6)
+    tops = [100 * r["top1"] for r in rows]
+    pad = max(0.5, (max(tops) - min(tops)) * 0.6)
+    acc.set_ylim(min(tops) - pad, max(tops) + 2.2 * pad)
+    acc.set_xlabel("latency ms, batch 1, p50 (log scale; left is faster)", fontsize=10)
+    acc.set_ylabel(f"test top-1 % ({report['test_samples']} images)", fontsize=10)
+    acc.grid(alpha=0.3, which="both")
 
+    ys = range(len(rows))
     sizes = [r["size_mb"] for r in rows]
-    size.barh(ys, sizes, color="tab:blue")
+    size.barh(ys, sizes, color=[colors[i % len(colors)] for i in ys])
     for y, v in zip(ys, sizes):
-        size.text(v, y, f" {v:.2f}", va="center", fontsize=8)
-    size.set_xlim(0, max(sizes) * 1.35)
-    size.set_xlabel("size MB (10⁶ bytes)")
-
-    for ax in (acc, lat, size):
-        ax.set_yticks(list(ys))
-        ax.set_yticklabels(labels if ax is acc else [], fontsize=8)
-        ax.invert_yaxis()
-    fig.suptitle(f"{report['name']} — {report['device']} — test split, {report['test_samples']} images", fontsize=9)
+        size.text(v, y, f" {v:.2f} MB", va="center", fontsize=10)
+    size.set_xlim(0, max(sizes) * 1.6)
+    size.set_yticks(list(ys))
+    size.set_yticklabels([r["label"] for r in rows], fontsize=10)
+    size.invert_yaxis()
+    size.set_xlabel("size MB (10⁶ bytes)", fontsize=10)
+    fig.suptitle(f"{report['name']}: accuracy vs latency on {report['device']}", fontsize=11)
     fig.tight_layout()
     return fig

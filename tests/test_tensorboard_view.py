@@ -181,3 +181,16 @@ def test_the_hparams_tab_shows_lr_epochs_and_both_runs_best_top1_without_a_click
         row = table[table.index(f"v{version} quickstart"):]
         shown = f"{best:.{4 - math.floor(math.log10(best))}f}"  # as the table shows it: 5 significant digits
         assert shown in row[:400], (version, shown, row[:400])
+
+
+def test_the_bundle_picture_labels_every_artifact_with_its_accuracy_latency_and_size():
+    from callbacks.report import figure
+
+    rows = [{"label": "PyTorch FP32", "top1": 0.98, "latency_ms": 1.9, "size_mb": 0.30, "delta_pts": 0.0},
+            {"label": "ONNX FP32", "top1": 0.98, "latency_ms": 0.21, "size_mb": 0.28, "delta_pts": 0.0},
+            {"label": "ONNX INT8", "top1": 0.9733, "latency_ms": 0.12, "size_mb": 0.09, "delta_pts": -0.67}]
+    fig = figure({"name": "quickstart", "device": "CPU x (2 cores)", "test_samples": 359, "rows": rows})
+    written = " | ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    for expected in ("PyTorch FP32\n98.00 % (reference), 1.90 ms", "ONNX INT8\n97.33 % (-0.67 pt), 0.12 ms", "0.09 MB"):
+        assert expected in written, written
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == ["PyTorch FP32", "ONNX FP32", "ONNX INT8"]
