@@ -2,13 +2,25 @@
 
 LightningCLI with fit / validate / test / predict. Defaults a YAML does not have to repeat: a TensorBoard run
 under runs/<experiment>/version_N, checkpoints (best val/top1 and last), learning-rate logging, a rich progress
-bar; `fit` ends by testing the best checkpoint on the test split.
+bar; `fit` ends by testing the best checkpoint on the test split. `validate`, `test` and `predict` with a run's
+checkpoint write into that run, under version_N/<command>/.
+
+Exit status:
+  0  done.
+  1  a fit-end step failed (ONNX export, INT8, TensorRT, bundle): the bundle was written without it, or there is
+     no bundle when the ONNX export itself failed; one `error: fit-end step failed: ...` line per step on stderr.
+  2  a usage, config or data error: one `error: <sentence>` line on stderr, and nothing of a run is left behind
+     or changed. EDGECLS_DEBUG=1 shows the full traceback instead.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,18 +29,83 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules import ImageClassificationDataModule
 from lightning_modules import ImageClassifier
 
 RUNS_DIR = "runs"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 # Lightning 2.6 internals call a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+class UserError(Exception):
+    """A mistake the user can fix (a refused resume, a missing checkpoint): one sentence, exit status 2."""
+
+
+# How a user's mistake is told from a bug. Our data, model and callback code reports bad YAML values, missing
+# folders and unusable images as ValueError / OSError / RuntimeError with one good sentence, from many places,
+# and Lightning reports bad trainer settings as MisconfigurationException. Raised while the command is being
+# parsed, built and set up (before the first sanity-check, train, val, test or predict batch), these are the
+# user's to fix; raised later, in the loops, they are bugs and keep their traceback. TypeError, KeyError,
+# AttributeError and friends are bugs wherever they come from.
+SETUP_ERRORS = (ValueError, OSError, RuntimeError, MisconfigurationException)
+
+
+@dataclass
+class Invocation:
+    """What one command did so far, as its error handling needs it: it outlives a failed EdgeCLI.__init__."""
+
+    loops_started: bool = False  # a sanity-check / train / val / test / predict loop began
+    stepped: bool = False  # a first train (or test, val, predict) batch began
+    new_run_dir: Optional[Path] = None  # the run folder this command creates (None: it already existed)
+    new_parents: list[Path] = field(default_factory=list)  # runs/ and runs/<experiment>/ where created now
+    fit_end_failures: list[str] = field(default_factory=list)
+
+    def discard_new_run(self) -> None:
+        """Remove the run folder this command created before training anything: it holds nothing of value
+        (the resolved config, split lists, an empty event file). A folder that existed before is never touched."""
+        run = self.new_run_dir
+        if run is None or self.stepped or not run.is_dir() or any(run.rglob("*.ckpt")):
+            return
+        shutil.rmtree(run, ignore_errors=True)
+        for parent in self.new_parents:
+            try:
+                parent.rmdir()  # only when empty: another command may have started a run there meanwhile
+            except OSError:
+                pass
+
+
+class LoopStarted(Callback):
+    """Marks the end of set-up (see SETUP_ERRORS) and the first batch (a run that never got there is discarded)."""
+
+    def __init__(self, invocation: Invocation) -> None:
+        self.invocation = invocation
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self.invocation.loops_started = True
+
+    def _started(self, trainer, *args) -> None:
+        self.invocation.loops_started = True
+
+    on_train_start = on_validation_start = on_test_start = on_predict_start = _started
+
+    def _stepped(self, trainer, *args) -> None:
+        if not trainer.sanity_checking:
+            self.invocation.stepped = True
+
+    on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _stepped
+
+
 class EdgeCLI(LightningCLI):
     """LightningCLI with edgecls's links and defaults."""
+
+    def __init__(self, *args: Any, invocation: Optional[Invocation] = None, **kwargs: Any) -> None:
+        self.invocation = invocation or Invocation()
+        self._resume_run: Optional[Path] = None
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -45,12 +122,34 @@ class EdgeCLI(LightningCLI):
         files = config.get("config") or []
         return Path(str(files[-1])).stem if files else "default"
 
+    def before_instantiate_classes(self) -> None:
+        # Every check that can refuse the command runs here, before a model is built or a file is written.
+        if self.subcommand is None:
+            return
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
+            raise UserError(f"checkpoint {ckpt_path} does not exist (--ckpt_path); give a .ckpt file"
+                            + (", or 'last' to resume the newest run" if self.subcommand == "fit" else ""))
+        if self.subcommand != "fit" or not ckpt_path:
+            return
+        if ckpt_path == "last":
+            self._resume_run = newest_resumable_run(Path(RUNS_DIR) / self.experiment_name())
+            ckpt = self._resume_run / "checkpoints" / "last.ckpt" if self._resume_run else None
+        else:
+            ckpt = Path(ckpt_path)
+        run = run_of_checkpoint(ckpt) if ckpt else None
+        if run is not None and (run / "config.yaml").is_file():
+            with warnings.catch_warnings():
+                # dumped exactly as LightningCLI's SaveConfigCallback writes config.yaml, to compare like with like
+                warnings.simplefilter("ignore")
+                now = yaml_load(self._parser("fit").dump(self.config["fit"], skip_none=False))
+            check_resume(run, ckpt, now)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = TensorBoardLogger(
-                save_dir=RUNS_DIR, name=self.experiment_name(), version=self._resumed_version(), default_hp_metric=False
-            )
+            kwargs["logger"] = logger = self._run_logger()
+            self._note_new_run_dir(Path(logger.log_dir))
         has_logger = kwargs.get("logger", trainer_config.get("logger")) not in (False, None)
         callbacks: list[Callback] = list(trainer_config.get("callbacks") or [])
         if trainer_config.get("enable_checkpointing", True) is not False and not _has(callbacks, ModelCheckpoint):
@@ -62,18 +161,38 @@ class EdgeCLI(LightningCLI):
         if has_logger and not _has(callbacks, LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         if trainer_config.get("enable_progress_bar", True) is not False and not _has(callbacks, ProgressBar):
-            callbacks.append(RichProgressBar(leave=True))
+            # A terminal gets a live bar; a log file one line per epoch (a bar there is a redraw per batch).
+            if sys.stdout.isatty():
+                callbacks.insert(0, FitEndSafeProgressBar(leave=True))  # first: stopped before fit-end steps print
+            else:
+                kwargs["enable_progress_bar"] = False
+                callbacks.append(EpochLines())
+        callbacks.append(LoopStarted(self.invocation))
         kwargs["callbacks"] = callbacks
+        precision = cpu_precision(trainer_config.get("accelerator"), trainer_config.get("precision"))
+        if precision is not None:
+            kwargs["precision"] = precision
         return super().instantiate_trainer(**kwargs)
 
-    def _resumed_version(self) -> Optional[int]:
-        """`fit --ckpt_path last` continues the newest run of this experiment that has a last.ckpt, in place."""
-        if self.subcommand != "fit" or self.config["fit"].get("ckpt_path") != "last":
-            return None
-        runs = Path(RUNS_DIR) / self.experiment_name()
-        suffixes = (ckpt.parents[1].name.removeprefix("version_") for ckpt in runs.glob("version_*/checkpoints/last.ckpt"))
-        versions = [int(s) for s in suffixes if s.isdigit()]
-        return max(versions, default=None)
+    def _run_logger(self) -> TensorBoardLogger:
+        """runs/<experiment>/version_N: a new N, the resumed run's, or the run a checkpoint to evaluate came from."""
+        if self.subcommand == "fit":
+            version = int(self._resume_run.name.removeprefix("version_")) if self._resume_run else None
+            return TensorBoardLogger(save_dir=RUNS_DIR, name=self.experiment_name(), version=version, default_hp_metric=False)
+        ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        run = run_of_checkpoint(Path(ckpt_path)) if ckpt_path else None
+        if run is not None:
+            # Into the checkpoint's own run, in a folder of its own: the fit's config.yaml and events stay as they are.
+            return TensorBoardLogger(save_dir=run.parents[1], name=run.parent.name, version=run.name,
+                                     sub_dir=self.subcommand, default_hp_metric=False)
+        return TensorBoardLogger(save_dir=RUNS_DIR, name=self.experiment_name(), default_hp_metric=False)
+
+    def _note_new_run_dir(self, log_dir: Path) -> None:
+        if log_dir.exists():
+            return
+        self.invocation.new_run_dir = log_dir
+        # Parents up to runs/ that this command creates (innermost first), to remove with the run if it fails.
+        self.invocation.new_parents = [p for p in list(log_dir.parents)[:3] if not p.exists()]
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -86,8 +205,11 @@ class EdgeCLI(LightningCLI):
             shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(results[0].items()))
             source = os.path.relpath(best) if best else "final weights"
             rank_zero_info(f"test ({source}): {shown}")
-            print(f"test/top1 = {results[0].get('test/top1', float('nan')):.4f}  ({source})", flush=True)
-
+            print(f"test/top1 = {results[0].get('test/top1', float('nan')):.4f} (test split, {trainer.precision}, {source})", flush=True)
+        # A fit-end step is a callback from callbacks/; where that package was never loaded, no step ran.
+        records = sys.modules.get("callbacks.records")
+        if records is not None:
+            self.invocation.fit_end_failures = records.fit_end_failures(trainer)
 
     def after_predict(self) -> None:
         """Write what `predict` returned (class probabilities over the test split) to predictions.csv in the run."""
@@ -110,20 +232,253 @@ class EdgeCLI(LightningCLI):
         print(f"predictions for {len(probs)} images: {out}", flush=True)
 
 
+class FitEndSafeProgressBar(RichProgressBar):
+    """The live bar, stopped when the fit ends: left running, it redraws over what the fit-end steps print and
+    prints the last epoch's bar again after the bundle table."""
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._stop_progress()  # and marked stopped, so the test that follows starts a fresh bar
+
+
+class EpochLines(Callback):
+    """One line per epoch with its metrics, for logs that are not a terminal. Printed when the next epoch starts
+    (or training ends): at this callback's on_train_epoch_end the module has not logged its train/top1 yet."""
+
+    def __init__(self) -> None:
+        self._pending: Optional[int] = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._pending = trainer.current_epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._print(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._print(trainer)
+
+    def _print(self, trainer) -> None:
+        epoch, self._pending = self._pending, None
+        if epoch is None or not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.endswith("_step") and v.numel() == 1}
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if f"{k}_epoch" not in metrics)
+        print(f"epoch {epoch + 1}/{trainer.max_epochs} ({trainer.precision}): {shown}", flush=True)
+
+
 def _has(callbacks: list[Callback], kind: type) -> bool:
     return any(isinstance(c, kind) for c in callbacks)
 
 
-def cli_main(args: Optional[list[str]] = None, run: bool = True) -> EdgeCLI:
-    """The `edgecls` console command (run=False: parse and instantiate only, as benchmarks and notebooks need)."""
-    return EdgeCLI(
-        ImageClassifier,
-        ImageClassificationDataModule,
-        seed_everything_default=42,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+def yaml_load(text: str) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(text) or {}
+
+
+# --- resuming ------------------------------------------------------------------------------------------------------
+
+# Trainer settings that size a one-cycle schedule (Lightning's estimated_stepping_batches): the schedule is built
+# once, for the whole fit, and a resume that changes any of them steps past its end.
+ONECYCLE_LENGTH_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches", "devices", "num_nodes")
+
+
+def newest_resumable_run(experiment_dir: Path) -> Optional[Path]:
+    """`fit --ckpt_path last` continues the newest run of this experiment that has a last.ckpt, in place."""
+    runs = [c.parents[1] for c in experiment_dir.glob("version_*/checkpoints/last.ckpt")]
+    runs = [r for r in runs if r.name.removeprefix("version_").isdigit()]
+    return max(runs, key=lambda r: int(r.name.removeprefix("version_")), default=None)
+
+
+def run_of_checkpoint(ckpt: Path) -> Optional[Path]:
+    """The run folder (…/version_N) a checkpoint under …/version_N/checkpoints/ belongs to, else None."""
+    ckpt = Path(ckpt)
+    if ckpt.parent.name == "checkpoints" and re.fullmatch(r"version_\d+", ckpt.parent.parent.name):
+        return ckpt.parent.parent
+    return None
+
+
+def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a resume that would corrupt `run`: one that has nothing left to train,
+    one with other model/data settings than the run's, or one that would stretch a one-cycle schedule."""
+    import torch
+
+    saved = yaml_load((run / "config.yaml").read_text())
+    where = os.path.relpath(run)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise UserError(f"cannot read {ckpt} ({type(exc).__name__}: {exc}); it may be a partly written file, "
+                        "so resume from another checkpoint of the run (--ckpt_path <file>)") from None
+    trainer_saved, trainer_now = saved.get("trainer") or {}, now.get("trainer") or {}
+
+    # A run is finished by its own config's max_epochs. A step cap (max_steps) is how a run is trained in pieces,
+    # so a run stopped by max_steps resumes, unless max_steps was its only limit; a one-cycle schedule, whose
+    # length depends on max_steps, is refused below.
+    max_epochs, max_steps = trainer_saved.get("max_epochs"), trainer_saved.get("max_steps")
+    if max_epochs is None and max_steps in (None, -1):
+        max_epochs = 1000  # Lightning's default when neither is set
+    progress = ((state.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
+    epochs_done = (progress.get("current") or {}).get("processed", state.get("epoch", -1) + 1)
+    if max_epochs not in (None, -1) and epochs_done >= max_epochs:
+        raise UserError(
+            f"{where} already finished its {max_epochs} epochs (trainer.max_epochs in its config.yaml), so there "
+            "is nothing to resume; to train longer, start a new run: drop --ckpt_path and set --trainer.max_epochs")
+    if max_epochs is None and max_steps not in (None, -1) and state.get("global_step", 0) >= max_steps:
+        raise UserError(
+            f"{where} already finished its {max_steps} steps (trainer.max_steps in its config.yaml), so there is "
+            "nothing to resume; to train longer, start a new run: drop --ckpt_path and set --trainer.max_steps")
+
+    differ = [k for section in ("model", "data") for k in differing_keys(saved.get(section), now.get(section), section)]
+    if differ:
+        shown = ", ".join(f"{k} ({_value(saved, k)} in the run, {_value(now, k)} now)" for k in differ[:5])
+        raise UserError(f"cannot resume {where}: {shown} differ from its config.yaml; resume with the run's own "
+                        "values, or start a new run without --ckpt_path")
+
+    if (saved.get("model") or {}).get("scheduler") == "onecycle":
+        changed = [k for k in ONECYCLE_LENGTH_KEYS if trainer_saved.get(k) != trainer_now.get(k)]
+        if changed:
+            flags = " ".join(f"--trainer.{k} {trainer_saved.get(k)}" for k in changed)
+            shown = ", ".join(f"trainer.{k} {trainer_saved.get(k)} (now {trainer_now.get(k)})" for k in changed)
+            raise UserError(f"cannot resume {where}: its one-cycle learning-rate schedule was sized for {shown} and "
+                            f"cannot be stretched or cut; resume with {flags}, or start a new run without --ckpt_path")
+
+
+def differing_keys(saved: Any, now: Any, prefix: str) -> list[str]:
+    """Dotted keys whose values differ. A key on one side only is a parameter added to or removed from the code
+    since the run, and carries its default: not a difference."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [k for key in saved if key in now for k in differing_keys(saved[key], now[key], f"{prefix}.{key}")]
+    return [] if saved == now else [prefix]
+
+
+def _value(config: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+# --- precision -----------------------------------------------------------------------------------------------------
+
+def cpu_precision(accelerator: Any, precision: Any) -> Optional[str]:
+    """`16-mixed` on a CPU-only trainer becomes 32-true (Lightning would silently train in bf16 instead)."""
+    if str(precision) not in ("16-mixed", "16"):
+        return None
+    import torch
+
+    gpu = torch.cuda.is_available() or (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())
+    if not (accelerator == "cpu" or (accelerator in (None, "auto") and not gpu)):
+        return None
+    rank_zero_info("trainer.precision 16-mixed needs a GPU and this trainer runs on the CPU, so it trains in 32-true; "
+                   "set trainer.precision bf16-mixed to train in bfloat16 on the CPU")
+    return "32-true"
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+
+def is_user_error(exc: BaseException, invocation: Invocation) -> bool:
+    from argparse import ArgumentError
+
+    if isinstance(exc, (UserError, ArgumentError)):
+        return True
+    return isinstance(exc, SETUP_ERRORS) and not invocation.loops_started
+
+
+def one_sentence(exc: BaseException, command: str, argv: list[str]) -> str:
+    """The error as one line: our own messages already are; jsonargparse's nested ones are condensed."""
+    from argparse import ArgumentError
+
+    text = str(exc).strip()
+    if isinstance(exc, ArgumentError):
+        return parse_error_sentence(text, command, argv)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return text or type(exc).__name__
+    return f"{lines[0].rstrip(':')} (EDGECLS_DEBUG=1 shows the details)"
+
+
+def _type_name(text: str) -> str:
+    text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
+    text = re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text)  # pytorch_lightning.x.Callback -> Callback
+    text = re.sub(r"(?:typing\.)?Literal\[(.*?)\]", r"\1", text)  # Literal['a', 'b'] -> 'a', 'b'
+    return text.replace("NoneType", "null")
+
+
+def parse_error_sentence(text: str, command: str, argv: list[str]) -> str:
+    help_hint = f"see 'python main.py {command} --help'" if command else "see 'python main.py --help'"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    head = lines[0] if lines else text
+    match = re.match(r'Parser key "([^"]+)":\s*(.*)', head)
+    if not match:
+        unknown = re.match(r"Subcommand '(\w+)' does not accept option '([^']+)'", head)
+        if unknown:
+            return f"{unknown.group(2)} is not a setting of '{unknown.group(1)}' (a misspelt or misplaced key in the YAML or on the command line); {help_hint}"
+        if head.startswith("unrecognized arguments"):
+            return f"{head}; {help_hint}"
+        if head.startswith("Problems parsing config"):
+            return yaml_syntax_sentence(argv) or re.sub(r"\s+", " ", " ".join(lines))
+        return re.sub(r"\s+", " ", " ".join(lines))
+    key, rest = match.group(1), " ".join([match.group(2), *lines[1:]]).strip()
+    class_path = re.search(r"Problem with given class_path '([^']+)':\s*(.*?)(?:\s+- |$)", rest)
+    if class_path:
+        return f"{key}: class_path '{class_path.group(1)}' cannot be used ({class_path.group(2).strip()})"
+    value = re.search(r"Given value: (.*)$", rest) or re.search(r"Got value: (.*)$", rest)
+    subtypes = re.search(r"Subtypes: \[(.*?)\] Errors:", rest)
+    expected = re.search(r"Expected a (.*?)\. Got value:", rest)
+    wanted = subtypes.group(1) if subtypes else expected.group(1) if expected else ""
+    if value and wanted:
+        return f"{key}: {value.group(1).strip()!r} is not a valid value (expected {_type_name(wanted)}); {help_hint}"
+    return f"{key}: " + re.sub(r"\s+", " ", rest)
+
+
+def yaml_syntax_sentence(argv: list[str]) -> Optional[str]:
+    """jsonargparse says a config is not YAML but not which one: find the --config file that does not load."""
+    import yaml
+
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for name in files:
+        try:
+            yaml.safe_load(Path(name).read_text())
+        except OSError:
+            continue
+        except yaml.YAMLError as exc:
+            mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "a syntax error"
+            # PyYAML notices an unclosed bracket only at the next key; where it opened is the line to fix
+            opened = f" ({exc.context} opened at line {context.line + 1})" if context is not None and exc.context else ""
+            return f"{name} is not valid YAML{at}: {problem}{opened}; fix the file"
+    return None
+
+
+def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[EdgeCLI]:
+    """The `edgecls` console command: runs a subcommand and exits 1 or 2 as the module docstring says.
+
+    run=False parses and instantiates only and returns the EdgeCLI, errors raised as they are (for benchmarks
+    and notebooks)."""
+    # jsonargparse would print its usage and exit; raised instead, its error becomes our one line.
+    parser_kwargs: dict[str, Any] = {"exit_on_error": False, **{c: {"exit_on_error": False} for c in SUBCOMMANDS}}
+    kwargs = dict(seed_everything_default=42, save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs, args=args)
+    if not run:
+        return EdgeCLI(ImageClassifier, ImageClassificationDataModule, run=False, **kwargs)
+    invocation = Invocation()
+    argv = sys.argv[1:] if args is None else list(map(str, args))
+    command = next((a for a in argv if a in SUBCOMMANDS), "")
+    try:
+        EdgeCLI(ImageClassifier, ImageClassificationDataModule, invocation=invocation, **kwargs)
+    except SystemExit:
+        raise  # --help, --print_config
+    except BaseException as exc:
+        invocation.discard_new_run()
+        if os.environ.get("EDGECLS_DEBUG", "") not in ("", "0") or not is_user_error(exc, invocation):
+            raise
+        print(f"error: {one_sentence(exc, command, argv)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if invocation.fit_end_failures:
+        for sentence in invocation.fit_end_failures:
+            print(f"error: fit-end step failed: {sentence}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    return None
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,10 +21,15 @@ TINY = [
 ]
 
 
-def run_main(args, cwd: Path, timeout: int = 300, expect_ok: bool = True) -> subprocess.CompletedProcess:
-    """Run `python main.py ...` as a user would, in `cwd` (runs/ lands there)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, str(REPO / "main.py"), *map(str, args)], cwd=cwd, env=env,
+def run_main(args, cwd: Path, timeout: int = 300, expect_ok: bool = True, env: Optional[dict] = None,
+             script: Optional[str] = None) -> subprocess.CompletedProcess:
+    """Run `python main.py ...` as a user would, in `cwd` (runs/ lands there).
+
+    env: variables added to the environment; script: Python run instead of main.py (`python -c script args`),
+    for a test that patches something before calling main.cli_main()."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
+    program = ["-c", script] if script is not None else [str(REPO / "main.py")]
+    proc = subprocess.run([sys.executable, *program, *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if expect_ok and proc.returncode != 0:
         raise AssertionError(f"main.py {' '.join(map(str, args))} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
@@ -32,3 +38,16 @@ def run_main(args, cwd: Path, timeout: int = 300, expect_ok: bool = True) -> sub
 
 # For CLI tests about training itself: the quickstart's fit-end chain (ONNX, INT8, bundle) is tested elsewhere.
 NO_FIT_END = ["--trainer.callbacks", "[]"]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The `error: ...` lines main.py printed on stderr."""
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, by relative path: a run that must stay as it was is compared whole."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -9,7 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from edgecls_testing import EXPERIMENTS, NO_FIT_END, TINY, run_main
+from edgecls_testing import EXPERIMENTS, NO_FIT_END, TINY, file_hashes, run_main
 from main import cli_main
 
 
@@ -71,18 +71,22 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
 
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert [m.name.tag for m in experiment.metric_infos] == ["val/best_top1"]
+    assert [m.name.tag for m in experiment.metric_infos][:2] == ["val/best_top1", "test/top1"]
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert session.hparams["lr"].number_value == pytest.approx(0.01)  # the command-line override
     assert session.hparams["backbone"].string_value == "resnet"
-    assert "data/mean" in session.hparams and "data/batch_size" in session.hparams
+    assert session.hparams["batch_size"].number_value == 64 and session.hparams["max_epochs"].number_value == 2
 
 
-def test_predict_writes_class_probabilities_for_the_test_split(quickstart, tmp_path):
+def test_predict_writes_class_probabilities_for_the_test_split_into_the_checkpoints_run(quickstart, tmp_path):
     run_main(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "1"], tmp_path)
-    ckpt = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
-    proc = run_main(["predict", "--config", quickstart, *TINY, "--ckpt_path", ckpt], tmp_path)
-    out = tmp_path / "runs" / "quickstart" / "version_1" / "predictions.csv"
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    fitted = file_hashes(run)
+    proc = run_main(["predict", "--config", quickstart, *TINY, "--ckpt_path", run / "checkpoints" / "last.ckpt"], tmp_path)
+    out = run / "predict" / "predictions.csv"
+    # no new, empty version_1: the predictions sit in the checkpoint's run, and the fit's own files are as they were
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
+    assert {k: v for k, v in file_hashes(run).items() if not k.startswith("predict/")} == fitted
     assert str(out.relative_to(tmp_path)) in proc.stdout
     rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
     assert len(rows) == 359  # the digits test split
