@@ -1,11 +1,13 @@
-"""MobileNetV2 at 224: torch eager vs ONNX Runtime FP32 vs ONNX Runtime INT8 (Q/DQ), batch 1 and 32, one table.
+"""MobileNetV2 at 224 on the CPU: torch eager, ONNX Runtime FP32 / INT8 in TensorRT's form / INT8 in the CPU
+form, OpenVINO FP32 / INT8 (the CPU-form file), batch 1 and 32, one table.
 
-    python benchmarks/runtime_latency.py [--iterations 50] [--leak-iterations 1000]
+    python benchmarks/runtime_latency.py [--iterations 50] [--threads 2] [--leak-iterations 1000]
 
-Random weights are enough: latency does not depend on the values. Every runtime is timed by the same
-deploy.benchmark.measure the CLI's `bench` uses. Below the table: the targets (ONNX Runtime FP32 >= 2x
-torch eager at batch 1, INT8 file <= 27 % of FP32), the overhead `measure` adds over a bare loop, and
-resident memory growth over --leak-iterations calls.
+Random weights are enough for latency (it does not depend on the values), and calibration runs on synthetic
+batches. Every runtime is timed by the same deploy.benchmark.measure the CLI's `bench` uses, interleaved in
+rounds. Below the table: the targets (best CPU path >= 10x torch eager and >= 2.5x ONNX Runtime FP32 at batch
+1; CPU INT8 >= 1.5x FP32 in the same runtime; INT8 files <= 27 % of FP32), the overhead `measure` adds over a
+bare loop, and resident memory growth over --leak-iterations calls. OpenVINO rows need the openvino extra.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from callbacks.bundle import TorchRunner  # noqa: E402
 from callbacks.onnx_export import export_onnx  # noqa: E402
-from callbacks.quantization import prepare_for_quantization, quantize_int8  # noqa: E402
+from callbacks.cpu_quantization import cpu_family, cpu_int8_form  # noqa: E402
+from callbacks.quantization import prepare_for_quantization, quantize_int8, quantize_static_int8  # noqa: E402
 from deploy.benchmark import measure  # noqa: E402
-from deploy.runners import OnnxRuntimeRunner, Runner  # noqa: E402
+from deploy.runners import RUNTIMES, OnnxRuntimeRunner, Runner, runner_for_file  # noqa: E402
 
 
 def export(model: torch.nn.Module, path: str) -> str:
@@ -34,13 +37,15 @@ def export(model: torch.nn.Module, path: str) -> str:
     return str(export_onnx(model, path, (224, 224)))
 
 
-def quantize(fp32_path: str, out_path: str, batches: int = 4) -> str:
-    """The bundles' own INT8: symmetric Q/DQ, per-channel weights, calibrated here on synthetic batches."""
+def quantize(fp32_path: str, out_path: str, cpu_out_path: str, batches: int = 4) -> tuple[str, str]:
+    """The bundles' own two INT8 files (TensorRT's symmetric Q/DQ, and CpuInt8Quantization's form for this CPU
+    family), calibrated here on the same synthetic batches."""
     calibration = np.random.default_rng(0).standard_normal((8 * batches, 3, 224, 224)).astype(np.float32)
     prepared = prepare_for_quantization(fp32_path, out_path + ".pre.onnx")
     quantize_int8(prepared, out_path, calibration)
+    quantize_static_int8(prepared, cpu_out_path, calibration, cpu_int8_form(cpu_family()))
     os.unlink(prepared)
-    return out_path
+    return out_path, cpu_out_path
 
 
 def interleaved(runners: dict, batch: int, iterations: int, rounds: int) -> list[dict]:
@@ -71,7 +76,8 @@ def size_breakdown(int8_path: str, fp32_bytes: int) -> str:
     parts = {"int8 tensors": 0, "fp32 scales": 0, "int32 biases": 0}
     for init in onnx.load(int8_path).graph.initializer:
         array = numpy_helper.to_array(init)
-        key = {"int8": "int8 tensors", "float32": "fp32 scales", "int32": "int32 biases"}.get(str(array.dtype))
+        key = {"int8": "int8 tensors", "uint8": "int8 tensors", "float32": "fp32 scales",
+               "int32": "int32 biases"}.get(str(array.dtype))
         if key:
             parts[key] += array.nbytes
     parts["graph"] = os.path.getsize(int8_path) - sum(parts.values())
@@ -113,42 +119,65 @@ def main() -> int:
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=1000).eval()
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export(model, os.path.join(tmp, "mobilenet_v2.onnx"))
-        int8 = quantize(fp32, os.path.join(tmp, "mobilenet_v2.int8.onnx"))
-        sizes = {"torch eager": None, "onnxruntime fp32": os.path.getsize(fp32), "onnxruntime int8": os.path.getsize(int8)}
+        int8, int8_cpu = quantize(fp32, os.path.join(tmp, "mobilenet_v2.int8.onnx"),
+                                  os.path.join(tmp, "mobilenet_v2.int8-cpu.onnx"))
         threads = args.threads or None
+        files = {"torch eager": None, "ort fp32": fp32, "ort int8 trt-form": int8, "ort int8 cpu-form": int8_cpu,
+                 "openvino fp32": fp32, "openvino int8 cpu-form": int8_cpu}
         runners = {"torch eager": TorchRunner(model, (3, 224, 224)),
-                   "onnxruntime fp32": OnnxRuntimeRunner(fp32, threads=threads),
-                   "onnxruntime int8": OnnxRuntimeRunner(int8, threads=threads)}
+                   "ort fp32": OnnxRuntimeRunner(fp32, threads=threads),
+                   "ort int8 trt-form": OnnxRuntimeRunner(int8, threads=threads),
+                   "ort int8 cpu-form": OnnxRuntimeRunner(int8_cpu, threads=threads)}
+        if RUNTIMES["openvino"].available():
+            runners["openvino fp32"] = runner_for_file(fp32, "onnx", threads=threads, runtime="openvino")
+            runners["openvino int8 cpu-form"] = runner_for_file(int8_cpu, "onnx-int8", threads=threads,
+                                                                runtime="openvino")
+        else:
+            print("openvino is not installed (pip install -e '.[openvino]'): no OpenVINO rows", file=sys.stderr)
+        sizes = {name: (os.path.getsize(path) if path else None) for name, path in files.items()}
         probe = np.random.default_rng(2).standard_normal((2, 3, 224, 224)).astype(np.float32)
         with torch.inference_mode():
-            parity = float(np.abs(runners["onnxruntime fp32"].infer(probe) - model(torch.from_numpy(probe)).numpy()).max())
+            parity = float(np.abs(runners["ort fp32"].infer(probe) - model(torch.from_numpy(probe)).numpy()).max())
 
         rows = []
         for batch in (1, 32):
             iterations = args.iterations if batch == 1 else max(args.iterations // 5, args.rounds)
             rows += interleaved(runners, batch, iterations, args.rounds)
 
-        torch_p50 = {r["batch"]: r["p50_ms"] for r in rows if r["runtime"] == "torch eager"}
+        p50 = {(r["runtime"], r["batch"]): r["p50_ms"] for r in rows}
         print(f"MobileNetV2 224x224, random weights, {torch.get_num_threads()} torch threads, "
-              f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), {args.rounds} interleaved rounds; ONNX vs torch max |diff| {parity:.2e}")
-        header = f"{'runtime':<18}{'batch':>6}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'img/s':>10}" \
-                 f"{'vs torch':>10}{'size MB':>10}"
+              f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), {args.rounds} interleaved rounds; "
+              f"ONNX vs torch max |diff| {parity:.2e}; CPU-form INT8: {cpu_int8_form(cpu_family()).name}")
+        header = f"{'runtime':<24}{'batch':>6}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'img/s':>9}" \
+                 f"{'vs torch':>10}{'vs ORT fp32':>12}{'size MB':>9}"
         print(header)
         print("-" * len(header))
         for r in rows:
             size = sizes[r["runtime"]]
-            print(f"{r['runtime']:<18}{r['batch']:>6}{r['p50_ms']:>10.2f}{r['p90_ms']:>10.2f}{r['p99_ms']:>10.2f}"
-                  f"{r['throughput']:>10.1f}{torch_p50[r['batch']] / r['p50_ms']:>9.2f}x"
-                  f"{(size / 2**20 if size else float('nan')):>10.2f}")
+            b = r["batch"]
+            print(f"{r['runtime']:<24}{b:>6}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+                  f"{r['throughput']:>9.1f}{p50['torch eager', b] / r['p50_ms']:>9.2f}x"
+                  f"{p50['ort fp32', b] / r['p50_ms']:>11.2f}x{(size / 1e6 if size else float('nan')):>9.2f}")
 
-        speedup = torch_p50[1] / next(r["p50_ms"] for r in rows if r["runtime"] == "onnxruntime fp32" and r["batch"] == 1)
-        ratio = sizes["onnxruntime int8"] / sizes["onnxruntime fp32"]
+        def target(text: str, value: float, goal: float, unit: str = "x", lower_is_better: bool = False) -> None:
+            met = value <= goal if lower_is_better else value >= goal
+            print(f"target {text}: {value:.2f}{unit} -> {'met' if met else 'NOT met'}")
+
         print()
-        print(f"target ONNX Runtime FP32 >= 2x torch eager at batch 1: {speedup:.2f}x -> {'met' if speedup >= 2 else 'NOT met'}")
-        print(f"target INT8 file <= 27% of FP32: {100 * ratio:.1f}% -> {'met' if ratio <= 0.27 else 'NOT met'} "
-              f"({size_breakdown(int8, sizes['onnxruntime fp32'])})")
+        cpu_paths = [name for name in runners if name != "torch eager"]
+        best = min(cpu_paths, key=lambda name: p50[name, 1])
+        target("ONNX Runtime FP32 >= 2x torch eager at batch 1", p50["torch eager", 1] / p50["ort fp32", 1], 2)
+        target(f"best CPU path ({best}) >= 10x torch eager at batch 1", p50["torch eager", 1] / p50[best, 1], 10)
+        target(f"best CPU path ({best}) >= 2.5x ONNX Runtime FP32 at batch 1", p50["ort fp32", 1] / p50[best, 1], 2.5)
+        for fp32_name, int8_name in (("ort fp32", "ort int8 cpu-form"), ("openvino fp32", "openvino int8 cpu-form")):
+            if int8_name in runners:
+                target(f"{int8_name} >= 1.5x {fp32_name} at batch 1", p50[fp32_name, 1] / p50[int8_name, 1], 1.5)
+        for name, path in (("INT8 TensorRT-form", int8), ("INT8 CPU-form", int8_cpu)):
+            ratio = 100 * os.path.getsize(path) / sizes["ort fp32"]
+            target(f"{name} file <= 27% of FP32 ({size_breakdown(path, sizes['ort fp32'])})", ratio, 27, "%",
+                   lower_is_better=True)
 
-        ort = runners["onnxruntime fp32"]
+        ort = runners["ort fp32"]
         timed, bare = bench_overhead(ort, 2 * args.iterations, args.rounds)
         overhead = timed / bare - 1
         print(f"bench overhead (measure p50 {timed:.2f} ms vs bare loop p50 {bare:.2f} ms): {100 * overhead:+.1f}% "

@@ -27,6 +27,8 @@ import numpy as np
 
 from deploy.bundle import BundleError, FORMATS, add_artifact, artifact_entry, load_bundle, verify_artifact
 from deploy.cuda_memory import CudaUnavailable
+from deploy.runners import RUNTIMES
+from deploy.selection import BUDGET_PTS
 
 EXIT_OK = 0
 EXIT_INPUTS_FAILED = 1
@@ -75,6 +77,10 @@ def _select(bundle, fmt: Optional[str], precision: Optional[str] = None) -> dict
     return entry
 
 
+def _providers(args: argparse.Namespace) -> list[str]:
+    return [p.strip() for p in args.providers.split(",") if p.strip()]
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
@@ -87,15 +93,19 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from deploy.preprocess import Preprocessor, expand_inputs, preprocess
     from deploy.runners import open_runner
 
+    from deploy.selection import resolve
+
     bundle = load_bundle(args.bundle, verify=False)
-    entry = _select(bundle, args.format, args.precision)
+    choice = resolve(bundle, args.runtime, args.format, args.precision, _providers(args), args.threads, args.hint,
+                     args.max_drop)
+    entry = choice.entry
     prep = Preprocessor(bundle.preprocessing)
     paths = expand_inputs(args.images)
     if not paths:
         raise UsageError("no images given (folders are searched for image files); pass files or folders")
     topk = max(1, min(args.topk, len(bundle.classes)))
     failed = 0
-    with open_runner(bundle, entry, providers=args.providers.split(","), threads=args.threads) as runner:
+    with open_runner(bundle, entry, _providers(args), args.threads, choice.runtime, args.hint) as runner:
         for start in range(0, len(paths), args.batch_size):
             chunk = paths[start:start + args.batch_size]
             batch, kept, errors = preprocess(chunk, prep)
@@ -117,29 +127,31 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return EXIT_INPUTS_FAILED if failed else EXIT_OK
 
 
-def _bench_rows(args: argparse.Namespace, bundle, entries: list[dict]) -> tuple[list[dict], Optional[UsageError]]:
-    """The measured rows, and the out-of-memory error that stopped the run early (None when none did), so
-    the rows measured before it are still printed."""
+def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dict], Optional[UsageError]]:
+    """The measured rows (one per runtime × artifact × batch), and the out-of-memory error that stopped the run
+    early (None when none did), so the rows measured before it are still printed."""
     from deploy.benchmark import measure
     from deploy.runners import open_runner
 
     batches = args.batch
-    progress = _progress_bar(len(entries) * len(batches) * args.iterations, disable=args.no_progress)
+    total = len(cands) * len(batches) * args.iterations
+    progress = _progress_bar(total, disable=args.no_progress)
     rows = []
     with progress as bar:
-        task = bar.add_task("bench", total=len(entries) * len(batches) * args.iterations) if bar else None
-        for entry in entries:
+        task = bar.add_task("bench", total=total) if bar else None
+        for cand in cands:
+            entry = cand.entry
             try:
-                runner = open_runner(bundle, entry, providers=args.providers.split(","), threads=args.threads)
+                runner = open_runner(bundle, entry, _providers(args), args.threads, cand.runtime, args.hint)
             except BundleError as exc:
-                _warning(f"skipped {entry['file']}: {exc}")
+                _warning(f"skipped {entry['file']} in {cand.runtime}: {exc}")
                 if bar:
                     bar.advance(task, len(batches) * args.iterations)
                 continue
             with runner:
                 for batch in batches:
                     if bar:
-                        bar.update(task, description=f"{entry['file']} batch {batch}")
+                        bar.update(task, description=f"{entry['file']} {cand.runtime} batch {batch}")
                     step = (lambda n: bar.advance(task, n)) if bar else None
                     try:
                         result = measure(runner, batch, iterations=args.iterations, warmup=args.warmup, progress=step)
@@ -148,8 +160,10 @@ def _bench_rows(args: argparse.Namespace, bundle, entries: list[dict]) -> tuple[
                             raise
                         fitting = ",".join(str(b) for b in batches if b < batch) or str(max(1, batch // 2))
                         return rows, _out_of_memory(entry["file"], batch, "--batch", fitting)
+                    top1 = (entry.get("metrics") or {}).get("top1")
                     rows.append({"artifact": entry["file"], "format": entry["format"], "precision": entry["precision"],
-                                 "size_mb": entry["bytes"] / 1e6, **result})
+                                 "runtime": cand.runtime, "size_mb": entry["bytes"] / 1e6,
+                                 "test_top1": None if top1 is None else 100 * top1, "chosen": False, **result})
     return rows, None
 
 
@@ -174,32 +188,45 @@ def _progress_bar(total: int, disable: bool = False):
 
 
 COLUMNS = [("artifact", "{}", "artifact"), ("format", "{}", "format"), ("precision", "{}", "precision"),
-           ("batch", "{}", "batch"), ("p50 ms", "{:.3f}", "p50_ms"), ("p90 ms", "{:.3f}", "p90_ms"),
-           ("p99 ms", "{:.3f}", "p99_ms"), ("img/s", "{:.1f}", "throughput"), ("size MB", "{:.2f}", "size_mb"),
-           ("RSS growth MB", "{:+.2f}", "rss_growth_mb"), ("memory", "{}", "memory")]
+           ("runtime", "{}", "runtime"), ("batch", "{}", "batch"), ("p50 ms", "{:.3f}", "p50_ms"),
+           ("p90 ms", "{:.3f}", "p90_ms"), ("p99 ms", "{:.3f}", "p99_ms"), ("img/s", "{:.1f}", "throughput"),
+           ("size MB", "{:.2f}", "size_mb"), ("test top-1 %", "{:.2f}", "test_top1"),
+           ("RSS growth MB", "{:+.2f}", "rss_growth_mb"), ("memory", "{}", "memory"), ("auto", "{}", "auto")]
+_LEFT = 4  # the first columns are names, left-aligned; numbers right-aligned
 
 
 def format_table(rows: list[dict], columns=COLUMNS) -> str:
-    """A plain fixed-width table (no terminal width games, so every column always prints)."""
+    """A plain fixed-width table (no terminal width games, so every column always prints); a value the bundle
+    does not have (a test top-1 of an engine built here) prints as "-"."""
     cells = [[title for title, _, _ in columns]]
     for row in rows:
-        row = dict(row, memory="ok" if row.get("memory_ok", True) else "LEAK?")
-        cells.append([fmt.format(row[key]) for _, fmt, key in columns])
+        row = dict(row, memory="ok" if row.get("memory_ok", True) else "LEAK?", auto="<-" if row.get("chosen") else "-")
+        cells.append(["-" if row.get(key) is None else fmt.format(row[key]) for _, fmt, key in columns])
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines = ["  ".join(c.rjust(w) if i >= _LEFT else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Latency p50/p90/p99, throughput, size and a resident-memory leak check per artifact and batch size."""
+    """Latency p50/p90/p99, throughput, size, test top-1 and a resident-memory leak check per runtime × artifact
+    and batch size; the row `--runtime auto` picks (measured here, cached) is marked."""
+    from deploy.selection import candidates, choose
+
     bundle = load_bundle(args.bundle, verify=False)
-    entries = [e for e in bundle.artifacts if args.format in (None, e["format"])]
-    if not entries:
-        bundle.artifact(args.format)  # raises the "no such artifact" sentence
-    for entry in entries:
+    runtime = None if args.runtime == "auto" else args.runtime
+    cands = candidates(bundle, runtime, args.format)
+    for entry in {id(c.entry): c.entry for c in cands}.values():
         verify_artifact(bundle.path, entry)
-    rows, out_of_memory = _bench_rows(args, bundle, entries)
+    rows, out_of_memory = _bench_rows(args, bundle, cands)
+    if rows and not out_of_memory:
+        # Bench's own batch-1 p50s decide (and refresh the cache) where it measured batch 1.
+        timings = {f"{r['runtime']}:{r['artifact']}": r["p50_ms"] for r in rows if r["batch"] == 1} or None
+        choice = choose(bundle, runtime, args.format, None, _providers(args), args.threads, args.hint,
+                        args.max_drop, timings=timings)
+        for row in rows:
+            row["chosen"] = (row["runtime"], row["artifact"]) == (choice.runtime, choice.entry["file"])
     if rows:
         print(json.dumps(rows, indent=2) if args.json else format_table(rows), flush=True)
     if out_of_memory:
@@ -234,7 +261,11 @@ def cmd_triton(args: argparse.Namespace) -> int:
     from deploy.triton import write_triton_repository
 
     bundle = load_bundle(args.bundle, verify=False)
-    entry = _select(bundle, args.format)
+    # Triton's ONNX Runtime backend on CPU instances runs the CPU-form INT8 fast; on GPUs (its TensorRT
+    # accelerator) the symmetric file is the one that works, so that is the default.
+    prefer = ("cpu", "onnxruntime") if args.instance_kind == "cpu" else ("tensorrt", "onnxruntime")
+    entry = bundle.artifact(args.format, prefer=prefer)
+    verify_artifact(bundle.path, entry)
     io_names = ("input", "logits")
     if entry["format"] != "tensorrt":
         runner = OnnxRuntimeRunner(bundle.artifact_path(entry))
@@ -243,6 +274,19 @@ def cmd_triton(args: argparse.Namespace) -> int:
                                         io_names)
     print(model_dir)
     return 0
+
+
+def cmd_check_tensorrt(args: argparse.Namespace) -> int:
+    """Check an ONNX file against TensorRT's documented parser rules (offline: no GPU or TensorRT needed)."""
+    from deploy.tensorrt_check import TensorRTCheckError, check_tensorrt, format_result
+
+    try:
+        result = check_tensorrt(args.model, args.tensorrt)
+    except TensorRTCheckError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0 if result["passed"] else 1
 
 
 def _integer(text: str, minimum: int, what: str) -> int:
@@ -263,6 +307,16 @@ def _non_negative(text: str) -> int:
     return _integer(text, 0, "a whole number, 0 or more")
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a number of top-1 points, 0 or more, got {text!r}")
+    return value
+
+
 def _batch_sizes(text: str) -> list[int]:
     what = "comma-separated positive integers such as 1,8,32"
     parts = [part.strip() for part in text.split(",")]
@@ -280,12 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p, default_format):
         p.add_argument("--bundle", required=True, help="bundle folder (holds manifest.json)")
-        p.add_argument("--format", choices=FORMATS, default=default_format)
+        p.add_argument("--format", choices=FORMATS, default=default_format,
+                       help="only artifacts of this format (default: any)")
+        p.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto",
+                       help="auto: the fastest runtime x artifact here within --max-drop of FP32's test top-1, "
+                            "measured once and cached in the bundle folder")
+        p.add_argument("--max-drop", type=_non_negative_float, default=BUDGET_PTS,
+                       help="accuracy budget of --runtime auto, in top-1 points below the FP32 ONNX (manifest)")
         p.add_argument("--providers", default="cpu", help="ONNX Runtime providers in order: cpu,cuda,tensorrt")
-        p.add_argument("--threads", type=_positive, default=None, help="ONNX Runtime intra-op threads")
+        p.add_argument("--threads", type=_positive, default=None, help="intra-op threads (ONNX Runtime, OpenVINO)")
+        p.add_argument("--hint", choices=("latency", "throughput"), default="latency",
+                       help="OpenVINO PERFORMANCE_HINT: latency (one stream) or throughput (a batch split over streams)")
 
     p = sub.add_parser("infer", help=cmd_infer.__doc__)
-    common(p, "onnx")
+    common(p, None)
     p.add_argument("--precision", default=None, help="pick among engines of one format, e.g. fp16")
     p.add_argument("--topk", type=_positive, default=5)
     p.add_argument("--batch-size", type=_positive, default=16)
@@ -320,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=_positive, default=None)
     p.add_argument("--instance-kind", choices=("cpu", "gpu"), default=None)
     p.set_defaults(func=cmd_triton)
+
+    p = sub.add_parser("check-tensorrt", help=cmd_check_tensorrt.__doc__)
+    p.add_argument("model", help="ONNX file, e.g. bundle/model.int8.onnx")
+    p.add_argument("--tensorrt", choices=("10", "11"), default="10", help="rule set: 10 (10.3, JetPack 6) or 11")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.set_defaults(func=cmd_check_tensorrt)
 
     for command in [parser, *sub.choices.values()]:  # every command exits with the same codes
         command.epilog, command.formatter_class = EXIT_STATUS, argparse.RawDescriptionHelpFormatter

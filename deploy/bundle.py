@@ -205,11 +205,16 @@ class Bundle:
     def artifact_path(self, entry: dict) -> str:
         return os.path.join(self.path, entry["file"])
 
-    def artifact(self, format: Optional[str] = None, precision: Optional[str] = None) -> dict:
-        """The first artifact of that format (and precision); the first artifact when format is None."""
-        for entry in self.artifacts:
-            if (format is None or entry["format"] == format) and (precision is None or entry["precision"] == precision):
-                return entry
+    def artifact(self, format: Optional[str] = None, precision: Optional[str] = None,
+                 prefer: Iterable[str] = ()) -> dict:
+        """The first artifact of that format (and precision); the first artifact when format is None. Where
+        several match (two onnx-int8 files: TensorRT's and the CPU form), the first whose manifest `runtime` is
+        in `prefer` wins."""
+        matches = [e for e in self.artifacts
+                   if (format is None or e["format"] == format) and (precision is None or e["precision"] == precision)]
+        prefer = tuple(prefer)
+        for entry in sorted(matches, key=lambda e: e.get("runtime") not in prefer):  # stable: manifest order
+            return entry
         have = ", ".join(f"{a['file']} ({a['format']}, {a['precision']})" for a in self.artifacts) or "none"
         want = " ".join(x for x in (format, precision) if x) or "any"
         why = next((f" ({a['status']} at fit end: {a['reason']})" for a in self.unavailable

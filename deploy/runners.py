@@ -1,14 +1,18 @@
-"""Runners: one interface over ONNX Runtime and TensorRT, ``infer(NCHW float32) -> logits``.
+"""Runners: one interface over ONNX Runtime, OpenVINO and TensorRT, ``infer(NCHW float32) -> logits``.
 
 The fit-end callbacks measure artifacts through these same classes, so the numbers in a bundle's report
-are the numbers the device gets.
+are the numbers the device gets. Each runtime is registered by name in RUNTIMES (what it is, which manifest
+formats it reads, whether it is usable here); a new runtime is one Runner class and one `register_runtime`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -232,16 +236,166 @@ class TensorRTRunner(Runner):
             self.memory = None
 
 
+class OpenVinoRunner(Runner):
+    """An ONNX (FP32 or Q/DQ INT8) file compiled by OpenVINO for its CPU plugin, read directly (no IR step).
+
+    `hint` is OpenVINO's PERFORMANCE_HINT: LATENCY (one stream, every thread on one request) or THROUGHPUT
+    (several streams; a batch is split across that many requests run at once). Inference precision is pinned
+    to f32: on CPUs with AVX-512 BF16 or AMX the plugin would otherwise run FP32 models in bf16, and the
+    accuracy the manifest records would no longer be the accuracy the device gets.
+    """
+
+    HINTS = ("latency", "throughput")
+
+    def __init__(self, path: str | os.PathLike, threads: Optional[int] = None, hint: str = "latency",
+                 device: str = "CPU"):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise BundleError(f"openvino is not importable ({exc}); install it with pip install openvino "
+                              "or pass --runtime onnxruntime") from None
+        path = os.fspath(path)
+        hint = (hint or "latency").lower()
+        if hint not in self.HINTS:
+            raise BundleError(f"OpenVINO performance hint {hint!r} is not one of {list(self.HINTS)}")
+        self.description = f"openvino:{os.path.basename(path)}"
+        config = {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = _openvino_core(ov).compile_model(path, device, config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own for unreadable models
+            raise BundleError(f"{path}: OpenVINO cannot compile it ({_first_line(exc)}); re-export the model, "
+                              "copy the bundle again or pass --runtime onnxruntime") from None
+        inp, out = self.compiled.inputs[0], self.compiled.outputs[0]
+        self.input_name, self.output_name = inp.get_any_name(), out.get_any_name()
+        shape = inp.get_partial_shape()
+        dims = [d.get_length() if d.is_static else None for d in shape]
+        self.input_shape = tuple(_static_dim(d) for d in dims[1:])
+        fixed = _static_dim(dims[0])
+        self.min_batch, self.max_batch = (fixed, fixed) if fixed else (1, None)
+        requests = 1
+        if hint == "throughput":
+            requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.requests = [self.compiled.create_infer_request() for _ in range(requests)]
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        n = batch.shape[0]
+        if len(self.requests) == 1 or n == 1 or self.max_batch is not None:
+            request = self.requests[0]
+            request.infer({0: batch})
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        chunks = np.array_split(batch, min(n, len(self.requests)))
+        used = self.requests[:len(chunks)]
+        for request, chunk in zip(used, chunks):
+            request.start_async({0: np.ascontiguousarray(chunk)})
+        for request in used:
+            request.wait()
+        return np.concatenate([np.array(r.get_output_tensor(0).data, dtype=np.float32, copy=True) for r in used])
+
+    def close(self) -> None:
+        self.requests, self.compiled = [], None
+
+
+_OV_CORE = None
+
+
+def _openvino_core(ov):
+    global _OV_CORE
+    if _OV_CORE is None:
+        _OV_CORE = ov.Core()  # loading the plugins once per process; every compile_model shares it
+    return _OV_CORE
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _package_version(name: str) -> Optional[str]:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _importable(module: str, package: str, install: str) -> Callable[[], tuple[bool, str]]:
+    def status() -> tuple[bool, str]:
+        if importlib.util.find_spec(module) is None:
+            return False, f"{module} is not installed (pip install {install})"
+        return True, f"{package} {_package_version(package) or ''}".strip()
+
+    return status
+
+
+def _tensorrt_status() -> tuple[bool, str]:
+    from deploy.engine import tensorrt_status
+
+    return tensorrt_status()
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """One device runtime: its name (CLI and cache), the manifest formats it reads, how to open a file, and
+    whether it can run here (checked without importing it where possible)."""
+
+    name: str
+    formats: tuple[str, ...]
+    open: Callable[..., Runner]  # (path, providers=, threads=, hint=) -> Runner
+    status: Callable[[], tuple[bool, str]]
+    package: str
+
+    def available(self) -> bool:
+        return self.status()[0]
+
+    def version(self) -> Optional[str]:
+        return _package_version(self.package)
+
+
+RUNTIMES: dict[str, RuntimeSpec] = {}
+DEFAULT_RUNTIME = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime", "tensorrt": "tensorrt"}
+
+
+def register_runtime(spec: RuntimeSpec) -> RuntimeSpec:
+    RUNTIMES[spec.name] = spec
+    return spec
+
+
+register_runtime(RuntimeSpec(
+    "onnxruntime", ("onnx", "onnx-int8"),
+    lambda path, providers=("cpu",), threads=None, hint=None: OnnxRuntimeRunner(path, providers, threads),
+    _importable("onnxruntime", "onnxruntime", "onnxruntime"), "onnxruntime"))
+register_runtime(RuntimeSpec(
+    "openvino", ("onnx", "onnx-int8"),
+    lambda path, providers=("cpu",), threads=None, hint=None: OpenVinoRunner(path, threads, hint or "latency"),
+    _importable("openvino", "openvino", "openvino"), "openvino"))
+register_runtime(RuntimeSpec(
+    "tensorrt", ("tensorrt",),
+    lambda path, providers=("cpu",), threads=None, hint=None: TensorRTRunner(path),
+    _tensorrt_status, "tensorrt"))
+
+
+def runtime_spec(name: str) -> RuntimeSpec:
+    if name not in RUNTIMES:
+        raise BundleError(f"no runtime named {name!r}; use one of {sorted(RUNTIMES)}")
+    return RUNTIMES[name]
+
+
 def runner_for_file(path: str | os.PathLike, format: str, providers: Sequence[str] = ("cpu",),
-                    threads: Optional[int] = None) -> Runner:
-    """The runner for one artifact file of a manifest format (onnx, onnx-int8, tensorrt)."""
-    if format in ("onnx", "onnx-int8"):
-        return OnnxRuntimeRunner(path, providers=providers, threads=threads)
-    if format == "tensorrt":
-        return TensorRTRunner(path)
-    raise BundleError(f"{os.fspath(path)}: no runner for format {format!r}")
+                    threads: Optional[int] = None, runtime: Optional[str] = None,
+                    hint: Optional[str] = None) -> Runner:
+    """The runner for one artifact file of a manifest format (onnx, onnx-int8, tensorrt) in `runtime` (a name
+    in RUNTIMES; None: the format's default, ONNX Runtime for ONNX files)."""
+    if format not in DEFAULT_RUNTIME:
+        raise BundleError(f"{os.fspath(path)}: no runner for format {format!r}")
+    spec = runtime_spec(runtime or DEFAULT_RUNTIME[format])
+    if format not in spec.formats:
+        raise BundleError(f"{os.fspath(path)}: {spec.name} cannot run {format} files (it reads "
+                          f"{', '.join(spec.formats)}); pass another --runtime or --format")
+    return spec.open(path, providers=providers, threads=threads, hint=hint)
 
 
-def open_runner(bundle: Bundle, entry: dict, providers: Sequence[str] = ("cpu",), threads: Optional[int] = None) -> Runner:
+def open_runner(bundle: Bundle, entry: dict, providers: Sequence[str] = ("cpu",), threads: Optional[int] = None,
+                runtime: Optional[str] = None, hint: Optional[str] = None) -> Runner:
     """The right runner for one manifest artifact entry."""
-    return runner_for_file(bundle.artifact_path(entry), entry["format"], providers, threads)
+    return runner_for_file(bundle.artifact_path(entry), entry["format"], providers, threads, runtime, hint)

@@ -10,31 +10,45 @@ from deploy.benchmark import measure
 from deploy.bundle import load_bundle, sha256_file
 from deploy.runners import OnnxRuntimeRunner
 
-COLUMNS = ["artifact", "format", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "size MB",
-           "RSS growth MB", "memory"]
+COLUMNS = ["artifact", "format", "precision", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "size MB",
+           "test top-1 %", "RSS growth MB", "memory", "auto"]
 
 
-def test_bench_table_has_every_column_and_row(digits_bundle, run_cli):
+def test_bench_table_has_a_row_per_runtime_artifact_and_batch_and_marks_the_auto_choice(digits_bundle, run_cli):
+    from deploy.selection import available_runtimes
+
     code, out, err = run_cli("bench", "--bundle", digits_bundle.path, "--batch", "1,4", "--iterations", "30",
                              "--warmup", "3", "--threads", "1")
     assert code == 0, err
     header, rule, *rows = out.strip().splitlines()
     assert header.split("  ") and all(col in header for col in COLUMNS)
     assert set(rule.replace(" ", "")) == {"-"}
-    assert len(rows) == 4  # two artifacts x two batch sizes
-    for row, (artifact, batch) in zip(rows, [("model.onnx", 1), ("model.onnx", 4), ("model.int8.onnx", 1),
-                                             ("model.int8.onnx", 4)]):
+    runtimes = [r for r in available_runtimes() if r != "tensorrt"]
+    expected = [(artifact, runtime, batch) for artifact in ("model.onnx", "model.int8.onnx") for runtime in runtimes
+                for batch in (1, 4)]
+    assert len(rows) == len(expected)
+    marked = set()
+    for row, (artifact, runtime, batch) in zip(rows, expected):
         cells = row.split()
         assert len(cells) == len(COLUMNS)
-        assert cells[0] == artifact and int(cells[3]) == batch
-        assert cells[8] == f"{os.path.getsize(os.path.join(digits_bundle.path, artifact)) / 1e6:.2f}"
-        p50, p90, p99, throughput = map(float, cells[4:8])
+        assert cells[0] == artifact and cells[3] == runtime and int(cells[4]) == batch
+        assert cells[9] == f"{os.path.getsize(os.path.join(digits_bundle.path, artifact)) / 1e6:.2f}"
+        p50, p90, p99, throughput = map(float, cells[5:9])
         assert 0 < p50 <= p90 <= p99 and throughput > 0
-        assert cells[10] == "ok"
+        assert cells[10] == "-"  # this bundle's manifest has no test metrics
+        assert cells[12] == "ok"
+        if cells[13] == "<-":
+            marked.add((artifact, runtime))
+    # Without test metrics INT8 is outside the accuracy budget: auto picks the FP32 file in the runtime with the
+    # lowest batch-1 p50 of this very run
+    batch1 = {(r.split()[0], r.split()[3]): float(r.split()[5]) for r in rows if r.split()[4] == "1"}
+    best = min(v for k, v in batch1.items() if k[0] == "model.onnx")
+    assert len(marked) == 1 and batch1[next(iter(marked))] == best and next(iter(marked))[0] == "model.onnx"
 
 
 def test_bench_json_is_machine_readable(digits_bundle, run_cli):
-    code, out, _ = run_cli("bench", "--bundle", digits_bundle.path, "--format", "onnx-int8", "--batch", "2",
+    code, out, _ = run_cli("bench", "--bundle", digits_bundle.path, "--format", "onnx-int8", "--runtime", "onnxruntime",
+                           "--batch", "2",
                            "--iterations", "10", "--json", "--no-progress")
     assert code == 0
     (row,) = json.loads(out)
@@ -45,8 +59,8 @@ def test_bench_json_is_machine_readable(digits_bundle, run_cli):
 
 
 def test_bench_with_warmup_0_still_measures(digits_bundle, run_cli):
-    code, out, err = run_cli("bench", "--bundle", digits_bundle.path, "--format", "onnx", "--batch", "1",
-                             "--iterations", "5", "--warmup", "0", "--json", "--no-progress")
+    code, out, err = run_cli("bench", "--bundle", digits_bundle.path, "--format", "onnx", "--runtime", "onnxruntime",
+                             "--batch", "1", "--iterations", "5", "--warmup", "0", "--json", "--no-progress")
     assert code == 0, err
     (row,) = json.loads(out)
     assert row["iterations"] == 5 and row["p50_ms"] > 0

@@ -129,7 +129,8 @@ def test_infer_out_of_memory_names_the_batch_and_a_smaller_one(digits_bundle, ru
         raise MemoryError()
 
     monkeypatch.setattr(OnnxRuntimeRunner, "_run", no_memory)
-    code, out, err = run_cli("infer", "--bundle", digits_bundle.path, "--batch-size", "16", *digits_bundle.image_paths)
+    code, out, err = run_cli("infer", "--bundle", digits_bundle.path, "--runtime", "onnxruntime", "--batch-size", "16",
+                             *digits_bundle.image_paths)
     assert code == 2 and out == ""
     assert err.splitlines() == ["error: out of memory running model.onnx at batch size 16; try a smaller one, "
                                 "e.g. --batch-size 8"]
@@ -146,7 +147,8 @@ def test_bench_out_of_memory_in_onnxruntime_keeps_the_rows_measured_before_it(di
         return real(self, batch)
 
     monkeypatch.setattr(OnnxRuntimeRunner, "_run", arena_full_above_4)
-    code, out, err = run_cli("bench", "--bundle", digits_bundle.path, "--format", "onnx", "--batch", "1,4,8,32",
+    code, out, err = run_cli("bench", "--bundle", digits_bundle.path, "--format", "onnx", "--runtime", "onnxruntime",
+                             "--batch", "1,4,8,32",
                              "--iterations", "3", "--warmup", "1", "--json", "--no-progress")
     assert code == 2
     assert [row["batch"] for row in json.loads(out)] == [1, 4]
@@ -159,7 +161,8 @@ def test_out_of_memory_at_batch_1_says_to_free_memory(digits_bundle, run_cli, mo
         raise MemoryError()
 
     monkeypatch.setattr(OnnxRuntimeRunner, "_run", no_memory)
-    code, _, err = run_cli("infer", "--bundle", digits_bundle.path, "--batch-size", "1", digits_bundle.image_paths[0])
+    code, _, err = run_cli("infer", "--bundle", digits_bundle.path, "--runtime", "onnxruntime", "--batch-size", "1",
+                         digits_bundle.image_paths[0])
     assert code == 2
     assert err.startswith("error: out of memory running model.onnx at batch size 1; free memory on this device")
 
@@ -171,7 +174,7 @@ def test_bench_at_a_batch_no_machine_can_hold_is_a_sentence_not_a_crash(digits_b
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     header, rule, row = result.stdout.strip().splitlines()
-    assert row.split()[:4] == ["model.onnx", "onnx", "fp32", "1"]
+    assert row.split()[:5] == ["model.onnx", "onnx", "fp32", "onnxruntime", "1"]
     assert result.stderr.splitlines() == [f"error: out of memory running model.onnx at batch size {huge}; try a "
                                           "smaller one, e.g. --batch 1"]
 
@@ -181,13 +184,14 @@ def test_an_unexpected_error_is_one_line_unless_edgecls_debug(digits_bundle, run
         raise RuntimeError("kaput\nsecond line of detail")
 
     monkeypatch.setattr(OnnxRuntimeRunner, "_run", broken)
-    code, out, err = run_cli("infer", "--bundle", digits_bundle.path, digits_bundle.image_paths[0])
+    code, out, err = run_cli("infer", "--bundle", digits_bundle.path, "--runtime", "onnxruntime",
+                             digits_bundle.image_paths[0])
     assert code == 2 and out == ""
     (line,) = err.splitlines()
     assert "RuntimeError: kaput" in line and "EDGECLS_DEBUG=1" in line
     monkeypatch.setenv("EDGECLS_DEBUG", "1")
     with pytest.raises(RuntimeError, match="kaput"):
-        run_cli("infer", "--bundle", digits_bundle.path, digits_bundle.image_paths[0])
+        run_cli("infer", "--bundle", digits_bundle.path, "--runtime", "onnxruntime", digits_bundle.image_paths[0])
 
 
 def test_a_file_system_error_is_one_sentence_naming_the_path(digits_bundle, run_cli, tmp_path):
