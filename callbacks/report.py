@@ -72,39 +72,50 @@ def plain_table(report: dict[str, Any]) -> str:
 
 
 def figure(report: dict[str, Any]) -> "plt.Figure":
-    """Accuracy against latency, one labelled point per artifact with its numbers written beside it and PyTorch
-    FP32 as the dashed reference line; file sizes beside it. Large type: TensorBoard shows it as a thumbnail."""
+    """Accuracy against latency, one point per artifact, PyTorch FP32 as the dashed reference line; beside it one
+    row per artifact in the point's colour with its top-1, Δ, latency and file size written out. Few words in
+    large type: TensorBoard shows it as a card about 400 pixels wide."""
+    from matplotlib.ticker import FuncFormatter
+
     rows = report["rows"]
-    fig, (acc, size) = plt.subplots(1, 2, figsize=(11, 4.6), dpi=100, gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, (acc, size) = plt.subplots(1, 2, figsize=(9, 4.5), dpi=100, gridspec_kw={"width_ratios": [1.2, 1]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    reference = rows[0]
-    acc.axhline(100 * reference["top1"], color="gray", lw=1, ls="--")
-    latencies = [r["latency_ms"] for r in rows]
+    color = [colors[i % len(colors)] for i in range(len(rows))]
+    latencies, tops = [r["latency_ms"] for r in rows], [100 * r["top1"] for r in rows]
+    acc.axhline(tops[0], color="gray", lw=1.2, ls="--")
     for i, r in enumerate(rows):
-        x, y = r["latency_ms"], 100 * r["top1"]
-        delta = "reference" if i == 0 else f"{r['delta_pts']:+.2f} pt"
-        acc.plot([x], [y], "o", ms=11, color=colors[i % len(colors)], label=r["label"])
-        acc.annotate(f"{r['label']}\n{y:.2f} % ({delta}), {x:.2f} ms", (x, y), xytext=(8, 10 + 22 * (i % 3)),
-                     textcoords="offset points", fontsize=10, color=colors[i % len(colors)])
+        acc.plot([latencies[i]], [tops[i]], "o", ms=14, color=color[i], zorder=3)
+        # alternately above and below: artifacts of equal accuracy and similar latency sit side by side
+        acc.annotate(r["label"], (latencies[i], tops[i]), xytext=(0, 13 if i % 2 == 0 else -20),
+                     textcoords="offset points", ha="center", fontsize=11, color=color[i])
+    pad = max(0.5, (max(tops) - min(tops)) * 0.4)
     acc.set_xscale("log")  # PyTorch eager and an INT8 engine can be 100x apart
-    acc.set_xlim(min(latencies) / 1.6, max(latencies) * 6)
-    tops = [100 * r["top1"] for r in rows]
-    pad = max(0.5, (max(tops) - min(tops)) * 0.6)
-    acc.set_ylim(min(tops) - pad, max(tops) + 2.2 * pad)
-    acc.set_xlabel("latency ms, batch 1, p50 (log scale; left is faster)", fontsize=10)
-    acc.set_ylabel(f"test top-1 % ({report['test_samples']} images)", fontsize=10)
+    acc.set_xlim(min(latencies) / 2, max(latencies) * 2)
+    acc.set_ylim(min(tops) - pad, max(tops) + pad)
+    acc.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    acc.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in ("2", "5") else ""))
+    acc.set_xlabel("latency ms (batch 1, log)", fontsize=12)
+    acc.set_ylabel("test top-1 %", fontsize=12)
+    acc.tick_params(labelsize=11)
     acc.grid(alpha=0.3, which="both")
 
     ys = range(len(rows))
     sizes = [r["size_mb"] for r in rows]
-    size.barh(ys, sizes, color=[colors[i % len(colors)] for i in ys])
+    size.barh(ys, sizes, color=color, height=0.5)
     for y, v in zip(ys, sizes):
-        size.text(v, y, f" {v:.2f} MB", va="center", fontsize=10)
-    size.set_xlim(0, max(sizes) * 1.6)
+        size.text(v, y, f" {v:.2f} MB", va="center", fontsize=11)
+    size.set_xlim(0, max(sizes) * 1.8)
     size.set_yticks(list(ys))
-    size.set_yticklabels([r["label"] for r in rows], fontsize=10)
+    labels = [f"{r['label']}\n{t:.2f} % ({'ref' if i == 0 else format(r['delta_pts'], '+.2f')}), {lat:.2f} ms"
+              for i, (r, t, lat) in enumerate(zip(rows, tops, latencies))]
+    size.set_yticklabels(labels, fontsize=11)
+    for tick, c in zip(size.get_yticklabels(), color):
+        tick.set_color(c)
+    size.tick_params(axis="y", length=0)
     size.invert_yaxis()
-    size.set_xlabel("size MB (10⁶ bytes)", fontsize=10)
-    fig.suptitle(f"{report['name']}: accuracy vs latency on {report['device']}", fontsize=11)
+    size.set_xticks([])
+    for spine in ("top", "right", "bottom"):
+        size.spines[spine].set_visible(False)
+    fig.suptitle(f"{report['name']}: test split, {report['test_samples']} images; size in MB", fontsize=12)
     fig.tight_layout()
     return fig
