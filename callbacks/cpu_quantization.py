@@ -12,8 +12,9 @@ its own file, model.int8-cpu.onnx, chosen per CPU family (the device's `platform
            and first choice; Arm's dot-product kernels take signed activations and have no saturation issue.
 
 Q/DQ rather than QOperator on x86: ONNX Runtime fuses the Q/DQ pairs into the same QLinearConv kernels, and on
-MobileNetV2 (2-core Xeon, VNNI) Q/DQ measured 12-15 ms vs QOperator 14.8 under load, never slower; OpenVINO
-also reads Q/DQ, not QOperator. `quant_format: qoperator` is there to measure the other on a given device.
+MobileNetV2 (2-core Xeon with VNNI, shared and loaded) Q/DQ measured 12.0-14.8 ms p50 vs QOperator 14.8, never
+slower; OpenVINO reads Q/DQ too (on this file it is the fastest CPU path: benchmarks/runtime_latency.py).
+`quant_format: qoperator` is there to measure the other on a given device.
 """
 
 from __future__ import annotations

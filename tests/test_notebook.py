@@ -65,8 +65,8 @@ def test_walkthrough_runs_end_to_end(tmp_path, monkeypatch):
 
     # 3. the bundle: two ONNX artifacts, report table shown
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    assert [a["format"] for a in manifest["artifacts"]] == ["onnx", "onnx-int8"]
-    for name in ("model.onnx", "model.int8.onnx"):
+    assert [a["format"] for a in manifest["artifacts"]] == ["onnx", "onnx-int8", "onnx-int8"]
+    for name in ("model.onnx", "model.int8.onnx", "model.int8-cpu.onnx"):
         assert f"{name} " in shown
     assert "| ONNX INT8 |" in shown and "deploy bundle report" in shown
 
@@ -76,13 +76,18 @@ def test_walkthrough_runs_end_to_end(tmp_path, monkeypatch):
     right = sum(line["top"][0]["class"] == re.search(r"_true(\d)\.png$", line["file"]).group(1) for line in lines)
     assert right >= 6 and all(len(line["top"]) == 3 for line in lines)
     reproduced = re.findall(r"^(\S+)\s+top-1 ([0-9.]+) %  \(report: ([0-9.]+) %\)", shown, re.M)
-    assert [name for name, _, _ in reproduced] == ["model.onnx", "model.int8.onnx"]
+    assert [name for name, _, _ in reproduced] == ["model.onnx", "model.int8.onnx", "model.int8-cpu.onnx"]
     assert all(ours == report for _, ours, report in reproduced)
     assert "torch imported in this kernel: False" in shown
 
-    # bench: both artifacts at batch 1 and 8
-    rows = re.findall(r"^(model\S*\.onnx)\s+\S+\s+\S+\s+(\d+)\s", shown, re.M)
-    assert sorted(rows) == sorted([(a, b) for a in ("model.onnx", "model.int8.onnx") for b in ("1", "8")])
+    # bench: every artifact in every CPU runtime here at batch 1 and 8, the one `--runtime auto` takes marked
+    rows = re.findall(r"^(model\S*\.onnx)\s+\S+\s+\S+\s+(\S+)\s+(\d+)\s", shown, re.M)
+    from deploy.selection import available_runtimes
+
+    runtimes = [r for r in available_runtimes() if r != "tensorrt"]
+    assert sorted(rows) == sorted([(a, r, b) for a in ("model.onnx", "model.int8.onnx", "model.int8-cpu.onnx")
+                                   for r in runtimes for b in ("1", "8")])
+    assert len(re.findall(r"^model\S*\.onnx\s.*<-$", shown, re.M)) == 2  # the chosen pair, at both batch sizes
 
     # 5. Triton repository
     config = tmp_path / "runs" / "triton" / "quickstart" / "config.pbtxt"
