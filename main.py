@@ -166,7 +166,7 @@ class EdgeCLI(LightningCLI):
                 callbacks.insert(0, FitEndSafeProgressBar(leave=True))  # first: stopped before fit-end steps print
             else:
                 kwargs["enable_progress_bar"] = False
-                callbacks.append(EpochLines())
+                callbacks.insert(0, EpochLines())  # first: it prints before LearningRateMonitor logs the next epoch's rate
         callbacks.append(LoopStarted(self.invocation))
         kwargs["callbacks"] = callbacks
         precision = cpu_precision(trainer_config.get("accelerator"), trainer_config.get("precision"))

@@ -132,11 +132,11 @@ class FitEndStep(Callback):
     def runtime_for(self, key: str) -> str:
         return "any"
 
-    def missing_reason(self, record: FitEndRecord, missing: list[str]) -> str:
+    def missing_reason(self, record: FitEndRecord, missing: list[str], runtime: Optional[str] = None) -> str:
         parts = []
         for key in missing:
             fmt, precision = key.split(":", 1)
-            earlier = record.find(fmt, precision, status=None)
+            earlier = record.find(fmt, precision, runtime=runtime, status=None)
             if earlier is not None:
                 parts.append(f"its input {key} was {earlier.status} in {earlier.step} ({earlier.reason})")
             else:

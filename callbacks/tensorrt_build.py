@@ -67,7 +67,7 @@ class TensorRTBuild(FitEndStep):
             source = record.find("onnx-int8", "int8", runtime="tensorrt") if precision == "int8" else record.find("onnx", "fp32")
             if source is None:
                 wanted = "onnx-int8:int8" if precision == "int8" else "onnx:fp32"
-                why = self.missing_reason(record, [wanted])
+                why = self.missing_reason(record, [wanted], runtime="tensorrt" if precision == "int8" else None)
                 record.publish(ArtifactRecord(self.name, "tensorrt", precision, "tensorrt", SKIPPED, reason=why))
                 print(f"TensorRT {precision} engine skipped: {why}", file=sys.stderr, flush=True)
                 continue
