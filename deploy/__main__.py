@@ -1,4 +1,4 @@
-"""``python -m deploy`` (console script ``edgecls-deploy``): infer, bench, build-engine, triton.
+"""``python -m deploy`` (console script ``edgecls-deploy``): infer, bench, build-engine, triton, install, rollback, list.
 
 Runs on the device with numpy, OpenCV/PIL, onnxruntime and (for engines) TensorRT; never torch.
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from deploy.bundle import BundleError, FORMATS, add_artifact, artifact_entry, load_bundle, verify_artifact
 from deploy.cuda_memory import CudaUnavailable
+from deploy.install import resolve_bundle_dir
 from deploy.runners import RUNTIMES
 from deploy.selection import BUDGET_PTS
 
@@ -95,7 +96,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     from deploy.selection import resolve
 
-    bundle = load_bundle(args.bundle, verify=False)
+    bundle = load_bundle(resolve_bundle_dir(args.bundle), verify=False)
     choice = resolve(bundle, args.runtime, args.format, args.precision, _providers(args), args.threads, args.hint,
                      args.max_drop)
     entry = choice.entry
@@ -195,7 +196,7 @@ COLUMNS = [("artifact", "{}", "artifact"), ("format", "{}", "format"), ("precisi
 _LEFT = 4  # the first columns are names, left-aligned; numbers right-aligned
 
 
-def format_table(rows: list[dict], columns=COLUMNS) -> str:
+def format_table(rows: list[dict], columns=COLUMNS, left: int = _LEFT) -> str:
     """A plain fixed-width table (no terminal width games, so every column always prints); a value the bundle
     does not have (a test top-1 of an engine built here) prints as "-"."""
     cells = [[title for title, _, _ in columns]]
@@ -203,7 +204,7 @@ def format_table(rows: list[dict], columns=COLUMNS) -> str:
         row = dict(row, memory="ok" if row.get("memory_ok", True) else "LEAK?", auto="<-" if row.get("chosen") else "-")
         cells.append(["-" if row.get(key) is None else fmt.format(row[key]) for _, fmt, key in columns])
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) if i >= _LEFT else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(c.rjust(w) if i >= left else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -214,7 +215,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     and batch size; the row `--runtime auto` picks (measured here, cached) is marked."""
     from deploy.selection import candidates, choose
 
-    bundle = load_bundle(args.bundle, verify=False)
+    bundle = load_bundle(resolve_bundle_dir(args.bundle), verify=False)
     runtime = None if args.runtime == "auto" else args.runtime
     cands = candidates(bundle, runtime, args.format)
     for entry in {id(c.entry): c.entry for c in cands}.values():
@@ -289,6 +290,48 @@ def cmd_check_tensorrt(args: argparse.Namespace) -> int:
     return 0 if result["passed"] else 1
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    """Verify a bundle (manifest, sha256s, a smoke inference), copy it into a models folder as a new version and
+    switch its `current` pointer to it; a bundle that fails verification leaves `current` as it was."""
+    from deploy.install import install
+
+    result = install(args.bundle, args.to)
+    print(json.dumps(result) if args.json else
+          f"installed {args.bundle} as version {result['version']} in {args.to} (current; previous: "
+          f"{result['previous'] or 'none'}; {result['smoke_tested']} ONNX file(s) smoke-tested)")
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Switch a models folder's `current` back to the previous installed version (or to --version)."""
+    from deploy.install import rollback
+
+    result = rollback(args.to, args.version)
+    print(json.dumps(result) if args.json else
+          f"{args.to}: current is version {result['version']} (was {result['previous']})")
+    return EXIT_OK
+
+
+LIST_COLUMNS = [("version", "{}", "version"), ("name", "{}", "name"), ("created", "{}", "created"),
+                ("artifact", "{}", "artifact"), ("precision", "{}", "precision"),
+                ("test top-1 %", "{:.2f}", "test_top1"), ("latency ms", "{:.3f}", "latency_ms")]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """The versions in a models folder with their manifest's metrics; `*` marks current."""
+    from deploy.install import list_versions
+
+    rows = list_versions(args.to)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"{args.to}: no versions installed")
+    else:
+        marked = [dict(r, version=("* " if r["current"] else "  ") + r["version"]) for r in rows]
+        print(format_table(marked, LIST_COLUMNS, left=5))
+    return EXIT_OK
+
+
 def _integer(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
@@ -333,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, default_format):
-        p.add_argument("--bundle", required=True, help="bundle folder (holds manifest.json)")
+        p.add_argument("--bundle", required=True,
+                       help="bundle folder (holds manifest.json), or a models folder of `install` (uses its current)")
         p.add_argument("--format", choices=FORMATS, default=default_format,
                        help="only artifacts of this format (default: any)")
         p.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto",
@@ -388,6 +432,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorrt", choices=("10", "11"), default="10", help="rule set: 10 (10.3, JetPack 6) or 11")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.set_defaults(func=cmd_check_tensorrt)
+
+    p = sub.add_parser("install", help=cmd_install.__doc__)
+    p.add_argument("--bundle", required=True, help="bundle folder to install (holds manifest.json)")
+    p.add_argument("--to", required=True, help="models folder (created if needed): versions/ and the current pointer")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("rollback", help=cmd_rollback.__doc__)
+    p.add_argument("--to", required=True, help="models folder of `install`")
+    p.add_argument("--version", default=None, help="switch to this version (default: the one before current)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("list", help=cmd_list.__doc__)
+    p.add_argument("--to", required=True, help="models folder of `install`")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
 
     for command in [parser, *sub.choices.values()]:  # every command exits with the same codes
         command.epilog, command.formatter_class = EXIT_STATUS, argparse.RawDescriptionHelpFormatter

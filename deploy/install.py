@@ -1,0 +1,171 @@
+"""Versions of a bundle on the device: install, roll back, list.
+
+A models folder holds every installed bundle and a `current` pointer:
+
+    <models>/versions/0001/   a bundle, copied in whole and verified there
+    <models>/versions/0002/
+    <models>/current -> versions/0002
+
+The copy is verified where it landed (manifest, every sha256, one inference per ONNX file) before it gets
+a version number, and `current` is switched by renaming a new symlink over the old one, so a reader sees
+the old version or the new one and a failed install leaves `current` as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from typing import Optional
+
+import numpy as np
+
+from deploy.bundle import MANIFEST, BundleError, load_bundle, read_manifest
+
+VERSIONS = "versions"
+CURRENT = "current"
+_VERSION = re.compile(r"^\d{4,}$")
+
+
+def versions(models_dir: str) -> list[str]:
+    """Installed version names, oldest first."""
+    folder = os.path.join(models_dir, VERSIONS)
+    if not os.path.isdir(folder):
+        return []
+    return sorted((name for name in os.listdir(folder) if _VERSION.match(name)), key=int)
+
+
+def current_version(models_dir: str) -> Optional[str]:
+    """The version `current` points at, or None before the first install."""
+    link = os.path.join(models_dir, CURRENT)
+    if not os.path.islink(link):
+        return None
+    return os.path.basename(os.path.normpath(os.readlink(link)))
+
+
+def is_models_dir(path: str) -> bool:
+    return os.path.islink(os.path.join(path, CURRENT)) and not os.path.isfile(os.path.join(path, MANIFEST))
+
+
+def resolve_bundle_dir(path: str) -> str:
+    """A bundle folder as given, or a models folder's current version, resolved to its real path once so that
+    a switch while a command runs cannot mix two versions' files."""
+    if is_models_dir(path):
+        return os.path.realpath(os.path.join(path, CURRENT))
+    return path
+
+
+def smoke_test(bundle_dir: str) -> int:
+    """One inference per ONNX artifact in ONNX Runtime on a zero image: it loads, takes the manifest's input
+    shape and returns one finite score per class. Returns how many artifacts ran."""
+    from deploy.runners import OnnxRuntimeRunner
+
+    bundle = load_bundle(bundle_dir, verify=True)
+    onnx = [e for e in bundle.artifacts if e["format"] in ("onnx", "onnx-int8")]
+    if not onnx:
+        raise BundleError(f"{os.path.join(bundle_dir, MANIFEST)}: no ONNX artifact to smoke-test, so this bundle "
+                          "cannot be checked here; install a bundle made by the fit-end callbacks")
+    batch = np.zeros((1, *bundle.input_shape), dtype=np.float32)
+    for entry in onnx:
+        path = bundle.artifact_path(entry)
+        with OnnxRuntimeRunner(path, strict=True) as runner:
+            try:
+                logits = runner.infer(batch)
+            except Exception as exc:  # onnxruntime's own exception types
+                raise BundleError(f"{path}: the smoke inference failed ({str(exc).splitlines()[0]}); "
+                                  "re-create the bundle") from None
+        if logits.shape != (1, len(bundle.classes)) or not np.isfinite(logits).all():
+            raise BundleError(f"{path}: the smoke inference returned {list(logits.shape)} scores (finite: "
+                              f"{bool(np.isfinite(logits).all())}) for {len(bundle.classes)} classes; re-create the bundle")
+    return len(onnx)
+
+
+def switch_current(models_dir: str, version: str) -> None:
+    """Point `current` at versions/<version> with one rename (atomic on POSIX)."""
+    link = os.path.join(models_dir, CURRENT)
+    tmp = os.path.join(models_dir, f".current-{os.getpid()}")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(os.path.join(VERSIONS, version), tmp)  # relative, so the folder can be moved or mounted elsewhere
+    os.replace(tmp, link)
+
+
+def install(bundle_dir: str, models_dir: str) -> dict:
+    """Copy a bundle in as the next version, verify the copy, then switch `current` to it."""
+    read_manifest(bundle_dir)  # a folder that is not a bundle fails before anything is copied
+    if os.path.exists(os.path.join(models_dir, CURRENT)) and not os.path.islink(os.path.join(models_dir, CURRENT)):
+        raise BundleError(f"{os.path.join(models_dir, CURRENT)}: exists and is not a symlink, so this is not a models "
+                          "folder made by `deploy install`; pick another --to folder")
+    folder = os.path.join(models_dir, VERSIONS)
+    os.makedirs(folder, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".incoming-", dir=folder)
+    try:
+        copy = os.path.join(staging, "bundle")
+        shutil.copytree(bundle_dir, copy, symlinks=False)
+        for name in os.listdir(copy):  # a device's runtime-choice cache belongs to the device that measured it
+            if name.startswith(".runtime-choice"):
+                os.unlink(os.path.join(copy, name))
+        smoked = smoke_test(copy)
+        while True:
+            existing = versions(models_dir)
+            version = f"{int(existing[-1]) + 1 if existing else 1:04d}"
+            try:
+                os.rename(copy, os.path.join(folder, version))  # fails if another install took the number
+                break
+            except OSError:
+                if not os.path.exists(os.path.join(folder, version)):
+                    raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    previous = current_version(models_dir)
+    switch_current(models_dir, version)
+    return {"version": version, "previous": previous, "path": os.path.join(folder, version), "smoke_tested": smoked}
+
+
+def rollback(models_dir: str, version: Optional[str] = None) -> dict:
+    """Switch `current` to `version`, or to the newest version older than the current one."""
+    installed = versions(models_dir)
+    now = current_version(models_dir)
+    if not installed or now is None:
+        raise BundleError(f"{models_dir}: no installed versions to roll back to; install one first with "
+                          "`python -m deploy install --bundle <dir> --to <models dir>`")
+    if version is not None:
+        version = f"{int(version):04d}" if version.isdigit() else version
+        if version not in installed:
+            raise BundleError(f"{models_dir}: no version {version} (installed: {', '.join(installed)}); "
+                              "see `python -m deploy list`")
+    else:
+        older = [v for v in installed if int(v) < int(now)]
+        if not older:
+            raise BundleError(f"{models_dir}: version {now} is the oldest installed, so there is nothing older to "
+                              "roll back to; pass --version to pick one")
+        version = older[-1]
+    load_bundle(os.path.join(models_dir, VERSIONS, version), verify=True)  # never switch to a damaged version
+    switch_current(models_dir, version)
+    return {"version": version, "previous": now}
+
+
+def list_versions(models_dir: str) -> list[dict]:
+    """One row per installed version and artifact, with the manifest's metrics."""
+    if not os.path.isdir(models_dir):
+        raise BundleError(f"{models_dir}: no such models folder; install a bundle into it first")
+    now = current_version(models_dir)
+    rows = []
+    for version in versions(models_dir):
+        path = os.path.join(models_dir, VERSIONS, version)
+        try:
+            manifest = read_manifest(path)
+        except BundleError as exc:
+            rows.append({"version": version, "current": version == now, "name": "?", "created": "?",
+                         "artifact": f"unreadable: {exc}"})
+            continue
+        base = {"version": version, "current": version == now, "name": manifest["name"],
+                "created": manifest.get("created"), "commit": (manifest.get("source") or {}).get("git_commit")}
+        ok = [a for a in manifest["artifacts"] if a.get("status", "ok") == "ok"] or [{}]
+        for entry in ok:
+            metrics = entry.get("metrics") or {}
+            top1 = metrics.get("top1")
+            rows.append(dict(base, artifact=entry.get("file"), precision=entry.get("precision"),
+                             test_top1=None if top1 is None else 100 * top1, latency_ms=metrics.get("latency_ms")))
+    return rows

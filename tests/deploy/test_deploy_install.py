@@ -1,0 +1,84 @@
+"""`python -m deploy install / rollback / list`: a models folder keeps every version, `current` moves only after
+a verified install, and rollback is one command."""
+
+import json
+import os
+
+from deploy.bundle import MANIFEST, read_manifest, write_manifest
+
+
+def _renamed(bundle_dir, name):
+    manifest = read_manifest(bundle_dir)
+    manifest["name"] = name
+    write_manifest(bundle_dir, manifest)
+    return bundle_dir
+
+
+def _current_name(models):
+    return read_manifest(os.path.join(models, "current"))["name"]
+
+
+def test_install_two_then_rollback_makes_the_first_current_again(bundle_copy, digits_bundle, tmp_path, run_cli):
+    models = str(tmp_path / "models")
+    code, out, err = run_cli("install", "--bundle", digits_bundle.path, "--to", models)
+    assert code == 0, err
+    assert "version 0001" in out
+    code, out, err = run_cli("install", "--bundle", _renamed(bundle_copy, "digits-v2"), "--to", models)
+    assert code == 0, err
+    assert _current_name(models) == "digits-v2"
+
+    code, out, err = run_cli("list", "--to", models, "--json")
+    rows = json.loads(out)
+    assert {(r["version"], r["name"], r["current"]) for r in rows} == {("0001", "digits-tiny", False),
+                                                                       ("0002", "digits-v2", True)}
+    code, out, err = run_cli("rollback", "--to", models)
+    assert code == 0, err
+    assert _current_name(models) == "digits-tiny"
+    assert sorted(os.listdir(os.path.join(models, "versions"))) == ["0001", "0002"]  # nothing is deleted
+
+    # infer takes the models folder and runs the current version
+    code, out, err = run_cli("infer", "--bundle", models, "--runtime", "onnxruntime", digits_bundle.image_paths[0])
+    assert code == 0, err
+    assert json.loads(out)["top"][0]["class"].startswith("digit_")
+
+
+def test_a_corrupted_bundle_is_refused_and_current_is_unchanged(bundle_copy, digits_bundle, tmp_path, run_cli):
+    models = str(tmp_path / "models")
+    assert run_cli("install", "--bundle", digits_bundle.path, "--to", models)[0] == 0
+    before = os.readlink(os.path.join(models, "current"))
+    with open(os.path.join(bundle_copy, "model.onnx"), "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\xff" * 16)
+
+    code, out, err = run_cli("install", "--bundle", bundle_copy, "--to", models)
+    assert code == 2
+    assert err.count("\n") == 1 and "sha256" in err and "model.onnx" in err
+    assert os.readlink(os.path.join(models, "current")) == before
+    assert os.listdir(os.path.join(models, "versions")) == ["0001"]  # no half-installed version left behind
+
+
+def test_a_bundle_whose_model_does_not_run_is_refused(bundle_copy, tmp_path, run_cli):
+    from deploy.bundle import artifact_entry
+
+    models = str(tmp_path / "models")
+    path = os.path.join(bundle_copy, "model.onnx")
+    with open(path, "wb") as handle:
+        handle.write(b"not an onnx file")
+    manifest = read_manifest(bundle_copy)  # a manifest that agrees with the broken file: only running it can tell
+    manifest["artifacts"][0] = artifact_entry(path, "onnx", "fp32")
+    write_manifest(bundle_copy, manifest)
+
+    code, out, err = run_cli("install", "--bundle", bundle_copy, "--to", models)
+    assert code == 2 and "cannot load it" in err
+    assert not os.path.lexists(os.path.join(models, "current"))
+
+
+def test_rollback_with_one_version_says_there_is_nothing_older(digits_bundle, tmp_path, run_cli):
+    models = str(tmp_path / "models")
+    assert run_cli("install", "--bundle", digits_bundle.path, "--to", models)[0] == 0
+    code, out, err = run_cli("rollback", "--to", models)
+    assert code == 2 and "oldest" in err and err.startswith("error: ")
+    code, out, err = run_cli("rollback", "--to", str(tmp_path / "nowhere"))
+    assert code == 2 and "install one first" in err
+    assert not os.path.exists(os.path.join(digits_bundle.path, "current"))
+    assert os.path.isfile(os.path.join(models, "current", MANIFEST))
