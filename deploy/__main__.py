@@ -192,7 +192,8 @@ COLUMNS = [("artifact", "{}", "artifact"), ("format", "{}", "format"), ("precisi
            ("runtime", "{}", "runtime"), ("batch", "{}", "batch"), ("p50 ms", "{:.3f}", "p50_ms"),
            ("p90 ms", "{:.3f}", "p90_ms"), ("p99 ms", "{:.3f}", "p99_ms"), ("img/s", "{:.1f}", "throughput"),
            ("size MB", "{:.2f}", "size_mb"), ("test top-1 %", "{:.2f}", "test_top1"),
-           ("RSS growth MB", "{:+.2f}", "rss_growth_mb"), ("memory", "{}", "memory"), ("auto", "{}", "auto")]
+           ("peak RSS MB", "{:.1f}", "peak_rss_mb"), ("RSS growth MB", "{:+.2f}", "rss_growth_mb"),
+           ("memory", "{}", "memory"), ("auto", "{}", "auto")]
 _LEFT = 4  # the first columns are names, left-aligned; numbers right-aligned
 
 
@@ -235,7 +236,53 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not rows:
         raise UsageError(f"nothing was measured: no artifact in {bundle.path} can run on this device (see the "
                          "warnings above); pass --format onnx or build an engine here")
+    if args.profile:
+        _bench_profiles(args, bundle, cands)
+    if args.soak:
+        return _bench_soak(args, bundle, cands)
     return EXIT_OK
+
+
+def _bench_profiles(args: argparse.Namespace, bundle, cands: list) -> None:
+    """Each runtime's own per-operator profile of every candidate at the first batch size, in its own session
+    after the timed runs; the top operators go to stdout (stderr with --json, so stdout stays one JSON value)."""
+    from deploy.profiling import PROFILERS, format_profile
+
+    os.makedirs(args.profile, exist_ok=True)
+    out = sys.stderr if args.json else sys.stdout
+    for cand in cands:
+        profiler = PROFILERS.get(cand.runtime)
+        if profiler is None:
+            _warning(f"no per-operator profiler for {cand.runtime} here; for {cand.entry['file']} use "
+                     "`nsys profile` (NVTX ranges mark each call) or `trtexec --dumpProfile`")
+            continue
+        result = profiler(bundle.artifact_path(cand.entry), args.profile, batch=args.batch[0],
+                          iterations=min(args.iterations, 50), threads=args.threads, providers=_providers(args),
+                          hint=args.hint)
+        print("\n" + format_profile(result), file=out, flush=True)
+
+
+def _bench_soak(args: argparse.Namespace, bundle, cands: list) -> int:
+    """A stress loop of --soak seconds per candidate; exit 1 (one sentence each) where memory grew past the bound."""
+    from deploy.benchmark import soak
+    from deploy.runners import open_runner
+
+    out = sys.stderr if args.json else sys.stdout
+    failed = 0
+    for cand in cands:
+        with open_runner(bundle, cand.entry, _providers(args), args.threads, cand.runtime, args.hint) as runner:
+            result = soak(runner, args.batch[0], args.soak, max_growth_mb=args.soak_max_growth_mb)
+        print(f"soak {cand.entry['file']} in {cand.runtime}, batch {result['batch']}, {result['seconds']:g} s, "
+              f"{result['calls']} calls: p50 {result['first_p50_ms']:.3f} -> {result['last_p50_ms']:.3f} ms "
+              f"({result['latency_drift_pct']:+.1f} %), resident memory {result['rss_start_mb']:.1f} -> "
+              f"{result['rss_end_mb']:.1f} MB ({result['rss_growth_mb']:+.2f} MB, bound {result['max_growth_mb']:g} MB)",
+              file=out, flush=True)
+        if not result["memory_ok"]:
+            failed += 1
+            _error(f"{cand.entry['file']} in {cand.runtime}: resident memory grew {result['rss_growth_mb']:.1f} MB in "
+                   f"a {result['seconds']:g} s soak, over the {result['max_growth_mb']:g} MB bound (a leak?); rerun "
+                   "with a longer --soak to confirm, or raise --soak-max-growth-mb if the growth is expected")
+    return EXIT_INPUTS_FAILED if failed else EXIT_OK
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
@@ -360,6 +407,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _batch_sizes(text: str) -> list[int]:
     what = "comma-separated positive integers such as 1,8,32"
     parts = [part.strip() for part in text.split(",")]
@@ -405,6 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_non_negative, default=10, help="untimed calls first (at least one is made)")
     p.add_argument("--json", action="store_true", help="print rows as JSON instead of a table")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="also write each runtime's per-operator profile here (ONNX Runtime: a Chrome/Perfetto trace; "
+                        "OpenVINO: per-layer counters) and print the top operators by time")
+    p.add_argument("--soak", type=_positive_float, default=None, metavar="SECONDS",
+                   help="also run a stress loop this long per artifact (first batch size); report latency drift and "
+                        "memory growth, exit 1 where memory grows past --soak-max-growth-mb")
+    p.add_argument("--soak-max-growth-mb", type=_positive_float, default=16.0,
+                   help="resident memory a soak may gain after its first tenth, in MB (default 16)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("build-engine", help=cmd_build_engine.__doc__)

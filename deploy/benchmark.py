@@ -39,7 +39,8 @@ def measure(runner: Runner, batch_size: int, iterations: int = 100, warmup: int 
             keep_times: bool = False) -> dict:
     """Time ``iterations`` calls of runner.infer on a random normalized batch after ``warmup`` calls.
 
-    Returns p50/p90/p99/mean in ms, throughput in images/s, and rss_growth_mb: resident memory (MB = 10^6
+    Returns p50/p90/p99/mean in ms, throughput in images/s, peak_rss_mb (the process's resident memory at its
+    highest during the timed run: runtime, weights and arenas included) and rss_growth_mb: resident memory (MB = 10^6
     bytes) after the timed run minus before it (after warmup, so allocator arenas have settled); memory_ok
     is False when it grew by more than leak_threshold_mb. keep_times adds the raw per-call times
     (times_ms), for callers that interleave several runners and pool their samples. At least one untimed
@@ -53,12 +54,14 @@ def measure(runner: Runner, batch_size: int, iterations: int = 100, warmup: int 
     for _ in range(max(warmup, 1)):
         runner.infer(batch)
     rss_before = rss_mb()
+    peak = rss_before
     times = np.empty(iterations, dtype=np.float64)
     clock = time.perf_counter
     for i in range(iterations):
         start = clock()
         runner.infer(batch)
         times[i] = clock() - start
+        peak = max(peak, rss_mb())  # outside the clock; one /proc read is microseconds
         if progress is not None:
             progress(1)
     growth = rss_mb() - rss_before
@@ -72,8 +75,47 @@ def measure(runner: Runner, batch_size: int, iterations: int = 100, warmup: int 
         "mean_ms": float(times_ms.mean()),
         "throughput": batch_size * iterations / float(times.sum()),
         "rss_growth_mb": growth,
+        "peak_rss_mb": peak,
         "memory_ok": growth <= leak_threshold_mb,
     }
     if keep_times:
         result["times_ms"] = times_ms.tolist()
     return result
+
+
+def soak(runner: Runner, batch_size: int, seconds: float, max_growth_mb: float = 16.0, warmup_fraction: float = 0.1,
+         seed: int = 0, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """A timed stress loop: runner.infer back to back for `seconds`. The first `warmup_fraction` of the time
+    settles allocator arenas and caches and is not judged; after it, resident memory growth (end minus start
+    of the judged part) and latency drift (p50 of the last tenth of the calls against the first tenth, in %)
+    are reported. memory_ok is False when memory grew by more than max_growth_mb."""
+    if seconds <= 0:
+        raise ValueError(f"seconds must be positive, got {seconds}")
+    shape = tuple(d if d else 224 for d in runner.input_shape)
+    batch = np.random.default_rng(seed).standard_normal((batch_size,) + shape).astype(np.float32)
+    runner.infer(batch)
+    begin = clock()
+    judged_from = begin + seconds * warmup_fraction
+    while clock() < judged_from:
+        runner.infer(batch)
+    rss_start = rss_mb()
+    peak = rss_start
+    times = []
+    end = begin + seconds
+    while True:
+        start = clock()
+        runner.infer(batch)
+        stop = clock()
+        times.append(stop - start)
+        peak = max(peak, rss_mb())
+        if stop >= end:
+            break
+    rss_end = rss_mb()
+    times_ms = np.asarray(times) * 1000.0
+    tenth = max(1, len(times_ms) // 10)
+    first, last = float(np.median(times_ms[:tenth])), float(np.median(times_ms[-tenth:]))
+    growth = rss_end - rss_start
+    return {"batch": batch_size, "seconds": seconds, "calls": len(times_ms), "p50_ms": float(np.median(times_ms)),
+            "first_p50_ms": first, "last_p50_ms": last, "latency_drift_pct": 100.0 * (last - first) / first,
+            "rss_start_mb": rss_start, "rss_end_mb": rss_end, "peak_rss_mb": peak, "rss_growth_mb": growth,
+            "max_growth_mb": max_growth_mb, "memory_ok": growth <= max_growth_mb}
