@@ -28,6 +28,7 @@ import numpy as np
 from deploy.bundle import BundleError, FORMATS, add_artifact, artifact_entry, load_bundle, verify_artifact
 from deploy.cuda_memory import CudaUnavailable
 from deploy.install import resolve_bundle_dir
+from deploy.nvtx_ranges import nvtx_range
 from deploy.runners import RUNTIMES
 from deploy.selection import BUDGET_PTS
 
@@ -109,7 +110,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     with open_runner(bundle, entry, _providers(args), args.threads, choice.runtime, args.hint) as runner:
         for start in range(0, len(paths), args.batch_size):
             chunk = paths[start:start + args.batch_size]
-            batch, kept, errors = preprocess(chunk, prep)
+            with nvtx_range("preprocess"):
+                batch, kept, errors = preprocess(chunk, prep)
             for _, message in errors:
                 _error(message)
             failed += len(errors)

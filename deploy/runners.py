@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from deploy.bundle import Bundle, BundleError
+from deploy.nvtx_ranges import nvtx_range
 
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -55,8 +56,9 @@ class Runner:
         if n < self.min_batch:
             padded = np.zeros((self.min_batch,) + batch.shape[1:], dtype=np.float32)
             padded[:n] = batch
-            return self._run(padded)[:n]
-        return self._run(batch)
+            batch = padded
+        with nvtx_range("infer"):
+            return self._run(batch)[:n]
 
     def close(self) -> None:
         pass
@@ -218,12 +220,17 @@ class TensorRTRunner(Runner):
         self.memory.activate()
         try:
             self._set_input_shape(host_in.shape)
-            self.memory.htod(self.device_in, host_in)
-            if not self.context.execute_async_v3(self.memory.stream_handle):
-                raise self._error(f"could not run a batch of {n} (execute_async_v3 returned False; see the "
-                                  "TensorRT log above)")
-            self.memory.dtoh(host_out, self.device_out)
-            self.memory.synchronize()
+            # The copies and the kernels are asynchronous: these ranges mark when each was queued, and nsys's
+            # CUDA rows under them show how long the GPU spent on it.
+            with nvtx_range("copy in"):
+                self.memory.htod(self.device_in, host_in)
+            with nvtx_range("execute"):
+                if not self.context.execute_async_v3(self.memory.stream_handle):
+                    raise self._error(f"could not run a batch of {n} (execute_async_v3 returned False; see the "
+                                      "TensorRT log above)")
+            with nvtx_range("copy out"):
+                self.memory.dtoh(host_out, self.device_out)
+                self.memory.synchronize()
         finally:
             self.memory.deactivate()
         return host_out.astype(np.float32, copy=True)

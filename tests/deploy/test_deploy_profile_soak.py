@@ -91,3 +91,23 @@ def test_a_soak_that_leaks_fails_with_one_sentence(digits_bundle, run_cli, monke
     assert code == 1
     (error,) = err.strip().splitlines()
     assert error.startswith("error: model.onnx in onnxruntime: resident memory grew") and "4 MB bound" in error
+
+
+def test_nvtx_ranges_are_a_no_op_without_the_nvtx_package(digits_bundle, monkeypatch):
+    import importlib
+    import sys
+
+    import deploy.nvtx_ranges
+    from deploy.runners import OnnxRuntimeRunner
+
+    monkeypatch.setitem(sys.modules, "nvtx", None)  # what a CPU-only device without the package has
+    try:
+        quiet = importlib.reload(deploy.nvtx_ranges)
+        assert quiet._nvtx is None
+        monkeypatch.setattr("deploy.runners.nvtx_range", quiet.nvtx_range)
+        runner = OnnxRuntimeRunner(os.path.join(digits_bundle.path, "model.onnx"))
+        np.testing.assert_allclose(runner.infer(digits_bundle.inputs[:3]), digits_bundle.torch_logits[:3],
+                                   rtol=1e-4, atol=1e-4)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(deploy.nvtx_ranges)
