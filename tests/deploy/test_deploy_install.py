@@ -82,3 +82,24 @@ def test_rollback_with_one_version_says_there_is_nothing_older(digits_bundle, tm
     assert code == 2 and "install one first" in err
     assert not os.path.exists(os.path.join(digits_bundle.path, "current"))
     assert os.path.isfile(os.path.join(models, "current", MANIFEST))
+
+
+def test_publish_copies_the_newest_runs_bundle_and_refuses_a_newest_run_without_one(digits_bundle, tmp_path, capsys):
+    import shutil
+
+    from deploy.publish import main as publish
+
+    runs = tmp_path / "runs" / "digits"
+    shutil.copytree(digits_bundle.path, runs / "version_9" / "bundle")
+    shutil.copytree(digits_bundle.path, runs / "version_10" / "bundle")
+    (runs / "version_10" / "bundle" / "report.json").write_text('{"rows": []}\n')
+    out = tmp_path / "models" / "digits"
+    assert publish([str(runs), str(out)]) == 0
+    assert "version_10" in capsys.readouterr().out  # 10 is newer than 9, though it sorts first as text
+    assert (out / "bundle" / "manifest.json").is_file() and (out / "report.json").read_text() == '{"rows": []}\n'
+
+    (runs / "version_11").mkdir()  # a fit whose fit-end chain wrote no bundle
+    assert publish([str(runs), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "version_11" in err and "no bundle" in err
+    assert (out / "bundle" / "manifest.json").is_file()  # the published bundle stays as it was
