@@ -16,6 +16,11 @@ Exit status:
 from __future__ import annotations
 
 import os
+
+# Before torch loads OpenMP: a thread waiting at a barrier sleeps instead of spinning. On a CPU shared with other
+# jobs, spinning threads wait for a descheduled sibling while burning the cores it needs; measured with
+# benchmarks/contention.py. Set OMP_WAIT_POLICY yourself to choose otherwise.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import re
 import shutil
 import sys
@@ -112,6 +117,11 @@ class EdgeCLI(LightningCLI):
             "--experiment", type=Optional[str], default=None,
             help="Run name: runs are written to runs/<experiment>/version_N (default: the config file's name).",
         )
+        parser.add_argument(
+            "--threads", type=Optional[int], default=None,
+            help="torch intra-op threads for training (default: torch's choice, one per usable core); fewer leaves "
+                 "cores to other jobs on a shared machine.",
+        )
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_size", "model.input_size", apply_on="instantiate")
 
@@ -126,6 +136,13 @@ class EdgeCLI(LightningCLI):
         # Every check that can refuse the command runs here, before a model is built or a file is written.
         if self.subcommand is None:
             return
+        threads = self.config[self.subcommand].get("threads")
+        if threads is not None:
+            if threads < 1:
+                raise UserError(f"--threads must be 1 or more, got {threads}; leave it unset for one per core")
+            import torch
+
+            torch.set_num_threads(int(threads))
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
             raise UserError(f"checkpoint {ckpt_path} does not exist (--ckpt_path); give a .ckpt file"
@@ -154,7 +171,10 @@ class EdgeCLI(LightningCLI):
         callbacks: list[Callback] = list(trainer_config.get("callbacks") or [])
         if trainer_config.get("enable_checkpointing", True) is not False and not _has(callbacks, ModelCheckpoint):
             # Best first: trainer.checkpoint_callback (and ckpt_path="best") is the first ModelCheckpoint.
-            callbacks.append(ModelCheckpoint(monitor="val/top1", mode="max", filename="epoch{epoch:03d}", auto_insert_metric_name=False))
+            # Saved after validation, never at train-epoch end: a callback that changes the weights there (pruning
+            # masks) would otherwise save the changed weights under the score of the unchanged ones.
+            callbacks.append(ModelCheckpoint(monitor="val/top1", mode="max", filename="epoch{epoch:03d}",
+                                             auto_insert_metric_name=False, save_on_train_epoch_end=False))
             # Lightning 2.6 refreshes save_last only when a top-k checkpoint was saved; a resumable
             # last.ckpt needs a checkpoint written every epoch.
             callbacks.append(ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False))

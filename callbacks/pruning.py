@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 import torch_pruning as tp
 from pytorch_lightning import Callback
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ModelPruning
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
@@ -50,6 +50,23 @@ def check_target(ratio: Optional[float], macs_reduction: Optional[float]) -> Non
         raise ValueError(f"StructuredPruning macs_reduction must be above 1 (2.0 = half the MACs), got {macs_reduction}")
 
 
+# Networks torch-pruning's dependency graph cannot follow, by class name, with the reason a user is told.
+CANNOT_PRUNE = {
+    "ShuffleNetV2": "its channel shuffle (a view and transpose that interleaves the two branches' channels) ties "
+                    "channels together in a pattern torch-pruning's dependency graph does not track",
+}
+
+
+def pruning_refusal(net: nn.Module) -> Optional[str]:
+    """One sentence saying why `net` cannot be channel-pruned, or None where it can."""
+    for m in net.modules():
+        reason = CANNOT_PRUNE.get(type(m).__name__)
+        if reason:
+            return (f"StructuredPruning cannot prune {type(m).__name__}: {reason}; remove StructuredPruning from "
+                    "trainer.callbacks for this backbone or pick another one (e.g. mobilenet_v3_small, resnet18)")
+    return None
+
+
 def prune_channels(net: nn.Module, example: torch.Tensor, ratio: Optional[float] = None,
                    macs_reduction: Optional[float] = None, round_to: Optional[int] = 8,
                    global_pruning: bool = False) -> dict[str, Any]:
@@ -60,6 +77,9 @@ def prune_channels(net: nn.Module, example: torch.Tensor, ratio: Optional[float]
     of it (rounded down: TensorRT and CPU kernels like multiples of 8). Returns params and MACs before/after.
     """
     check_target(ratio, macs_reduction)
+    refusal = pruning_refusal(net)
+    if refusal:
+        raise ValueError(refusal)
     example = example.to(next(net.parameters()).device)
     macs_before, params_before = count_macs_params(net, example)
     was_training = net.training
@@ -138,7 +158,13 @@ class StructuredPruning(Callback):
         self.stats: dict[str, Any] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or trainer.fast_dev_run:
+        if stage != "fit":
+            return
+        # Before the first epoch, not at at_epoch: a refusal after epochs of training wastes them.
+        refusal = pruning_refusal(getattr(pl_module, "net", pl_module))
+        if refusal:
+            raise ValueError(refusal)
+        if trainer.fast_dev_run:
             return
         max_epochs = trainer.max_epochs
         if max_epochs is not None and max_epochs >= 0 and self.at_epoch >= max_epochs:
@@ -204,6 +230,26 @@ class StructuredPruning(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pruned = bool(state_dict.get("pruned", False))
         self.stats = dict(state_dict.get("stats", {}))
+
+
+class MaskPruning(ModelPruning):
+    """Lightning's `ModelPruning` (same arguments), with "best" chosen among masked networks once masks apply.
+
+    ModelPruning applies its masks at the end of a training epoch, after that epoch's validation: the best
+    checkpoint so far holds the unmasked network, and without a reset the fit-end export and test would load it
+    (or, saved at train-epoch end, the freshly masked weights under the unmasked score). Like StructuredPruning,
+    this forgets the best so far when masks change the network.
+    """
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        before = sparsity(getattr(pl_module, "net", pl_module))
+        super().on_train_epoch_end(trainer, pl_module)
+        if sparsity(getattr(pl_module, "net", pl_module)) != before:
+            left_behind = reset_best_tracking(trainer)
+            if hasattr(pl_module, "val_best_top1"):
+                pl_module.val_best_top1.reset()
+            rank_zero_info("pruning masks applied: the best checkpoint is now chosen among masked networks"
+                           + (f" (unmasked best left at {', '.join(left_behind)})" if left_behind else ""))
 
 
 class AtEpochs:

@@ -351,7 +351,7 @@ def masks_fit(tmp_path_factory):
         "data": {"image_size": 16, "cache_dir": str(tmp_path / "cache")},
     })
     config = yaml.safe_load(recipe.read_text())
-    pruning = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelPruning"))
+    pruning = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith(("ModelPruning", "MaskPruning")))
     pruning["init_args"]["apply_pruning"]["init_args"]["epochs"] = [1]  # at the end of epoch 1 of 3, not 4 of 10
     recipe.write_text(yaml.safe_dump(config, sort_keys=False))
     proc = run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=600)
@@ -377,11 +377,6 @@ def test_quickstart_masks_recipe_zeroes_half_the_weights_and_exports_them_dense(
     assert not (run / "bundle").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: ModelPruning prunes in on_train_epoch_end, after that epoch's validation, and ModelCheckpoint "
-    "(main.py:157, save_on_train_epoch_end resolves True) then saves the pruned, not yet fine-tuned weights "
-    "under the pre-pruning val/top1 (here 0.955; the fine-tuned epoch after it 0.819), so 'best' is the freshly "
-    "masked network: exported and tested at chance (0.0975)"))
 def test_quickstart_masks_recipe_exports_and_tests_a_fine_tuned_network_that_beats_chance(masks_fit):
     _, proc = masks_fit
     assert test_top1(proc.stdout) > 0.5, proc.stdout[-3000:]  # chance is 0.1
