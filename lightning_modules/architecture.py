@@ -7,8 +7,10 @@ checkpoint records the shape of every conv, linear and batch-norm layer (plain i
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -25,12 +27,29 @@ def layer_shapes(net: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def _rebuilt(m: nn.Module, shape: dict[str, Any]) -> nn.Module:
+    """A copy of `m` at the recorded shape. A copy, not a fresh nn.Conv2d/Linear/BatchNorm2d: subclasses (timm's
+    BatchNormAct2d carries its activation, Conv2dSame its padding) must keep their type and extra state. The
+    values are placeholders; the checkpoint's weights go in next."""
+    new = copy.deepcopy(m)
+    factory = {"device": m.weight.device if getattr(m, "weight", None) is not None else None}
     if isinstance(m, nn.Conv2d):
-        return nn.Conv2d(shape["in_channels"], shape["out_channels"], m.kernel_size, m.stride, m.padding, m.dilation,
-                         shape["groups"], m.bias is not None, m.padding_mode)
+        new.in_channels, new.out_channels, new.groups = shape["in_channels"], shape["out_channels"], shape["groups"]
+        new.weight = nn.Parameter(torch.empty(new.out_channels, new.in_channels // new.groups, *m.kernel_size, **factory))
+        if m.bias is not None:
+            new.bias = nn.Parameter(torch.empty(new.out_channels, **factory))
+        return new
     if isinstance(m, nn.Linear):
-        return nn.Linear(shape["in_features"], shape["out_features"], m.bias is not None)
-    return nn.BatchNorm2d(shape["num_features"], m.eps, m.momentum, m.affine, m.track_running_stats)
+        new.in_features, new.out_features = shape["in_features"], shape["out_features"]
+        new.weight = nn.Parameter(torch.empty(new.out_features, new.in_features, **factory))
+        if m.bias is not None:
+            new.bias = nn.Parameter(torch.empty(new.out_features, **factory))
+        return new
+    n = new.num_features = shape["num_features"]
+    if m.affine:
+        new.weight, new.bias = nn.Parameter(torch.ones(n, **factory)), nn.Parameter(torch.zeros(n, **factory))
+    if m.track_running_stats:
+        new.running_mean, new.running_var = torch.zeros(n, **factory), torch.ones(n, **factory)
+    return new
 
 
 def apply_layer_shapes(net: nn.Module, shapes: dict[str, dict[str, Any]]) -> int:
