@@ -30,12 +30,15 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def _summary(runtime: str, path: str, batch: int, runs: int, profile: str, totals: dict, kinds: dict) -> dict:
-    everything = sum(totals.values()) or 1.0
-    operators = [{"name": name, "op": kinds.get(name, "?"), "ms_per_run": us / runs / 1000.0, "share": us / everything}
-                 for name, us in sorted(totals.items(), key=lambda item: -item[1])]
+def _summary(runtime: str, path: str, batch: int, runs: int, profile: str, durations: dict, kinds: dict) -> dict:
+    # The median call of each operator, times its calls per run: one run stalled by another process on a busy
+    # device would otherwise decide the ranking.
+    per_run = {name: float(np.median(us)) * len(us) / runs for name, us in durations.items()}
+    everything = sum(per_run.values()) or 1.0
+    operators = [{"name": name, "op": kinds.get(name, "?"), "ms_per_run": us / 1000.0, "share": us / everything}
+                 for name, us in sorted(per_run.items(), key=lambda item: -item[1])]
     return {"runtime": runtime, "artifact": os.path.basename(path), "batch": batch, "runs": runs, "profile": profile,
-            "total_ms_per_run": everything / runs / 1000.0, "operators": operators}
+            "total_ms_per_run": everything / 1000.0, "operators": operators}
 
 
 def profile_onnxruntime(path: str, out_dir: str, batch: int = 1, iterations: int = 20, threads: Optional[int] = None,
@@ -67,19 +70,19 @@ def profile_onnxruntime(path: str, out_dir: str, batch: int = 1, iterations: int
         events = json.load(handle)
     run_spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
     warmup_end = run_spans[0][1] if run_spans else -1
-    totals, kinds = defaultdict(float), {}
+    totals, kinds = defaultdict(list), {}
     for event in events:
         if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time") or event["ts"] <= warmup_end:
             continue
         name = event["name"][:-len("_kernel_time")]
-        totals[name] += event["dur"]  # microseconds
+        totals[name].append(event["dur"])  # microseconds
         kinds[name] = (event.get("args") or {}).get("op_name", "?")
     return _summary("onnxruntime", path, batch, iterations, target, totals, kinds)
 
 
 def profile_openvino(path: str, out_dir: str, batch: int = 1, iterations: int = 20, threads: Optional[int] = None,
                      providers=("cpu",), hint: Optional[str] = "latency") -> dict:
-    """OpenVINO's per-layer counters (PERF_COUNT), summed over `iterations` runs after one warm-up run."""
+    """OpenVINO's per-layer counters (PERF_COUNT) over `iterations` runs after one warm-up run."""
     try:
         import openvino as ov
     except ImportError as exc:
@@ -95,19 +98,20 @@ def profile_openvino(path: str, out_dir: str, batch: int = 1, iterations: int = 
     x = _input_batch([d.get_length() if d.is_static else None for d in compiled.inputs[0].get_partial_shape()][1:],
                      batch)
     request.infer({0: x})
-    totals, kinds, layers = defaultdict(float), {}, {}
+    totals, kinds, layers = defaultdict(list), {}, {}
     for _ in range(iterations):
         request.infer({0: x})
         for info in request.get_profiling_info():  # the counters of the last inference only
             if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_EXECUTED"):
-                totals[info.node_name] += info.real_time.total_seconds() * 1e6
+                totals[info.node_name].append(info.real_time.total_seconds() * 1e6)
                 kinds[info.node_name] = info.node_type
                 layers[info.node_name] = info.exec_type
     target = os.path.join(out_dir, f"openvino-{_safe(os.path.basename(path))}-b{batch}.json")
+    summary = _summary("openvino", path, batch, iterations, target, totals, kinds)
     atomic_write_json(target, {"runs": iterations, "batch": batch, "layers": [
-        {"name": name, "type": kinds[name], "exec_type": layers[name], "real_time_us_per_run": us / iterations}
-        for name, us in sorted(totals.items(), key=lambda item: -item[1])]})
-    return _summary("openvino", path, batch, iterations, target, totals, kinds)
+        {"name": o["name"], "type": o["op"], "exec_type": layers[o["name"]], "real_time_us_per_run": 1000 * o["ms_per_run"],
+         "share": o["share"]} for o in summary["operators"]]})
+    return summary
 
 
 PROFILERS: dict[str, Callable[..., dict]] = {"onnxruntime": profile_onnxruntime, "openvino": profile_openvino}
