@@ -1,0 +1,254 @@
+"""QuantizationAwareTraining: where post-training INT8 loses accuracy, fine-tune with fake quantization and ship the
+result as TensorRT's Q/DQ INT8 file.
+
+Library: NVIDIA ModelOpt (`modelopt.torch.quantization`, the maintained path from PyTorch to TensorRT Q/DQ). It
+installs from PyPI and runs on a CPU-only torch here; its INT8 config is what the exported file computes:
+symmetric int8, per-output-channel weight scales (axis 0), per-tensor activation scales, float biases, max
+(minmax) calibration. BatchNorm is folded into the convolutions first (torch.fx), so the weights fake-quantized in
+training are the very weights the ONNX file holds (onnxruntime's PTQ folds BatchNorm too, so both start from the
+same graph). ModelOpt exports only through the TorchScript exporter, and it writes each weight as a float
+initializer behind a QuantizeLinear; `fold_weight_quantizers` stores those as the int8 initializers TensorRT and
+onnxruntime's own quantizer use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import onnx
+import pytorch_lightning as pl
+import torch
+from onnx import numpy_helper
+from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
+
+from callbacks.fit_end import FitEndStep, best_model, evaluate, input_size, numpy_batches
+from callbacks.quantization import asymmetric_zero_points, loader_batches, prepare_for_quantization, quantize_int8
+from callbacks.records import ArtifactRecord, FitEndRecord
+from deploy.runners import OnnxRuntimeRunner
+
+
+def _mtq():
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError:
+        raise RuntimeError("QuantizationAwareTraining needs NVIDIA ModelOpt; pip install nvidia-modelopt "
+                           "(or pip install -e '.[qat]')") from None
+    return mtq
+
+
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """A copy of `net` with every Conv→BatchNorm pair folded into one Conv (eval-mode statistics)."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(copy.deepcopy(net).eval())
+    except Exception as exc:  # torch.fx cannot trace data-dependent control flow
+        raise RuntimeError(f"QuantizationAwareTraining could not trace {type(net).__name__} with torch.fx to fold "
+                           f"its BatchNorm ({type(exc).__name__}); use a traceable backbone") from None
+
+
+def insert_fake_quant(net: nn.Module, calibration) -> nn.Module:
+    """ModelOpt INT8 fake quantizers around every Conv/Linear, their ranges calibrated (max) on `calibration`
+    (an iterable of input batches): training starts where minmax PTQ does."""
+    mtq = _mtq()
+
+    def forward_loop(model: nn.Module) -> None:
+        with torch.no_grad():
+            for x in calibration:
+                model(torch.as_tensor(x))
+
+    return mtq.quantize(net, copy.deepcopy(mtq.INT8_DEFAULT_CFG), forward_loop=forward_loop)
+
+
+def fold_weight_quantizers(path: str | os.PathLike) -> int:
+    """Store every constant weight that feeds a QuantizeLinear as an int8 initializer feeding its DequantizeLinear
+    (what TensorRT expects of weights and what onnxruntime's quantizer writes); returns how many were folded."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    keep, folded, renamed = [], 0, {}
+    for node in graph.node:
+        inputs = list(node.input)
+        if node.op_type == "QuantizeLinear" and all(name in consts for name in inputs[:3]) and len(inputs) >= 3:
+            x, scale, zero = consts[inputs[0]], consts[inputs[1]], consts[inputs[2]]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            if scale.size > 1:
+                shape = [1] * x.ndim
+                shape[axis] = -1
+                scale, zero = scale.reshape(shape), zero.reshape(shape)
+            q = np.clip(np.rint(x / scale) + zero.astype(np.int32), -128, 127).astype(np.int8)  # rint: ONNX rounds half to even
+            name = f"{node.output[0]}_int8"
+            graph.initializer.append(numpy_helper.from_array(q, name))
+            renamed[node.output[0]] = name
+            folded += 1
+            continue
+        keep.append(node)
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    used = {name for node in keep for name in node.input}
+    keep = [n for n in keep if not (n.op_type == "Constant" and n.output[0] not in used)]
+    unused = [i for i in graph.initializer if i.name not in used and i.name not in {o.name for o in graph.output}]
+    for init in unused:
+        graph.initializer.remove(init)
+    del graph.node[:]
+    graph.node.extend(keep)
+    tmp = Path(path).with_name(f".tmp-fold-{os.getpid()}-{Path(path).name}")
+    onnx.save(model, str(tmp))
+    onnx.checker.check_model(str(tmp))
+    os.replace(tmp, path)
+    return folded
+
+
+def export_qdq_onnx(net: nn.Module, path: str | os.PathLike, size: tuple[int, int]) -> Path:
+    """The fake-quantized network as a Q/DQ ONNX file (dynamic batch, int8 weights), written atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    net = net.cpu().eval()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        # ModelOpt's quantizers carry TorchScript symbolics only; the dynamo exporter cannot trace their range checks
+        torch.onnx.export(net, (torch.zeros(2, 3, *size),), str(tmp), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"], do_constant_folding=True,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    fold_weight_quantizers(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def fine_tune(net: nn.Module, loader, epochs: int, lr: float, weight_decay: float = 0.0,
+              label_smoothing: float = 0.0) -> float:
+    """QAT epochs: AdamW with a cosine decay to 0 (straight-through gradients through the fake quantizers);
+    returns the seconds spent."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    steps = max(1, epochs * len(loader))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    start = time.perf_counter()
+    net.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            loss = nn.functional.cross_entropy(net(x), y, label_smoothing=label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+    net.eval()
+    return time.perf_counter() - start
+
+
+class QuantizationAwareTraining(FitEndStep):
+    """After the fit: fold BatchNorm, insert INT8 fake quantization (ModelOpt, calibrated like minmax PTQ), fine-tune
+    `epochs` epochs, export model.int8-qat.onnx in TensorRT's Q/DQ form, and publish it as the TensorRT INT8
+    artifact (quantization.method "qat") when it beats the PTQ file on the validation split.
+
+    The note (report.json steps.QuantizationAwareTraining) gives, on the test split: `ptq_drop_pts` (plain
+    minmax PTQ, no nodes kept in FP32; positive = lost), `ptq_gated_drop_pts` (the PTQ file as the gate left it)
+    and `qat_drop_pts`, plus the fine-tune's seconds against the fit's.
+
+    Args:
+        epochs: QAT fine-tuning epochs over the train split.
+        lr: AdamW learning rate of the fine-tune (cosine-decayed to 0); about 1/10 to 1/100 of the fit's.
+        num_samples: calibration images (train split, eval transform) that set the initial ranges.
+        weight_decay: AdamW weight decay of the fine-tune.
+    """
+
+    PRODUCES = ("onnx-int8:int8",)
+
+    def __init__(self, epochs: int = 2, lr: float = 1e-4, num_samples: int = 512, weight_decay: float = 0.0) -> None:
+        super().__init__()
+        if epochs < 1 or num_samples < 1 or lr <= 0:
+            raise ValueError(f"QuantizationAwareTraining epochs and num_samples must be 1 or more and lr above 0, "
+                             f"got epochs={epochs} num_samples={num_samples} lr={lr}")
+        self.epochs, self.lr, self.num_samples, self.weight_decay = epochs, lr, num_samples, weight_decay
+        self._train_start: Optional[float] = None
+        self.train_seconds: Optional[float] = None
+
+    def consumes(self) -> tuple[str, ...]:
+        return ("onnx:fp32",)
+
+    def runtime_for(self, key: str) -> str:
+        return "tensorrt"
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._train_start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._train_start is not None:
+            self.train_seconds = time.perf_counter() - self._train_start
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
+        _mtq()  # the missing library is one sentence before any work
+        dm = trainer.datamodule
+        fp32 = record.find("onnx", "fp32")
+        ptq = record.find("onnx-int8", "int8", runtime="tensorrt")
+        size = input_size(pl_module)
+
+        def top1(path: Path, loader) -> float:
+            return evaluate(OnnxRuntimeRunner(str(path)).infer, numpy_batches(loader))["top1"]
+
+        model, _ = best_model(trainer, pl_module)
+        calibration = dm.calibration_dataloader(self.num_samples)
+        net = insert_fake_quant(fold_batchnorm(model.net), (x for x, _ in calibration))
+        smoothing = float(dict(model.hparams).get("label_smoothing") or 0.0)
+        seconds = fine_tune(net, dm.train_dataloader(), self.epochs, self.lr, self.weight_decay, smoothing)
+        out = export_qdq_onnx(net, self.staging / "model.int8-qat.onnx", size)
+        bad = asymmetric_zero_points(out)
+        if bad:
+            raise RuntimeError(f"{out.name}: {len(bad)} Q/DQ nodes have non-zero zero points ({bad[:3]}...), which "
+                               "TensorRT rejects; this is a bug in the QAT export")
+
+        val = {"fp32": top1(fp32.file, dm.val_dataloader()), "qat": top1(out, dm.val_dataloader())}
+        test = {"fp32": top1(fp32.file, dm.test_dataloader()), "qat": top1(out, dm.test_dataloader())}
+        plain = self.staging / ".model.int8-ptq-plain.onnx"
+        prepared = prepare_for_quantization(fp32.file, self.staging / ".model.prepared-qat.onnx")
+        try:
+            quantize_int8(prepared, plain, loader_batches(dm.calibration_dataloader(self.num_samples, batch_size=16)))
+            val["ptq"], test["ptq"] = top1(plain, dm.val_dataloader()), top1(plain, dm.test_dataloader())
+        finally:
+            plain.unlink(missing_ok=True)
+            prepared.unlink(missing_ok=True)
+        if ptq is not None:
+            val["ptq_gated"] = ptq.facts.get("quantization", {}).get("int8_top1", top1(ptq.file, dm.val_dataloader()))
+            test["ptq_gated"] = top1(ptq.file, dm.test_dataloader())
+        rival = val.get("ptq_gated", val["ptq"])
+        beats = val["qat"] > rival
+        facts: dict[str, Any] = {
+            "library": "nvidia-modelopt", "epochs": self.epochs, "lr": self.lr, "num_samples": self.num_samples,
+            "val_top1": val, "test_top1": test,
+            "ptq_drop_pts": 100 * (test["fp32"] - test["ptq"]),
+            "ptq_gated_drop_pts": 100 * (test["fp32"] - test["ptq_gated"]) if "ptq_gated" in test else None,
+            "qat_drop_pts": 100 * (test["fp32"] - test["qat"]),
+            "qat_seconds": seconds, "fit_seconds": self.train_seconds,
+            "qat_cost_of_fit": seconds / self.train_seconds if self.train_seconds else None,
+            "beats_ptq_on_val": beats,
+        }
+        if beats:
+            record.publish(ArtifactRecord(self.name, "onnx-int8", "int8", "tensorrt", file=out, label="ONNX INT8 (QAT)",
+                                          facts={"quantization": {"method": "qat", "calibration": "minmax",
+                                                                  "form": "S8S8 symmetric Q/DQ, float biases (TensorRT)",
+                                                                  **{k: facts[k] for k in ("library", "epochs", "lr")},
+                                                                  "fp32_top1": val["fp32"], "int8_top1": val["qat"],
+                                                                  "delta_pts": 100 * (val["qat"] - val["fp32"])}}))
+        else:
+            out.unlink(missing_ok=True)
+        verdict = "ships as TensorRT's INT8 file" if beats else "not shipped: it does not beat PTQ on the validation split"
+        cost = f", {100 * facts['qat_cost_of_fit']:.0f} % of the fit's training time" if facts["qat_cost_of_fit"] else ""
+        line = (f"test top-1 lost vs FP32: PTQ alone {facts['ptq_drop_pts']:+.2f} pt"
+                + (f", PTQ after the gate {facts['ptq_gated_drop_pts']:+.2f} pt" if "ptq_gated" in test else "")
+                + f", QAT {facts['qat_drop_pts']:+.2f} pt ({self.epochs} epochs, {seconds:.0f} s{cost}); QAT {verdict}")
+        record.note(self.name, "INT8 QAT", line, facts=facts)
+        rank_zero_info(f"QAT: {line}")

@@ -1,0 +1,86 @@
+"""Quantization-aware training: the fake-quantized network exports to a Q/DQ file TensorRT's rules accept, that
+computes in ONNX Runtime what the network computed in training, and a fit with the step reports PTQ's and QAT's
+test top-1 loss side by side."""
+
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from onnx import TensorProto
+from torch import nn
+
+pytest.importorskip("modelopt.torch.quantization")
+
+from callbacks import DeployBundle, Int8Quantization, ONNXExport  # noqa: E402
+from callbacks.qat import QuantizationAwareTraining, export_qdq_onnx, fold_batchnorm, insert_fake_quant  # noqa: E402
+from callbacks.quantization import asymmetric_zero_points  # noqa: E402
+from datamodules import ImageClassificationDataModule  # noqa: E402
+from deploy.runners import OnnxRuntimeRunner  # noqa: E402
+from deploy.tensorrt_check import check_tensorrt  # noqa: E402
+from lightning_modules import ImageClassifier  # noqa: E402
+
+
+def tiny_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def test_the_qat_network_exports_to_tensorrt_qdq_that_onnx_runtime_runs_as_trained(tmp_path):
+    torch.manual_seed(0)
+    net = tiny_net()
+    net.train()
+    for _ in range(3):  # BatchNorm statistics that are not the identity, so folding them matters
+        net(torch.randn(16, 3, 12, 12) * 2 + 1)
+    x = torch.randn(32, 3, 12, 12) * 2 + 1
+    qat = insert_fake_quant(fold_batchnorm(net), [x[:16], x[16:]])
+    path = export_qdq_onnx(qat, tmp_path / "qat.onnx", (12, 12))
+
+    verdict = check_tensorrt(path)
+    assert verdict["passed"], verdict["problems"]
+    assert asymmetric_zero_points(path) == []
+    import onnx
+
+    model = onnx.load(str(path))
+    weights = [i for i in model.graph.initializer if i.data_type == TensorProto.INT8 and len(i.dims) >= 2]
+    assert len(weights) == 3  # both convolutions' and the Linear's weights are stored as int8
+    with torch.no_grad():
+        expected = qat(x).numpy()
+    got = OnnxRuntimeRunner(str(path)).infer(x.numpy())
+    assert np.abs(got - expected).max() <= 1e-3 * max(1.0, float(np.abs(expected).max()))
+    for batch in (1, 5):
+        assert OnnxRuntimeRunner(str(path)).infer(x[:batch].numpy()).shape == (batch, 4)
+
+
+@pytest.fixture(scope="module")
+def qat_fit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qat")
+    pl.seed_everything(0)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=8, limit_val_batches=2,
+                         enable_progress_bar=False, logger=False, default_root_dir=root,
+                         callbacks=[ONNXExport(exporter="torchscript"), Int8Quantization(num_samples=64, max_excluded=0),
+                                    QuantizationAwareTraining(epochs=1, num_samples=64, lr=1e-4),
+                                    DeployBundle(latency_iterations=5, throughput_iterations=2)])
+    model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
+    trainer.fit(model, datamodule=ImageClassificationDataModule(source="digits", image_size=16))
+    return root / "bundle"
+
+
+def test_a_fit_with_qat_reports_what_ptq_and_qat_lose_on_the_test_split(qat_fit):
+    report = json.loads((qat_fit / "report.json").read_text())
+    manifest = json.loads((qat_fit / "manifest.json").read_text())
+    facts = report["steps"]["QuantizationAwareTraining"]
+    test = facts["test_top1"]
+    assert facts["ptq_drop_pts"] == pytest.approx(100 * (test["fp32"] - test["ptq"]))
+    assert facts["qat_drop_pts"] == pytest.approx(100 * (test["fp32"] - test["qat"]))
+    assert 0 < facts["qat_seconds"] and 0 < facts["fit_seconds"]
+    by_method = {a["quantization"]["method"]: a for a in manifest["artifacts"] if a.get("quantization")}
+    assert by_method["ptq"]["file"] == "model.int8.onnx"
+    shipped = (qat_fit / "model.int8-qat.onnx").is_file()
+    assert shipped == facts["beats_ptq_on_val"] == ("qat" in by_method)
+    if shipped:
+        entry = by_method["qat"]
+        assert entry["runtime"] == "tensorrt" and entry["tensorrt_check"]["passed"]
+        assert entry["metrics"]["top1"] == pytest.approx(test["qat"])  # the bundle re-measures the same file
