@@ -58,9 +58,11 @@ class ImageClassifier(pl.LightningModule):
 
     Args:
         num_classes: number of classes (linked from data.num_classes).
-        backbone: network name: resnet | mobilenet_v2.
+        backbone: network name: resnet | mobilenet_v2 (the project's own), any torchvision classifier
+            (mobilenet_v3_small, efficientnet_b0, resnet18, ...) or timm:<name> (pip install timm).
         backbone_args: arguments of the backbone builder (resnet: num_blocks, width; mobilenet_v2: width_mult,
-            dropout, freeze_features, weights, weights_path).
+            dropout, freeze_features, weights, weights_path; torchvision and timm models: weights, weights_path,
+            dropout, freeze_features, bn_momentum and the model's own constructor arguments).
         input_size: [H, W] the network sees (linked from data.input_size); used for the model summary.
         optimizer: adamw | sgd.
         lr: learning rate (the peak rate for onecycle).
