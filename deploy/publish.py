@@ -2,14 +2,15 @@
 
     python -m deploy.publish runs/quickstart models/quickstart
 
-writes models/quickstart/bundle/ (verified: manifest and every sha256) and models/quickstart/report.json (the
-stage's metrics). The newest run is the highest version_N; if that run has no bundle (its fit-end chain failed
+writes models/quickstart/bundle/ (verified: manifest and every sha256), and beside it the stage's metrics:
+report.json and metrics.json (the same rows keyed by artifact, the form `dvc exp show` can compare). The newest run is the highest version_N; if that run has no bundle (its fit-end chain failed
 before writing one) this fails rather than publish an older run's bundle as the new one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
-from deploy.bundle import MANIFEST, BundleError, atomic_write_bytes, load_bundle
+from deploy.bundle import MANIFEST, BundleError, atomic_write_bytes, atomic_write_json, load_bundle
 
 _RUN = re.compile(r"^version_(\d+)$")
 
@@ -53,8 +54,21 @@ def publish(runs_dir: str, out_dir: str) -> str:
     report = os.path.join(target, "report.json")
     if os.path.isfile(report):
         with open(report, "rb") as handle:
-            atomic_write_bytes(os.path.join(out_dir, "report.json"), handle.read())
+            data = handle.read()
+        atomic_write_bytes(os.path.join(out_dir, "report.json"), data)
+        atomic_write_json(os.path.join(out_dir, "metrics.json"), flat_metrics(json.loads(data)))
     return source
+
+
+def flat_metrics(report: dict) -> dict:
+    """report.json's rows keyed by artifact label: DVC reads metrics from nested objects, not from lists, so
+    `dvc exp show` and `dvc metrics diff` can only compare the rows in this form."""
+    metrics = {"test_samples": report.get("test_samples"), "params": report.get("params")}
+    for row in report.get("rows", []):
+        key = re.sub(r"[^a-z0-9]+", "_", row["label"].lower()).strip("_")
+        metrics[key] = {k: row[k] for k in ("top1", "top5", "delta_pts", "latency_ms", "throughput", "size_mb")
+                        if isinstance(row.get(k), (int, float))}
+    return metrics
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
