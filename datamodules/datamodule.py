@@ -22,7 +22,7 @@ from datamodules.stats import (PixelSums, fingerprint, load_cached_mean_std, sav
 from deploy.images import ImageDecodeError
 
 
-SOURCES = ("digits", "imagefolder", "cifar10", "cifar100", "synthetic")
+SOURCES = tuple(sources.SOURCES)  # the built-in ones; sources.SOURCES also holds those registered later
 
 
 def _size(value: Union[int, list[int], None], what: str) -> Optional[list[int]]:
@@ -57,7 +57,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     """Images for a classifier: a source, a stratified split, exact mean/std, albumentations pipelines, loaders.
 
     Args:
-        source: where images come from: digits (scikit-learn's 8x8 digits), imagefolder, cifar10, cifar100, synthetic.
+        source: where images come from: digits (scikit-learn's 8x8 digits), imagefolder, cifar10, cifar100, synthetic,
+            or any name registered with datamodules.sources.register_source.
         root: imagefolder: a folder with one sub-folder per class (or train/ val/ [test/]); cifar: the folder holding
             cifar-10-batches-py/ or cifar-100-python/.
         image_size: resize target, an int or [height, width].
@@ -75,6 +76,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         seed: seeds the split, the shuffle order and the augmentation of every (epoch, sample).
         download: cifar only: download into root when missing (needs a network).
         synthetic: synthetic only: {count: 1000, classes: 10, size: image_size}.
+        source_args: the options of a source registered with datamodules.sources.register_source.
         cache_dir: where the mean/std and image-check caches live; default ~/.cache/edgecls.
         index_threads: threads that decode images when indexing a folder or computing mean/std; default: CPU count (max 8).
     """
@@ -99,11 +101,11 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         synthetic: Optional[dict[str, Any]] = None,
         cache_dir: Optional[str] = None,
         index_threads: Optional[int] = None,
+        source_args: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
-        if source not in SOURCES:
-            raise ValueError(f"source {source!r} is not one of {list(SOURCES)}")
+        self._spec = sources.source_spec(source)
         self.source = source
         self.root = os.path.expanduser(root) if root else None
         self.resize = _size(image_size, "image_size")
@@ -128,7 +130,10 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.seed = int(seed)
         self.download = download
-        self.synthetic = sources.synthetic_options(synthetic) if source == "synthetic" else synthetic
+        self.synthetic = synthetic
+        self.source_args = self._spec.options(dict((synthetic if source == "synthetic" else source_args) or {}))
+        if source == "synthetic":
+            self.synthetic = self.source_args
         self.cache_dir = os.path.expanduser(cache_dir) if cache_dir else default_cache_dir()
         self.index_threads = index_threads or min(8, usable_cores())
 
@@ -164,14 +169,14 @@ class ImageClassificationDataModule(pl.LightningDataModule):
                        f"using {cores} loader workers")
         return cores
 
+    def _request(self, stats: bool = False) -> sources.SourceRequest:
+        return sources.SourceRequest(
+            self.source, self.root, list(self.resize), self.interpolation, list(self.split), self.seed, self.download,
+            dict(self.source_args), self.cache_dir, self.index_threads,
+            stats=self._stats_hook() if stats and self.mean_std == "auto" else None)
+
     def _cheap_class_names(self) -> list[str]:
-        if self.source == "digits":
-            return list(sources.DIGITS_CLASSES)
-        if self.source in ("cifar10", "cifar100"):
-            return sources.cifar_class_names(self.source, self.root, repairable=self.download)
-        if self.source == "synthetic":
-            return [f"class_{i}" for i in range(int(self.synthetic["classes"]))]
-        return imagefolder.class_names(self.root)
+        return list(self._spec.class_names(self._request()))
 
     @property
     def input_size(self) -> list[int]:
@@ -180,8 +185,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
     # --- Lightning hooks -------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.source in ("cifar10", "cifar100") and self.download:
-            sources.download_cifar(self.source, self.root)
+        if self._spec.prepare is not None:
+            self._spec.prepare(self._request())
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self._data is None:
@@ -203,15 +208,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             self._grid_logged = self._log_augmented_grid()
 
     def _load_source(self) -> sources.SourceData:
-        if self.source == "digits":
-            return sources.load_digits_source(self.resize, self.interpolation, self.split, self.seed)
-        if self.source in ("cifar10", "cifar100"):
-            return sources.load_cifar_source(self.source, self.root, self.split, self.seed)
-        if self.source == "synthetic":
-            return sources.load_synthetic_source(self.synthetic, self.resize, self.split, self.seed)
-        return imagefolder.load_imagefolder_source(
-            self.root, self.split, self.seed, self.cache_dir, self.index_threads,
-            stats=self._stats_hook() if self.mean_std == "auto" else None)
+        return self._spec.load(self._request(stats=True))
 
     def _stats_key(self, identity: list[Any]) -> str:
         return fingerprint(["mean_std v1", *identity, self.resize, self.interpolation])

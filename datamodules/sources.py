@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -236,3 +236,85 @@ def load_synthetic_source(options: Optional[dict[str, Any]], default_size: Seque
               for s, idx in zip(SPLITS, parts)}
     return SourceData([f"class_{i}" for i in range(classes)], splits, ["synthetic", count, classes, size, seed,
                                                                       parts[0].tolist()])
+
+
+# --- the registry ------------------------------------------------------------------------------------------------
+@dataclass
+class SourceRequest:
+    """What a source is asked for: the DataModule's settings that shape loading, and the source's own options
+    (``data.source_args``; ``data.synthetic`` for synthetic)."""
+
+    name: str
+    root: Optional[str]
+    resize: list[int]
+    interpolation: str
+    split: list[float]
+    seed: int
+    download: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    cache_dir: Optional[str] = None
+    index_threads: int = 1
+    stats: Any = None  # imagefolder.StatsRequest when mean_std is auto: statistics in the indexing decode pass
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    load: Callable[[SourceRequest], SourceData]
+    class_names: Callable[[SourceRequest], list[str]]  # cheap: the model's head size is linked before setup
+    prepare: Optional[Callable[[SourceRequest], None]] = None  # once, on one process (downloads)
+    options: Callable[[dict[str, Any]], dict[str, Any]] = lambda o: dict(o)  # checks and fills the options
+
+
+SOURCES: dict[str, SourceSpec] = {}
+
+
+def register_source(name: str, load: Optional[Callable[[SourceRequest], SourceData]] = None, *,
+                    class_names: Callable[[SourceRequest], list[str]],
+                    prepare: Optional[Callable[[SourceRequest], None]] = None,
+                    options: Optional[dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]] = None):
+    """Register a data source under ``name`` (``data.source`` in YAML); usable as a decorator of ``load``.
+
+    options: a dict of the source's own options with their defaults (``data.source_args`` may set only
+    those), or a function that checks and fills them."""
+    def checker(defaults: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        def check(given: dict[str, Any]) -> dict[str, Any]:
+            unknown = sorted(set(given) - set(defaults))
+            if unknown:
+                raise ValueError(f"source {name} does not take {unknown} in data.source_args; it takes {sorted(defaults)}")
+            return {**defaults, **given}
+        return check
+
+    def add(fn: Callable[[SourceRequest], SourceData]) -> Callable[[SourceRequest], SourceData]:
+        check = options if callable(options) else checker(dict(options or {}))
+        SOURCES[name] = SourceSpec(name, fn, class_names, prepare, check)
+        return fn
+
+    return add(load) if load is not None else add
+
+
+def source_spec(name: str) -> SourceSpec:
+    if name not in SOURCES:
+        raise ValueError(f"source {name!r} is not one of {list(SOURCES)} (data.source); a new one is registered with "
+                         "datamodules.sources.register_source")
+    return SOURCES[name]
+
+
+def _register_builtins() -> None:
+    from datamodules import imagefolder
+
+    register_source("digits", lambda r: load_digits_source(r.resize, r.interpolation, r.split, r.seed),
+                    class_names=lambda r: list(DIGITS_CLASSES))
+    register_source("imagefolder", lambda r: imagefolder.load_imagefolder_source(
+        r.root, r.split, r.seed, r.cache_dir, r.index_threads, stats=r.stats),
+        class_names=lambda r: imagefolder.class_names(r.root))
+    for cifar in ("cifar10", "cifar100"):
+        register_source(cifar, lambda r: load_cifar_source(r.name, r.root, r.split, r.seed),
+                        class_names=lambda r: cifar_class_names(r.name, r.root, repairable=r.download),
+                        prepare=lambda r: download_cifar(r.name, r.root) if r.download else None)
+    register_source("synthetic", lambda r: load_synthetic_source(r.options, r.resize, r.split, r.seed),
+                    class_names=lambda r: [f"class_{i}" for i in range(int(r.options["classes"]))],
+                    options=synthetic_options)
+
+
+_register_builtins()
