@@ -6,7 +6,7 @@ Exit status:
   0    everything asked for was done (bench: an artifact that cannot run on this device is skipped
        with a warning line)
   1    some inputs failed: one `error: <file>: <why>` line each on stderr, every other input printed
-       (also when every input failed)
+       (also when every input failed); bench --soak: an artifact whose resident memory grew past the bound
   2    a bad argument, an unusable bundle or artifact, too little memory for the batch size asked
        for (what was printed before it stands), or an unexpected error; one `error:` line on stderr
        (EDGECLS_DEBUG=1 shows the traceback of an unexpected one)
