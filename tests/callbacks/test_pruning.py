@@ -143,7 +143,8 @@ def test_a_pruned_run_resumes_from_last_without_pruning_again(tmp_path):
     # cosine: a OneCycle schedule cannot be stretched over epochs added on resume (pruned or not)
     tiny = [*TINY[:1], yaml.safe_dump(BACKBONE_ARGS, default_flow_style=True).strip(), *TINY[2:], "--model.scheduler", "cosine"]
 
-    first = run_main(["fit", "--config", path, *tiny, "--trainer.max_epochs", "2"], tmp_path)
+    # interrupted after 2 of its 3 epochs (8 batches an epoch): a finished run is not resumable
+    first = run_main(["fit", "--config", path, *tiny, "--trainer.max_epochs", "3", "--trainer.max_steps", "16"], tmp_path)
     assert re.search(r"structured pruning at epoch 1: params [\d,]+ -> [\d,]+ .*MACs", first.stdout + first.stderr)
     run = tmp_path / "runs" / "quickstart_pruned" / "version_0"
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
