@@ -230,6 +230,14 @@ class EdgeCLI(LightningCLI):
         records = sys.modules.get("callbacks.records")
         if records is not None:
             self.invocation.fit_end_failures = records.fit_end_failures(trainer)
+            summary = records.fit_end_record(trainer).summary
+            if summary and trainer.is_global_zero:
+                print(summary, flush=True)  # the bundle table is the last thing a fit prints
+
+    def before_fit(self) -> None:
+        records = sys.modules.get("callbacks.records")
+        if records is not None:
+            records.fit_end_record(self.trainer).defer_summary = True
 
     def after_predict(self) -> None:
         """Write what `predict` returned (class probabilities over the test split) to predictions.csv in the run."""

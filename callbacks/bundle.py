@@ -21,7 +21,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from callbacks import report as report_format
 from callbacks.fit_end import (BUNDLE, FitEndStep, best_model, debug_mode, evaluate, input_size, numpy_batches,
                                one_sentence)
-from callbacks.records import FAILED, OK, ArtifactRecord, FitEndRecord
+from callbacks.records import FAILED, OK, ArtifactRecord, FitEndRecord, fit_end_record
 from deploy.benchmark import measure
 from deploy.bundle import artifact_entry, atomic_write_bytes, atomic_write_json, new_manifest, write_labels, write_manifest
 from deploy.runners import RUNTIMES, Runner, runner_for_file
@@ -241,7 +241,12 @@ class DeployBundle(FitEndStep):
             lines.append(f"{item['label']}: {item['status']}: {item['reason']}")
         lines.append(f"top-1 on the test split ({self.report['test_samples']} images), each artifact in its own precision, "
                      f"PyTorch in fp32; {self.report['device']}; bundle: {self.bundle_dir}\n")
-        print("\n".join(lines), flush=True)
+        summary = "\n".join(lines)
+        record = fit_end_record(trainer)
+        if record.defer_summary:
+            record.summary = summary  # the CLI prints it last, after its own test line
+        else:
+            print(summary, flush=True)
 
 
 def tensorrt_verdict(path: Path, rules: str) -> dict[str, Any]:

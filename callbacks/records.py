@@ -76,6 +76,8 @@ class FitEndRecord:
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)  # step name -> its facts (report.json)
     failures: list[StepFailure] = field(default_factory=list)
     bundle_dir: Optional[Path] = None
+    summary: Optional[str] = None  # the bundle table, where its printing is deferred
+    defer_summary: bool = False  # set by the CLI, which prints the table as the last thing of a fit
 
     def publish(self, record: ArtifactRecord) -> ArtifactRecord:
         self.artifacts.append(record)
@@ -109,7 +111,8 @@ def fit_end_record(trainer: pl.Trainer) -> FitEndRecord:
 
 
 def reset_fit_end_record(trainer: pl.Trainer) -> FitEndRecord:
-    trainer._edgecls_fit_end_record = FitEndRecord()
+    old = getattr(trainer, "_edgecls_fit_end_record", None)
+    trainer._edgecls_fit_end_record = FitEndRecord(defer_summary=bool(old and old.defer_summary))
     return trainer._edgecls_fit_end_record
 
 
