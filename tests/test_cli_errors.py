@@ -23,7 +23,7 @@ def image_folder_with_an_empty_class(root):
 
 # (what the user typed, what the one sentence must name)
 MISTAKES = {
-    "unknown backbone": (["--model.backbone", "resnet50"], ["'resnet50'", "model.backbone"]),
+    "unknown backbone": (["--model.backbone", "resnet_50"], ["'resnet_50'", "model.backbone", "did you mean resnet50"]),
     "missing imagefolder root": (["--data.source", "imagefolder", "--data.root", "{tmp}/no_such_folder"], ["{tmp}/no_such_folder"]),
     "empty class folder": (["--data.source", "imagefolder", "--data.root", "{tmp}/images"], ["'emptyclass'"]),
     "offline ImageNet weights": (["--model.backbone", "mobilenet_v2", "--model.backbone_args", '{"weights": "IMAGENET1K_V1"}'],
@@ -60,11 +60,11 @@ def test_a_user_mistake_is_one_sentence_and_exit_2(mistake, quickstart, tmp_path
 
 
 def test_edgecls_debug_shows_the_traceback(quickstart, tmp_path):
-    proc = run_main(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--model.backbone", "resnet50"], tmp_path,
+    proc = run_main(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--model.backbone", "resnet_50"], tmp_path,
                     expect_ok=False, env={"EDGECLS_DEBUG": "1"})
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "build_backbone" in proc.stderr
-    assert "ValueError: unknown backbone 'resnet50'" in proc.stderr
+    assert "ValueError: unknown backbone 'resnet_50'" in proc.stderr
 
 
 KEEP_FAILED_RUN = """
