@@ -74,7 +74,7 @@ def main() -> int:
     start = time.perf_counter()
     models = args.models.split(",") if args.models else (QUICK if args.quick else MODELS)
     size = args.size or (112 if args.quick else 224)
-    b1_iters, b32_iters = (3, 1) if args.quick else (8, 1)
+    b1_iters, b32_iters = (3, 1) if args.quick else (20, 2)
     calibration = np.random.default_rng(0).standard_normal((16, 3, size, size)).astype(np.float32)
     runtimes = [n for n in ("onnxruntime", "openvino") if RUNTIMES[n].available()]
 
