@@ -68,6 +68,7 @@ def qat_fit(tmp_path_factory):
     return root / "bundle"
 
 
+@pytest.mark.slow  # a fit, the PTQ gate, a QAT epoch and a bundle: 45 s on 2 loaded cores
 def test_a_fit_with_qat_reports_what_ptq_and_qat_lose_on_the_test_split(qat_fit):
     report = json.loads((qat_fit / "report.json").read_text())
     manifest = json.loads((qat_fit / "manifest.json").read_text())
