@@ -198,7 +198,7 @@ class DeployBundle(FitEndStep):
         return {"name": self.experiment_name(trainer), "device": device, "throughput_batch": self.throughput_batch,
                 "test_samples": n_test, "params": params, "rows": rows, "notes": [list(n) for n in record.notes],
                 "unavailable": unavailable, "failures": [f"{f.step}: {f.sentence}" for f in record.failures],
-                "steps": record.facts}
+                "steps": record.facts, "int8": record.facts.get("QuantizationAwareTraining", {})}
 
     def experiment_name(self, trainer: pl.Trainer) -> str:
         logger = trainer.logger
