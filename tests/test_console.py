@@ -47,5 +47,7 @@ def test_in_a_terminal_the_bundle_table_is_not_followed_by_a_redrawn_epoch_bar(t
     table = screen.index("top-1 on the test split")
     assert "Epoch 0" not in screen[table:]  # the fit's bar was stopped before the fit-end steps printed
     assert "deploy bundle:" in screen and "TensorRT build skipped" in screen
-    after = screen[screen.index("TensorRT build skipped"):table]
+    after = screen[screen.index("TensorRT build skipped"):screen.index("deploy bundle:")]
     assert "\x1b[1A" not in after and "\x1b[2K" not in after  # nothing moved the cursor up over those lines
+    # the bundle table comes last, after the test line, and nothing redraws over it
+    assert screen.index("test/top1 = ") < table and "\x1b[1A" not in screen[table:]
