@@ -84,10 +84,11 @@ def figure(report: dict[str, Any]) -> "plt.Figure":
     latencies, tops = [r["latency_ms"] for r in rows], [100 * r["top1"] for r in rows]
     acc.axhline(tops[0], color="gray", lw=1.2, ls="--")
     for i, r in enumerate(rows):
-        acc.plot([latencies[i]], [tops[i]], "o", ms=14, color=color[i], zorder=3)
-        # alternately above and below: artifacts of equal accuracy and similar latency sit side by side
-        acc.annotate(r["label"], (latencies[i], tops[i]), xytext=(0, 13 if i % 2 == 0 else -20),
-                     textcoords="offset points", ha="center", fontsize=11, color=color[i])
+        acc.plot([latencies[i]], [tops[i]], "o", ms=16, color=color[i], zorder=3, alpha=0.85)
+        # a number, not the label: artifacts of equal accuracy and similar latency overlap, and their names
+        # would print over each other; the row beside it with the same number and colour names it
+        acc.annotate(str(i + 1), (latencies[i], tops[i]), ha="center", va="center", fontsize=9, color="white",
+                     fontweight="bold", zorder=4)
     pad = max(0.5, (max(tops) - min(tops)) * 0.4)
     acc.set_xscale("log")  # PyTorch eager and an INT8 engine can be 100x apart
     acc.set_xlim(min(latencies) / 2, max(latencies) * 2)
@@ -106,7 +107,7 @@ def figure(report: dict[str, Any]) -> "plt.Figure":
         size.text(v, y, f" {v:.2f} MB", va="center", fontsize=11)
     size.set_xlim(0, max(sizes) * 1.8)
     size.set_yticks(list(ys))
-    labels = [f"{r['label']}\n{t:.2f} % ({'ref' if i == 0 else format(r['delta_pts'], '+.2f')}), {lat:.2f} ms"
+    labels = [f"{i + 1}  {r['label']}\n{t:.2f} % ({'ref' if i == 0 else format(r['delta_pts'], '+.2f')}), {lat:.2f} ms"
               for i, (r, t, lat) in enumerate(zip(rows, tops, latencies))]
     size.set_yticklabels(labels, fontsize=11)
     for tick, c in zip(size.get_yticklabels(), color):

@@ -191,8 +191,9 @@ def test_the_bundle_picture_labels_every_artifact_with_its_accuracy_latency_and_
             {"label": "ONNX INT8", "top1": 0.9733, "latency_ms": 0.12, "size_mb": 0.09, "delta_pts": -0.67}]
     fig = figure({"name": "quickstart", "device": "CPU x (2 cores)", "test_samples": 359, "rows": rows})
     points, sizes = fig.axes
-    assert [t.get_text() for t in points.texts] == ["PyTorch FP32", "ONNX FP32", "ONNX INT8"]  # a label on each point
+    assert [t.get_text() for t in points.texts] == ["1", "2", "3"]  # each point numbered as its row beside it
     assert [t.get_text() for t in sizes.get_yticklabels()] == [
-        "PyTorch FP32\n98.00 % (ref), 1.90 ms", "ONNX FP32\n98.00 % (+0.00), 0.21 ms", "ONNX INT8\n97.33 % (-0.67), 0.12 ms"]
+        "1  PyTorch FP32\n98.00 % (ref), 1.90 ms", "2  ONNX FP32\n98.00 % (+0.00), 0.21 ms",
+        "3  ONNX INT8\n97.33 % (-0.67), 0.12 ms"]
     assert [t.get_text() for t in sizes.texts] == [" 0.30 MB", " 0.28 MB", " 0.09 MB"]
     assert points.get_lines()[0].get_ydata()[0] == 98.0  # the FP32 reference line
