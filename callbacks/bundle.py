@@ -113,6 +113,7 @@ class DeployBundle(FitEndStep):
         gpu_name = versions().get("gpu", "GPU")
         test_batches = lambda: numpy_batches(dm.test_dataloader())  # noqa: E731
 
+        self._confusion = None
         reference = self.measure_one("PyTorch FP32", TorchRunner(model, shape), test_batches)
         reference.update(format="pytorch", precision="fp32", runtime="pytorch", device=device,
                          size_mb=_state_dict_bytes(model) / 1e6, delta_pts=0.0)
@@ -120,8 +121,12 @@ class DeployBundle(FitEndStep):
         for art in list(record.artifacts):
             if art.ok:
                 try:
+                    first_onnx = art.format == "onnx" and self._confusion is None
+                    confusion = np.zeros((self.num_classes(trainer),) * 2, dtype=np.int64) if first_onnx else None
                     with runner_for_file(art.file, art.format) as runner:
-                        row = self.measure_one(art.label, runner, test_batches)
+                        row = self.measure_one(art.label, runner, test_batches, confusion)
+                    if first_onnx:
+                        self._confusion = (art.label, confusion)
                 except Exception as exc:
                     if debug_mode():
                         raise
@@ -140,6 +145,8 @@ class DeployBundle(FitEndStep):
             entries.append(self.manifest_entry(art, row if art.ok else None))
 
         self.report = self.build_report(trainer, record, rows, device, reference["samples"])
+        if self._confusion is not None:
+            self.report["confusion"] = {"artifact": self._confusion[0], "rows_true_columns_predicted": self._confusion[1].tolist()}
         self.write(trainer, dm, entries, checkpoint)
         record.bundle_dir = self.bundle_dir
         self.announce(trainer)
@@ -165,8 +172,8 @@ class DeployBundle(FitEndStep):
             rows.append(row)
         return rows
 
-    def measure_one(self, label: str, runner: Runner, batches) -> dict[str, Any]:
-        scores = evaluate(runner.infer, batches())
+    def measure_one(self, label: str, runner: Runner, batches, confusion: Optional[np.ndarray] = None) -> dict[str, Any]:
+        scores = evaluate(runner.infer, batches(), confusion)
         latency = measure(runner, 1, iterations=self.latency_iterations, warmup=5)
         throughput = measure(runner, self.throughput_batch, iterations=self.throughput_iterations, warmup=2)
         return {"label": label, **scores, "latency_ms": latency["p50_ms"], "throughput": throughput["throughput"]}
@@ -200,6 +207,11 @@ class DeployBundle(FitEndStep):
                 "unavailable": unavailable, "failures": [f"{f.step}: {f.sentence}" for f in record.failures],
                 "steps": record.facts, "int8": record.facts.get("QuantizationAwareTraining", {})}
 
+    @staticmethod
+    def num_classes(trainer: pl.Trainer) -> int:
+        names = getattr(trainer.datamodule, "class_names", None)
+        return len(names) if names else int(trainer.lightning_module.hparams.num_classes)
+
     def experiment_name(self, trainer: pl.Trainer) -> str:
         logger = trainer.logger
         return str(getattr(logger, "name", None) or self.run_dir.name)
@@ -215,6 +227,15 @@ class DeployBundle(FitEndStep):
         fig.savefig(buffer, format="png")
         atomic_write_bytes(staging / "report.png", buffer.getvalue())
         self._figure = fig
+        if self._confusion is not None:  # the shipped FP32 ONNX on the test split, as a device would classify
+            from lightning_modules.figures import confusion_matrix_figure
+
+            label, matrix = self._confusion
+            confusion = confusion_matrix_figure(torch.from_numpy(matrix), classes)
+            confusion.suptitle(f"{label}: test split confusion matrix", fontsize=10)
+            buffer = io.BytesIO()
+            confusion.savefig(buffer, format="png")
+            atomic_write_bytes(staging / "confusion.png", buffer.getvalue())
         config = self.run_dir / "config.yaml"
         if config.is_file():
             shutil.copyfile(config, staging / "config.yaml")

@@ -197,14 +197,18 @@ def first_batch(loader, size: int) -> np.ndarray:
     return np.concatenate([x for x, _ in numpy_batches(loader, limit=size)])
 
 
-def evaluate(infer, batches) -> dict[str, float]:
-    """Top-1 (and top-5 where there are more than 5 classes) of `infer(x) -> logits`, streamed batch by batch."""
+def evaluate(infer, batches, confusion: Optional[np.ndarray] = None) -> dict[str, float]:
+    """Top-1 (and top-5 where there are more than 5 classes) of `infer(x) -> logits`, streamed batch by batch;
+    `confusion` (K x K, rows true, columns predicted) is added to in place where given."""
     correct1 = correct5 = total = 0
     classes = 0
     for x, y in batches:
         logits = np.asarray(infer(x))
         classes = logits.shape[1]
-        correct1 += int((logits.argmax(axis=1) == y).sum())
+        predicted = logits.argmax(axis=1)
+        if confusion is not None:
+            np.add.at(confusion, (y, predicted), 1)
+        correct1 += int((predicted == y).sum())
         if classes > 5:
             top = np.argpartition(-logits, 5, axis=1)[:, :5]
             correct5 += int((top == y[:, None]).any(axis=1).sum())

@@ -33,8 +33,8 @@ def test_fit_writes_a_bundle_whose_manifest_validates_and_sha256s_match(fitted):
     run, proc = fitted
     bundle = load_bundle(run / "bundle", verify=True)  # schema, every sha256 and size checked
     files = sorted(p.name for p in (run / "bundle").iterdir())
-    assert files == ["config.yaml", "labels.txt", "manifest.json", "model.int8-cpu.onnx", "model.int8.onnx",
-                     "model.onnx", "report.json", "report.md", "report.png"]
+    assert files == ["config.yaml", "confusion.png", "labels.txt", "manifest.json", "model.int8-cpu.onnx",
+                     "model.int8.onnx", "model.onnx", "report.json", "report.md", "report.png"]
     assert not (run / ".bundle-staging").exists()
     assert [(a["format"], a["precision"], a["runtime"]) for a in bundle.artifacts] == [
         ("onnx", "fp32", "any"), ("onnx-int8", "int8", "tensorrt"), ("onnx-int8", "int8", "cpu")]
@@ -72,6 +72,9 @@ def test_report_rows_match_an_independent_evaluation_on_the_test_split(fitted):
     data.setup("test")
     x = torch.cat([b[0] for b in data.test_dataloader()]).numpy()
     y = torch.cat([b[1] for b in data.test_dataloader()]).numpy()
+    # the bundle's confusion matrix (confusion.png, report.json) is the FP32 ONNX's on the same images
+    matrix = np.array(report["confusion"]["rows_true_columns_predicted"])
+    assert matrix.sum() == len(y) and np.trace(matrix) / len(y) == pytest.approx(onnxruntime_rows[1]["top1"])
     for row, name in zip(onnxruntime_rows[1:], ["model.onnx", "model.int8.onnx", "model.int8-cpu.onnx"], strict=True):
         logits = OnnxRuntimeRunner(str(run / "bundle" / name)).infer(x)
         assert row["top1"] == pytest.approx(float((logits.argmax(1) == y).mean()))
