@@ -232,7 +232,8 @@ class DeployBundle(FitEndStep):
 
             label, matrix = self._confusion
             confusion = confusion_matrix_figure(torch.from_numpy(matrix), classes)
-            confusion.suptitle(f"{label}: test split confusion matrix", fontsize=10)
+            confusion.axes[0].set_title(f"{label}: test split confusion matrix", fontsize=10)
+            confusion.tight_layout()
             buffer = io.BytesIO()
             confusion.savefig(buffer, format="png")
             atomic_write_bytes(staging / "confusion.png", buffer.getvalue())
