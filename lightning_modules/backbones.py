@@ -248,11 +248,17 @@ def torchvision_backbone(name: str, num_classes: int, weights: Optional[str] = N
                 f"could not download the torchvision weights {name} {enum.name} ({type(exc).__name__}); download "
                 f"{enum.url} on a machine with internet and set backbone_args.weights_path to the file") from None
         _load_pretrained(model, state, head_attr + ".", f"torchvision {name} {enum.name}")
-    elif weights_path:
-        _load_pretrained(model, _read_state_dict(weights_path), head_attr + ".", weights_path)
-    _set_bn_momentum(model, bn_momentum, bool(weights or weights_path))
+    return _finish(model, head_attr, weights_path, bool(weights), bn_momentum, freeze_features)
+
+
+def _finish(model: nn.Module, head: str, weights_path: Optional[str], pretrained: bool,
+            bn_momentum: Optional[float], freeze_features: bool) -> nn.Module:
+    """What every library's builder does last: local weights, BatchNorm momentum, frozen features."""
+    if weights_path:
+        _load_pretrained(model, _read_state_dict(weights_path), head + ".", weights_path)
+    _set_bn_momentum(model, bn_momentum, pretrained or bool(weights_path))
     if freeze_features:
-        _freeze_all_but(model, head_attr + ".")
+        _freeze_all_but(model, head + ".")
     return model
 
 
@@ -300,12 +306,7 @@ def timm_backbone(name: str, num_classes: int, weights: Optional[str] = None, we
         raise ValueError(f"timm:{name} has no single classifier layer this project can resize (pretrained_cfg classifier "
                          f"{model.pretrained_cfg.get('classifier')!r}); pick another model")
     setattr(model, CLASSIFIER_ATTR, head)
-    if weights_path:
-        _load_pretrained(model, _read_state_dict(weights_path), head + ".", weights_path)
-    _set_bn_momentum(model, bn_momentum, bool(weights or weights_path))
-    if freeze_features:
-        _freeze_all_but(model, head + ".")
-    return model
+    return _finish(model, head, weights_path, bool(weights), bn_momentum, freeze_features)
 
 
 def _check_args(name: str, builder: Callable[..., nn.Module], kwargs: dict) -> None:
