@@ -18,75 +18,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 
+from deploy.bench_command import cmd_bench, format_table
 from deploy.bundle import BundleError, FORMATS, add_artifact, artifact_entry, load_bundle, verify_artifact
+from deploy.cli_common import (EXIT_INPUTS_FAILED, EXIT_OK, EXIT_PIPE_CLOSED, EXIT_USAGE, UsageError, _error,
+                               _first_line, _providers, _select, _warning, is_allocation_failure, _out_of_memory,
+                               softmax)
 from deploy.cuda_memory import CudaUnavailable
 from deploy.install import resolve_bundle_dir
 from deploy.nvtx_ranges import nvtx_range
 from deploy.runners import RUNTIMES
 from deploy.selection import BUDGET_PTS
 
-EXIT_OK = 0
-EXIT_INPUTS_FAILED = 1
-EXIT_USAGE = 2
-EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a program killed by SIGPIPE
-
-# ONNX Runtime's arena ("Failed to allocate memory"), C++ std::bad_alloc, CUDA and errno ENOMEM texts.
-_ALLOCATION_FAILURE = re.compile(r"failed to allocate|bad_alloc|out of memory|cannot allocate memory", re.IGNORECASE)
-
-
 EXIT_STATUS = "exit status:" + (__doc__ or "").partition("Exit status:")[2].rstrip()
-
-
-class UsageError(Exception):
-    """A run that cannot go on as asked (nothing to do, a batch that does not fit); the message says what to change."""
-
-
-def _error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-
-
-def _warning(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def is_allocation_failure(exc: BaseException) -> bool:
-    """MemoryError, or a runtime's own exception type whose message says an allocation failed."""
-    return isinstance(exc, MemoryError) or bool(_ALLOCATION_FAILURE.search(str(exc)))
-
-
-def _out_of_memory(artifact: str, batch: int, flag: str, smaller: str) -> UsageError:
-    if batch <= 1:
-        return UsageError(f"out of memory running {artifact} at batch size 1; free memory on this device "
-                          "(stop other processes) or use a smaller artifact, e.g. --format onnx-int8")
-    return UsageError(f"out of memory running {artifact} at batch size {batch}; try a smaller one, e.g. {flag} {smaller}")
-
-
-def _select(bundle, fmt: Optional[str], precision: Optional[str] = None) -> dict:
-    entry = bundle.artifact(fmt, precision)
-    verify_artifact(bundle.path, entry)
-    return entry
-
-
-def _providers(args: argparse.Namespace) -> list[str]:
-    return [p.strip() for p in args.providers.split(",") if p.strip()]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -127,163 +76,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 order = np.argsort(-row, kind="stable")[:topk]
                 top = [{"class": bundle.classes[i], "index": int(i), "probability": round(float(row[i]), 6)} for i in order]
                 print(json.dumps({"file": chunk[index], "top": top}), flush=True)
-    return EXIT_INPUTS_FAILED if failed else EXIT_OK
-
-
-def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dict], Optional[UsageError]]:
-    """The measured rows (one per runtime × artifact × batch), and the out-of-memory error that stopped the run
-    early (None when none did), so the rows measured before it are still printed."""
-    from deploy.benchmark import measure
-    from deploy.runners import open_runner
-
-    batches = args.batch
-    total = len(cands) * len(batches) * args.iterations
-    progress = _progress_bar(total, disable=args.no_progress)
-    rows = []
-    with progress as bar:
-        task = bar.add_task("bench", total=total) if bar else None
-        for cand in cands:
-            entry = cand.entry
-            try:
-                runner = open_runner(bundle, entry, _providers(args), args.threads, cand.runtime, args.hint)
-            except BundleError as exc:
-                _warning(f"skipped {entry['file']} in {cand.runtime}: {exc}")
-                if bar:
-                    bar.advance(task, len(batches) * args.iterations)
-                continue
-            with runner:
-                for batch in batches:
-                    if bar:
-                        bar.update(task, description=f"{entry['file']} {cand.runtime} batch {batch}")
-                    step = (lambda n: bar.advance(task, n)) if bar else None
-                    try:
-                        result = measure(runner, batch, iterations=args.iterations, warmup=args.warmup, progress=step)
-                    except Exception as exc:
-                        if not is_allocation_failure(exc):
-                            raise
-                        fitting = ",".join(str(b) for b in batches if b < batch) or str(max(1, batch // 2))
-                        return rows, _out_of_memory(entry["file"], batch, "--batch", fitting)
-                    top1 = (entry.get("metrics") or {}).get("top1")
-                    rows.append({"artifact": entry["file"], "format": entry["format"], "precision": entry["precision"],
-                                 "runtime": cand.runtime, "size_mb": entry["bytes"] / 1e6,
-                                 "test_top1": None if top1 is None else 100 * top1, "chosen": False, **result})
-    return rows, None
-
-
-class _NoProgress:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress_bar(total: int, disable: bool = False):
-    if disable:
-        return _NoProgress()
-    try:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    except ImportError:
-        return _NoProgress()
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True)
-
-
-COLUMNS = [("artifact", "{}", "artifact"), ("format", "{}", "format"), ("precision", "{}", "precision"),
-           ("runtime", "{}", "runtime"), ("batch", "{}", "batch"), ("p50 ms", "{:.3f}", "p50_ms"),
-           ("p90 ms", "{:.3f}", "p90_ms"), ("p99 ms", "{:.3f}", "p99_ms"), ("img/s", "{:.1f}", "throughput"),
-           ("size MB", "{:.2f}", "size_mb"), ("test top-1 %", "{:.2f}", "test_top1"),
-           ("peak RSS MB", "{:.1f}", "peak_rss_mb"), ("RSS growth MB", "{:+.2f}", "rss_growth_mb"),
-           ("memory", "{}", "memory"), ("auto", "{}", "auto")]
-_LEFT = 4  # the first columns are names, left-aligned; numbers right-aligned
-
-
-def format_table(rows: list[dict], columns=COLUMNS, left: int = _LEFT) -> str:
-    """A plain fixed-width table (no terminal width games, so every column always prints); a value the bundle
-    does not have (a test top-1 of an engine built here) prints as "-"."""
-    cells = [[title for title, _, _ in columns]]
-    for row in rows:
-        row = dict(row, memory="ok" if row.get("memory_ok", True) else "LEAK?", auto="<-" if row.get("chosen") else "-")
-        cells.append(["-" if row.get(key) is None else fmt.format(row[key]) for _, fmt, key in columns])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) if i >= left else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Latency p50/p90/p99, throughput, size, test top-1 and a resident-memory leak check per runtime × artifact
-    and batch size; the row `--runtime auto` picks (measured here, cached) is marked."""
-    from deploy.selection import candidates, choose
-
-    bundle = load_bundle(resolve_bundle_dir(args.bundle), verify=False)
-    runtime = None if args.runtime == "auto" else args.runtime
-    cands = candidates(bundle, runtime, args.format)
-    for entry in {id(c.entry): c.entry for c in cands}.values():
-        verify_artifact(bundle.path, entry)
-    rows, out_of_memory = _bench_rows(args, bundle, cands)
-    if rows and not out_of_memory:
-        # Bench's own batch-1 p50s decide (and refresh the cache) where it measured batch 1.
-        timings = {f"{r['runtime']}:{r['artifact']}": r["p50_ms"] for r in rows if r["batch"] == 1} or None
-        choice = choose(bundle, runtime, args.format, None, _providers(args), args.threads, args.hint,
-                        args.max_drop, timings=timings)
-        for row in rows:
-            row["chosen"] = (row["runtime"], row["artifact"]) == (choice.runtime, choice.entry["file"])
-    if rows:
-        print(json.dumps(rows, indent=2) if args.json else format_table(rows), flush=True)
-    if out_of_memory:
-        raise out_of_memory
-    if not rows:
-        raise UsageError(f"nothing was measured: no artifact in {bundle.path} can run on this device (see the "
-                         "warnings above); pass --format onnx or build an engine here")
-    if args.profile:
-        _bench_profiles(args, bundle, cands)
-    if args.soak:
-        return _bench_soak(args, bundle, cands)
-    return EXIT_OK
-
-
-def _bench_profiles(args: argparse.Namespace, bundle, cands: list) -> None:
-    """Each runtime's own per-operator profile of every candidate at the first batch size, in its own session
-    after the timed runs; the top operators go to stdout (stderr with --json, so stdout stays one JSON value)."""
-    from deploy.profiling import PROFILERS, format_profile
-
-    os.makedirs(args.profile, exist_ok=True)
-    out = sys.stderr if args.json else sys.stdout
-    for cand in cands:
-        profiler = PROFILERS.get(cand.runtime)
-        if profiler is None:
-            _warning(f"no per-operator profiler for {cand.runtime} here; for {cand.entry['file']} use "
-                     "`nsys profile` (NVTX ranges mark each call) or `trtexec --dumpProfile`")
-            continue
-        result = profiler(bundle.artifact_path(cand.entry), args.profile, batch=args.batch[0],
-                          iterations=min(args.iterations, 50), threads=args.threads, providers=_providers(args),
-                          hint=args.hint)
-        print("\n" + format_profile(result), file=out, flush=True)
-
-
-def _bench_soak(args: argparse.Namespace, bundle, cands: list) -> int:
-    """A stress loop of --soak seconds per candidate; exit 1 (one sentence each) where memory grew past the bound."""
-    from deploy.benchmark import soak
-    from deploy.runners import open_runner
-
-    out = sys.stderr if args.json else sys.stdout
-    failed = 0
-    for cand in cands:
-        with open_runner(bundle, cand.entry, _providers(args), args.threads, cand.runtime, args.hint) as runner:
-            result = soak(runner, args.batch[0], args.soak, max_growth_mb=args.soak_max_growth_mb)
-        print(f"soak {cand.entry['file']} in {cand.runtime}, batch {result['batch']}, {result['seconds']:g} s, "
-              f"{result['calls']} calls: p50 {result['first_p50_ms']:.3f} -> {result['last_p50_ms']:.3f} ms "
-              f"({result['latency_drift_pct']:+.1f} %), resident memory {result['rss_start_mb']:.1f} -> "
-              f"{result['rss_end_mb']:.1f} MB ({result['rss_growth_mb']:+.2f} MB, bound {result['max_growth_mb']:g} MB)",
-              file=out, flush=True)
-        if not result["memory_ok"]:
-            failed += 1
-            _error(f"{cand.entry['file']} in {cand.runtime}: resident memory grew {result['rss_growth_mb']:.1f} MB in "
-                   f"a {result['seconds']:g} s soak, over the {result['max_growth_mb']:g} MB bound (a leak?); rerun "
-                   "with a longer --soak to confirm, or raise --soak-max-growth-mb if the growth is expected")
     return EXIT_INPUTS_FAILED if failed else EXIT_OK
 
 

@@ -1,0 +1,66 @@
+"""What every `python -m deploy` command shares: exit statuses, the one-line error and warning, the
+out-of-memory sentence, artifact selection."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import Optional
+
+import numpy as np
+
+from deploy.bundle import verify_artifact
+
+EXIT_OK = 0
+EXIT_INPUTS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a program killed by SIGPIPE
+
+# ONNX Runtime's arena ("Failed to allocate memory"), C++ std::bad_alloc, CUDA and errno ENOMEM texts.
+_ALLOCATION_FAILURE = re.compile(r"failed to allocate|bad_alloc|out of memory|cannot allocate memory", re.IGNORECASE)
+
+
+class UsageError(Exception):
+    """A run that cannot go on as asked (nothing to do, a batch that does not fit); the message says what to change."""
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def _warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """MemoryError, or a runtime's own exception type whose message says an allocation failed."""
+    return isinstance(exc, MemoryError) or bool(_ALLOCATION_FAILURE.search(str(exc)))
+
+
+def _out_of_memory(artifact: str, batch: int, flag: str, smaller: str) -> UsageError:
+    if batch <= 1:
+        return UsageError(f"out of memory running {artifact} at batch size 1; free memory on this device "
+                          "(stop other processes) or use a smaller artifact, e.g. --format onnx-int8")
+    return UsageError(f"out of memory running {artifact} at batch size {batch}; try a smaller one, e.g. {flag} {smaller}")
+
+
+def _select(bundle, fmt: Optional[str], precision: Optional[str] = None) -> dict:
+    entry = bundle.artifact(fmt, precision)
+    verify_artifact(bundle.path, entry)
+    return entry
+
+
+def _providers(args: argparse.Namespace) -> list[str]:
+    return [p.strip() for p in args.providers.split(",") if p.strip()]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
