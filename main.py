@@ -32,12 +32,12 @@ from typing import Any, Optional
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules import ImageClassificationDataModule
 from lightning_modules import ImageClassifier
+from lightning_modules.run_logger import RunLogger
 
 RUNS_DIR = "runs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -194,18 +194,18 @@ class EdgeCLI(LightningCLI):
             kwargs["precision"] = precision
         return super().instantiate_trainer(**kwargs)
 
-    def _run_logger(self) -> TensorBoardLogger:
+    def _run_logger(self) -> RunLogger:
         """runs/<experiment>/version_N: a new N, the resumed run's, or the run a checkpoint to evaluate came from."""
         if self.subcommand == "fit":
             version = int(self._resume_run.name.removeprefix("version_")) if self._resume_run else None
-            return TensorBoardLogger(save_dir=RUNS_DIR, name=self.experiment_name(), version=version, default_hp_metric=False)
+            return RunLogger(save_dir=RUNS_DIR, name=self.experiment_name(), version=version, default_hp_metric=False)
         ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
         run = run_of_checkpoint(Path(ckpt_path)) if ckpt_path else None
         if run is not None:
             # Into the checkpoint's own run, in a folder of its own: the fit's config.yaml and events stay as they are.
-            return TensorBoardLogger(save_dir=run.parents[1], name=run.parent.name, version=run.name,
-                                     sub_dir=self.subcommand, default_hp_metric=False)
-        return TensorBoardLogger(save_dir=RUNS_DIR, name=self.experiment_name(), default_hp_metric=False)
+            return RunLogger(save_dir=run.parents[1], name=run.parent.name, version=run.name,
+                             sub_dir=self.subcommand, default_hp_metric=False)
+        return RunLogger(save_dir=RUNS_DIR, name=self.experiment_name(), default_hp_metric=False)
 
     def _note_new_run_dir(self, log_dir: Path) -> None:
         if log_dir.exists():

@@ -25,9 +25,12 @@ from lightning_modules.figures import confusion_matrix_figure
 # five hparam columns flagged `differs` (sorted by name) and the first five metrics in the order the experiment
 # lists them; everything else is one click away under "Hyperparameters"/"Metrics" in its left pane.
 HEADLINE_HPARAMS = ("backbone", "lr", "weight_decay", "batch_size", "max_epochs")
-# TensorBoard's CUSTOM SCALARS tab, in reading order: the Scalars tab sorts sections by name and opens the first
-# three (epoch, then 62 per-parameter gradient norms); this one puts train and val side by side on one chart each
-# and the per-parameter norms on a single chart. Tags are regular expressions.
+# Gradient L2 norms, one section after the metrics: TensorBoard's Scalars and Time Series tabs sort sections by
+# name (test, train, val, weights) and tags within one, so the total (the section's own name) comes first and the
+# per-parameter norms (GRAD_NORM/<parameter>) after it.
+GRAD_NORM = "weights/grad_norm"
+# TensorBoard's CUSTOM SCALARS tab, in reading order: train and val side by side on one chart each and the
+# per-parameter norms on a single chart. Tags are regular expressions.
 READING_ORDER = {
     "loss and accuracy": {
         "loss (train, val)": ["Multiline", ["train/loss_epoch", "val/loss"]],
@@ -35,10 +38,10 @@ READING_ORDER = {
         "val f1 and top-5": ["Multiline", ["val/f1", "val/top5"]],
     },
     "optimization": {
-        "learning rate": ["Multiline", ["lr-.*"]],
-        "gradient norm (all parameters)": ["Multiline", ["grad_2.0_norm_total"]],
+        "learning rate": ["Multiline", ["train/lr.*"]],
+        "gradient norm (all parameters)": ["Multiline", [f"{GRAD_NORM}$"]],
         "skipped non-finite steps": ["Multiline", ["train/skipped_steps"]],
-        "gradient norm per parameter": ["Multiline", ["grad_2.0_norm/.*"]],
+        "gradient norm per parameter": ["Multiline", [f"{GRAD_NORM}/.*"]],
     },
 }
 # (scalar tag, column title): the plugin shows each run's last value of the tag; a run that never logged it shows
@@ -142,11 +145,13 @@ class ImageClassifier(pl.LightningModule):
             self._bad_loss = f"non-finite loss ({loss.item()})"
             return loss
         self.train_metrics.update(logits.detach(), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute())
+        # torchmetrics values are already synced across processes; sync_dist=True averages equal values (no
+        # change) and keeps Lightning's "use sync_dist=True" warning away under DDP.
+        self.log_dict(self.train_metrics.compute(), sync_dist=True)
         self.train_metrics.reset()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -171,7 +176,9 @@ class ImageClassifier(pl.LightningModule):
         if every and self.global_step % every == 0 and self.trainer.is_global_zero:
             # Straight to the loggers: self.log would also wait for trainer.log_every_n_steps, and the two
             # cadences together would log at neither. Gradients are already all-reduced, so rank zero's are everyone's.
-            norms = {k: float(v) for k, v in grad_norm(self, norm_type=2).items()}
+            norms = grad_norm(self, norm_type=2)  # {"grad_2.0_norm/<parameter>": ..., "grad_2.0_norm_total": ...}
+            total = float(norms.pop("grad_2.0_norm_total"))
+            norms = {GRAD_NORM: total, **{f"{GRAD_NORM}/{k.split('/', 1)[1]}": float(v) for k, v in norms.items()}}
             for logger in self.loggers:
                 logger.log_metrics(norms, step=self.global_step)
 
@@ -214,15 +221,15 @@ class ImageClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
-        self.log_dict(values, prog_bar=True)
+        self.log_dict(values, prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
         if not self.trainer.sanity_checking:
             self.val_best_top1.update(values["val/top1"])
-            self.log("val/best_top1", self.val_best_top1.compute())
+            self.log("val/best_top1", self.val_best_top1.compute(), sync_dist=True)
         self._log_confusion_matrix(self.val_confmat, "val")
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
         self._log_confusion_matrix(self.test_confmat, "test")
 

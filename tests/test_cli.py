@@ -63,12 +63,18 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
 
     acc = events(run)
     scalars = acc.Tags()["scalars"]
-    assert "grad_2.0_norm_total" in scalars
-    assert any(t.startswith("grad_2.0_norm/net.conv1.weight") for t in scalars)
-    steps = [e.step for e in acc.Scalars("grad_2.0_norm_total")]
+    assert "weights/grad_norm" in scalars
+    assert any(t.startswith("weights/grad_norm/net.conv1.weight") for t in scalars)
+    steps = [e.step for e in acc.Scalars("weights/grad_norm")]
     assert steps == list(range(0, 16, 2))  # every log_grad_norm_every optimizer steps, 2 epochs of 8
-    for tag in ("train/loss_step", "val/top1", "val/top5", "val/f1", "val/best_top1", "test/top1", "lr-AdamW"):
+    for tag in ("train/loss_step", "val/top1", "val/top5", "val/f1", "val/best_top1", "test/top1", "train/lr", "train/epoch"):
         assert tag in scalars, tag
+    # TensorBoard's Scalars and Time Series tabs show sections sorted by name: metrics first, gradient norms last,
+    # their total before the per-parameter charts; nothing from Lightning (epoch, lr-AdamW) above them
+    sections = sorted({t.split("/")[0] for t in scalars})
+    assert sections == ["test", "train", "val", "weights"], sections
+    norms = sorted(t for t in scalars if t.startswith("weights/"))
+    assert norms[0] == "weights/grad_norm" and len(norms) > 10
     assert acc.Scalars("val/best_top1")[-1].value == max(e.value for e in acc.Scalars("val/top1"))
     assert "val/confusion_matrix" in acc.Tags()["images"]
 
