@@ -9,6 +9,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from albumentations import Resize
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
@@ -356,10 +357,21 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         return self._loader(ds, self.batch_size, EpochSampler(len(ds), self.seed), drop_last=len(ds) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("val"), self.eval_batch_size or self.batch_size)
+        return self._eval_loader(self._dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("test"), self.eval_batch_size or self.batch_size)
+        return self._eval_loader(self._dataset("test"))
+
+    def _eval_loader(self, dataset: ImageDataset) -> DataLoader:
+        # Under DDP, Lightning's DistributedSampler pads the split with repeats so every process gets as many
+        # batches: 359 images would be scored as 360. Each process scores its own share exactly once instead
+        # (torchmetrics sums the counts across processes); evaluation has no per-step collective, so the uneven
+        # shares cannot stall a process.
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+        return self._loader(dataset, self.eval_batch_size or self.batch_size, sampler)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
