@@ -4,6 +4,7 @@ best and test top-1, the bundle's numbers), rendered by the real TensorBoard in 
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -156,11 +157,15 @@ class TemporaryProfile:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install -y chromium)")
-def test_the_hparams_tab_shows_lr_epochs_and_both_runs_best_top1_without_a_click(two_runs):
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def board(two_runs):
+    """The real TensorBoard serving the two runs; yields its address."""
     port = free_port()
-    board = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(two_runs), "--port", str(port),
-                              "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(two_runs), "--port", str(port),
+                             "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(60):
             try:
@@ -168,11 +173,15 @@ def test_the_hparams_tab_shows_lr_epochs_and_both_runs_best_top1_without_a_click
                 break
             except OSError:
                 time.sleep(1)
-        text = page_text(f"http://127.0.0.1:{port}/#hparams", wait_for="v1 quickstart")
+        yield f"http://127.0.0.1:{port}"
     finally:
-        board.kill()
-        board.wait()
+        proc.kill()
+        proc.wait()
 
+
+@needs_chromium
+def test_the_hparams_tab_shows_lr_epochs_and_both_runs_best_top1_without_a_click(two_runs, board):
+    text = page_text(f"{board}/#hparams", wait_for="v1 quickstart")
     table = text[text.index("Trial ID"):]
     for header in ("lr", "max_epochs", "best val top-1", "test top-1"):
         assert f" {header} " in table, header
@@ -181,6 +190,15 @@ def test_the_hparams_tab_shows_lr_epochs_and_both_runs_best_top1_without_a_click
         row = table[table.index(f"v{version} quickstart"):]
         shown = f"{best:.{4 - math.floor(math.log10(best))}f}"  # as the table shows it: 5 significant digits
         assert shown in row[:400], (version, shown, row[:400])
+
+
+@needs_chromium
+def test_the_time_series_tab_opens_on_results_and_metrics_and_ends_with_the_gradient_norms(board):
+    text = page_text(f"{board}/#timeseries", wait_for="weights")
+    # section headers as the tab lists them, top to bottom ("<name> <N> cards"; a one-card section has no count)
+    sections = [name for name, _ in re.findall(r"(\S+) (\d+) cards", text)]
+    assert sections == ["bundle", "data", "test", "train", "val", "weights"], sections
+    assert "grad_2.0" not in text and "lr-AdamW" not in text and " epoch " not in text  # Lightning's own names are gone
 
 
 def test_the_bundle_picture_labels_every_artifact_with_its_accuracy_latency_and_size():
