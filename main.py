@@ -37,7 +37,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules import ImageClassificationDataModule
 from lightning_modules import ImageClassifier
-from lightning_modules.run_logger import RunLogger
+from lightning_modules.run_logger import RunLogger, reading_order_tag
 
 RUNS_DIR = "runs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -288,7 +288,7 @@ class EpochLines(Callback):
         epoch, self._pending = self._pending, None
         if epoch is None or not trainer.is_global_zero:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.endswith("_step") and v.numel() == 1}
+        metrics = {reading_order_tag(k): float(v) for k, v in trainer.callback_metrics.items() if not k.endswith("_step") and v.numel() == 1}
         shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if f"{k}_epoch" not in metrics)
         print(f"epoch {epoch + 1}/{trainer.max_epochs} ({trainer.precision}): {shown}", flush=True)
 

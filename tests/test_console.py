@@ -23,6 +23,7 @@ def test_a_log_file_gets_one_line_per_epoch_with_its_split_and_precision(tmp_pat
     assert "Epoch 0" not in proc.stdout + proc.stderr  # no progress bar, so no redraws
     first = next(line for line in proc.stdout.splitlines() if line.startswith("epoch 1/3"))
     assert "train/top1=" in first  # the epoch's own, logged after the callbacks' epoch end
+    assert "train/lr=" in first and "lr-AdamW" not in first  # the name TensorBoard shows it under
     assert re.search(r"^test/top1 = [0-9.]+ \(test split, 32-true, runs/quickstart/version_0/checkpoints/epoch\d+\.ckpt\)$",
                      proc.stdout, re.M), proc.stdout[-2000:]
 
