@@ -30,24 +30,22 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pytorch_lightning import Callback, Trainer
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules import ImageClassificationDataModule
 from lightning_modules import ImageClassifier
-from lightning_modules.run_logger import RunLogger, reading_order_tag
+from lightning_modules.console import EpochLines, FitEndSafeProgressBar
+from lightning_modules.run_logger import RunLogger
+from resume import UserError, check_resume, newest_resumable_run, run_of_checkpoint, yaml_load
 
 RUNS_DIR = "runs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 # Lightning 2.6 internals call a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-
-
-class UserError(Exception):
-    """A mistake the user can fix (a refused resume, a missing checkpoint): one sentence, exit status 2."""
 
 
 # How a user's mistake is told from a bug. Our data, model and callback code reports bad YAML values, missing
@@ -260,129 +258,8 @@ class EdgeCLI(LightningCLI):
         print(f"predictions for {len(probs)} images: {out}", flush=True)
 
 
-class FitEndSafeProgressBar(RichProgressBar):
-    """The live bar, stopped when the fit ends: left running, it redraws over what the fit-end steps print and
-    prints the last epoch's bar again after the bundle table."""
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        self._stop_progress()  # and marked stopped, so the test that follows starts a fresh bar
-
-
-class EpochLines(Callback):
-    """One line per epoch with its metrics, for logs that are not a terminal. Printed when the next epoch starts
-    (or training ends): at this callback's on_train_epoch_end the module has not logged its train/top1 yet."""
-
-    def __init__(self) -> None:
-        self._pending: Optional[int] = None
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._pending = trainer.current_epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._print(trainer)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._print(trainer)
-
-    def _print(self, trainer) -> None:
-        epoch, self._pending = self._pending, None
-        if epoch is None or not trainer.is_global_zero:
-            return
-        metrics = {reading_order_tag(k): float(v) for k, v in trainer.callback_metrics.items() if not k.endswith("_step") and v.numel() == 1}
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if f"{k}_epoch" not in metrics)
-        print(f"epoch {epoch + 1}/{trainer.max_epochs} ({trainer.precision}): {shown}", flush=True)
-
-
 def _has(callbacks: list[Callback], kind: type) -> bool:
     return any(isinstance(c, kind) for c in callbacks)
-
-
-def yaml_load(text: str) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(text) or {}
-
-
-# --- resuming ------------------------------------------------------------------------------------------------------
-
-# Trainer settings that size a one-cycle schedule (Lightning's estimated_stepping_batches): the schedule is built
-# once, for the whole fit, and a resume that changes any of them steps past its end.
-ONECYCLE_LENGTH_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches", "devices", "num_nodes")
-
-
-def newest_resumable_run(experiment_dir: Path) -> Optional[Path]:
-    """`fit --ckpt_path last` continues the newest run of this experiment that has a last.ckpt, in place."""
-    runs = [c.parents[1] for c in experiment_dir.glob("version_*/checkpoints/last.ckpt")]
-    runs = [r for r in runs if r.name.removeprefix("version_").isdigit()]
-    return max(runs, key=lambda r: int(r.name.removeprefix("version_")), default=None)
-
-
-def run_of_checkpoint(ckpt: Path) -> Optional[Path]:
-    """The run folder (…/version_N) a checkpoint under …/version_N/checkpoints/ belongs to, else None."""
-    ckpt = Path(ckpt)
-    if ckpt.parent.name == "checkpoints" and re.fullmatch(r"version_\d+", ckpt.parent.parent.name):
-        return ckpt.parent.parent
-    return None
-
-
-def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
-    """Refuse, before anything is written, a resume that would corrupt `run`: one that has nothing left to train,
-    one with other model/data settings than the run's, or one that would stretch a one-cycle schedule."""
-    import torch
-
-    saved = yaml_load((run / "config.yaml").read_text())
-    where = os.path.relpath(run)
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise UserError(f"cannot read {ckpt} ({type(exc).__name__}: {exc}); it may be a partly written file, "
-                        "so resume from another checkpoint of the run (--ckpt_path <file>)") from None
-    trainer_saved, trainer_now = saved.get("trainer") or {}, now.get("trainer") or {}
-
-    # A run is finished by its own config's max_epochs. A step cap (max_steps) is how a run is trained in pieces,
-    # so a run stopped by max_steps resumes, unless max_steps was its only limit; a one-cycle schedule, whose
-    # length depends on max_steps, is refused below.
-    max_epochs, max_steps = trainer_saved.get("max_epochs"), trainer_saved.get("max_steps")
-    if max_epochs is None and max_steps in (None, -1):
-        max_epochs = 1000  # Lightning's default when neither is set
-    progress = ((state.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
-    epochs_done = (progress.get("current") or {}).get("processed", state.get("epoch", -1) + 1)
-    if max_epochs not in (None, -1) and epochs_done >= max_epochs:
-        raise UserError(
-            f"{where} already finished its {max_epochs} epochs (trainer.max_epochs in its config.yaml), so there "
-            "is nothing to resume; to train longer, start a new run: drop --ckpt_path and set --trainer.max_epochs")
-    if max_epochs is None and max_steps not in (None, -1) and state.get("global_step", 0) >= max_steps:
-        raise UserError(
-            f"{where} already finished its {max_steps} steps (trainer.max_steps in its config.yaml), so there is "
-            "nothing to resume; to train longer, start a new run: drop --ckpt_path and set --trainer.max_steps")
-
-    differ = [k for section in ("model", "data") for k in differing_keys(saved.get(section), now.get(section), section)]
-    if differ:
-        shown = ", ".join(f"{k} ({_value(saved, k)} in the run, {_value(now, k)} now)" for k in differ[:5])
-        raise UserError(f"cannot resume {where}: {shown} differ from its config.yaml; resume with the run's own "
-                        "values, or start a new run without --ckpt_path")
-
-    if (saved.get("model") or {}).get("scheduler") == "onecycle":
-        changed = [k for k in ONECYCLE_LENGTH_KEYS if trainer_saved.get(k) != trainer_now.get(k)]
-        if changed:
-            flags = " ".join(f"--trainer.{k} {trainer_saved.get(k)}" for k in changed)
-            shown = ", ".join(f"trainer.{k} {trainer_saved.get(k)} (now {trainer_now.get(k)})" for k in changed)
-            raise UserError(f"cannot resume {where}: its one-cycle learning-rate schedule was sized for {shown} and "
-                            f"cannot be stretched or cut; resume with {flags}, or start a new run without --ckpt_path")
-
-
-def differing_keys(saved: Any, now: Any, prefix: str) -> list[str]:
-    """Dotted keys whose values differ. A key on one side only is a parameter added to or removed from the code
-    since the run, and carries its default: not a difference."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        return [k for key in saved if key in now for k in differing_keys(saved[key], now[key], f"{prefix}.{key}")]
-    return [] if saved == now else [prefix]
-
-
-def _value(config: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = config.get(part) if isinstance(config, dict) else None
-    return config
 
 
 # --- precision -----------------------------------------------------------------------------------------------------
