@@ -20,7 +20,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -34,6 +34,9 @@ from callbacks.fit_end import FitEndStep, best_model, evaluate, input_size, nump
 from callbacks.quantization import METHODS, asymmetric_zero_points, loader_batches, prepare_for_quantization, quantize_int8
 from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.runners import OnnxRuntimeRunner
+
+# the operators whose inputs ModelOpt's INT8 config quantizes (nn.Conv2d, nn.Linear), as ONNX names them
+QAT_OP_TYPES = ("Conv", "Gemm", "MatMul")
 
 
 def _mtq():
@@ -129,25 +132,68 @@ def export_qdq_onnx(net: nn.Module, path: str | os.PathLike, size: tuple[int, in
     return path
 
 
+def export_parity(net: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> dict[str, float]:
+    """How closely ONNX Runtime on the exported file reproduces the fake-quantized network on `x`: the largest
+    logit difference (relative to the largest logit) and the share of images whose top-1 class agrees."""
+    with torch.no_grad():
+        expected = net.eval()(x).numpy()
+    got = OnnxRuntimeRunner(str(path)).infer(x.numpy())
+    return {"max_abs_diff": float(np.abs(got - expected).max()),
+            "max_abs_logit": float(np.abs(expected).max()),
+            "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean()), "images": int(len(x))}
+
+
 def fine_tune(net: nn.Module, loader, epochs: int, lr: float, weight_decay: float = 0.0,
-              label_smoothing: float = 0.0) -> float:
-    """QAT epochs: AdamW with a cosine decay to 0 (straight-through gradients through the fake quantizers);
-    returns the seconds spent."""
+              label_smoothing: float = 0.0, validate: Optional[Callable[[nn.Module], float]] = None
+              ) -> tuple[float, list[float]]:
+    """QAT epochs: AdamW with a cosine decay to 0 (straight-through gradients through the fake quantizers).
+
+    With `validate` (net -> validation top-1), the network is scored before the first epoch (the calibrated start)
+    and after each one, and it ends holding the best-scoring epoch's weights (the earliest of equal scores).
+    Returns the seconds spent, validation included, and the scores (index 0 = before training)."""
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps = max(1, epochs * len(loader))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     start = time.perf_counter()
-    net.train()
+    scores: list[float] = []
+    best: Optional[dict[str, torch.Tensor]] = None
+
+    def score() -> None:
+        nonlocal best
+        net.eval()
+        with torch.no_grad():
+            scores.append(float(validate(net)))
+        if scores[-1] > max(scores[:-1], default=-1.0):
+            best = {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+    if validate is not None:
+        score()
     for _ in range(epochs):
+        net.train()
         for x, y in loader:
             loss = nn.functional.cross_entropy(net(x), y, label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             schedule.step()
+        if validate is not None:
+            score()
+    if best is not None:
+        net.load_state_dict(best)
     net.eval()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, scores
+
+
+def torch_top1(net: nn.Module, loader) -> float:
+    """Top-1 of a torch network (eval mode, no gradients) over a loader, batch by batch."""
+    correct = total = 0
+    net.eval()
+    with torch.no_grad():
+        for x, y in loader:
+            correct += int((net(x).argmax(dim=1) == y).sum())
+            total += len(y)
+    return correct / max(1, total)
 
 
 class QuantizationAwareTraining(FitEndStep):
@@ -156,9 +202,15 @@ class QuantizationAwareTraining(FitEndStep):
     artifact (quantization.method "qat") when, on the validation split, it beats plain minmax PTQ and at least ties
     the PTQ file the gate left (which may keep nodes in FP32).
 
+    BatchNorm is folded before the fine-tune, so its statistics stay frozen at the fit's; the network is scored on
+    the validation split before and after each QAT epoch and the best epoch is the one exported (0 = the
+    calibrated start, no training).
+
     The note (report.json steps.QuantizationAwareTraining) gives, on the test split: `ptq_drop_pts` (plain
-    minmax PTQ, no nodes kept in FP32; positive = lost), `ptq_gated_drop_pts` (the PTQ file as the gate left it)
-    and `qat_drop_pts`, plus the fine-tune's seconds against the fit's.
+    minmax PTQ, no nodes kept in FP32; positive = lost), `ptq_gated_drop_pts` (the PTQ file as the gate left it),
+    `ptq_conv_gemm_drop_pts` (minmax PTQ of only the operators QAT quantizes) and `qat_drop_pts`, plus the
+    fine-tune's seconds (validation included) against the fit's, the epoch kept, and `qat_export_parity` (ONNX
+    Runtime on the exported file against the fake-quantized network).
 
     Args:
         epochs: QAT fine-tuning epochs over the train split.
@@ -212,25 +264,34 @@ class QuantizationAwareTraining(FitEndStep):
         calibration = dm.calibration_dataloader(self.num_samples)
         net = insert_fake_quant(fold_batchnorm(model.net), (x for x, _ in calibration))
         smoothing = float(dict(model.hparams).get("label_smoothing") or 0.0)
-        seconds = fine_tune(net, dm.train_dataloader(), self.epochs, self.lr, self.weight_decay, smoothing)
+        seconds, val_by_epoch = fine_tune(net, dm.train_dataloader(), self.epochs, self.lr, self.weight_decay,
+                                          smoothing, validate=lambda n: torch_top1(n, dm.val_dataloader()))
         out = export_qdq_onnx(net, self.staging / "model.int8-qat.onnx", size)
         bad = asymmetric_zero_points(out)
         if bad:
             raise RuntimeError(f"{out.name}: {len(bad)} Q/DQ nodes have non-zero zero points ({bad[:3]}...), which "
                                "TensorRT rejects; this is a bug in the QAT export")
+        parity = export_parity(net, out, next(iter(dm.val_dataloader()))[0])
 
         val = {"fp32": top1(fp32.file, dm.val_dataloader()), "qat": top1(out, dm.val_dataloader())}
         test = {"fp32": top1(fp32.file, dm.test_dataloader()), "qat": top1(out, dm.test_dataloader())}
         plain = self.staging / ".model.int8-ptq-plain.onnx"
         prepared = prepare_for_quantization(fp32.file, self.staging / ".model.prepared-qat.onnx")
         by_method = {}
+
+        def calibration_batches():
+            return loader_batches(dm.calibration_dataloader(self.num_samples, batch_size=16))
+
         try:
             for method in dict.fromkeys(["minmax", *self.compare_methods]):
-                quantize_int8(prepared, plain, loader_batches(dm.calibration_dataloader(self.num_samples, batch_size=16)),
-                              method)
+                quantize_int8(prepared, plain, calibration_batches(), method)
                 by_method[method] = 100 * (test["fp32"] - top1(plain, dm.test_dataloader()))
                 if method == "minmax":  # what QAT starts from: the same ranges
                     val["ptq"], test["ptq"] = top1(plain, dm.val_dataloader()), top1(plain, dm.test_dataloader())
+            # onnxruntime quantizes every operator it knows (SE Mul, HardSigmoid, ReduceMean, Add ...), ModelOpt only
+            # the inputs and weights of Conv/Gemm: PTQ on QAT's operator set separates the two causes of loss
+            quantize_int8(prepared, plain, calibration_batches(), "minmax", op_types=QAT_OP_TYPES)
+            test["ptq_conv_gemm"] = top1(plain, dm.test_dataloader())
         finally:
             plain.unlink(missing_ok=True)
             prepared.unlink(missing_ok=True)
@@ -245,7 +306,10 @@ class QuantizationAwareTraining(FitEndStep):
             "val_top1": val, "test_top1": test,
             "ptq_drop_pts": 100 * (test["fp32"] - test["ptq"]), "ptq_drop_pts_by_method": by_method,
             "ptq_gated_drop_pts": 100 * (test["fp32"] - test["ptq_gated"]) if "ptq_gated" in test else None,
+            "ptq_conv_gemm_drop_pts": 100 * (test["fp32"] - test["ptq_conv_gemm"]),
             "qat_drop_pts": 100 * (test["fp32"] - test["qat"]),
+            "qat_val_top1_by_epoch": val_by_epoch, "qat_epoch_kept": int(np.argmax(val_by_epoch)),
+            "qat_export_parity": parity, "test_samples": len(dm.test_dataloader().dataset),
             "qat_seconds": seconds, "fit_seconds": self.train_seconds,
             "qat_cost_of_fit": seconds / self.train_seconds if self.train_seconds else None,
             "beats_ptq_on_val": beats,
@@ -255,6 +319,7 @@ class QuantizationAwareTraining(FitEndStep):
                                           facts={"quantization": {"method": "qat", "calibration": "minmax",
                                                                   "form": "S8S8 symmetric Q/DQ, float biases (TensorRT)",
                                                                   **{k: facts[k] for k in ("library", "epochs", "lr")},
+                                                                  "epoch_kept": facts["qat_epoch_kept"],
                                                                   "fp32_top1": val["fp32"], "int8_top1": val["qat"],
                                                                   "delta_pts": 100 * (val["qat"] - val["fp32"])}}))
         else:
@@ -263,6 +328,8 @@ class QuantizationAwareTraining(FitEndStep):
         cost = f", {100 * facts['qat_cost_of_fit']:.0f} % of the fit's training time" if facts["qat_cost_of_fit"] else ""
         line = (f"test top-1 lost vs FP32: PTQ alone {facts['ptq_drop_pts']:+.2f} pt"
                 + (f", PTQ after the gate {facts['ptq_gated_drop_pts']:+.2f} pt" if "ptq_gated" in test else "")
-                + f", QAT {facts['qat_drop_pts']:+.2f} pt ({self.epochs} epochs, {seconds:.0f} s{cost}); QAT {verdict}")
+                + f", PTQ on QAT's operators (Conv/Gemm only) {facts['ptq_conv_gemm_drop_pts']:+.2f} pt"
+                + f", QAT {facts['qat_drop_pts']:+.2f} pt (epoch {facts['qat_epoch_kept']} of {self.epochs} kept on val, "
+                f"{seconds:.0f} s{cost}); {facts['test_samples']} test images; QAT {verdict}")
         record.note(self.name, "INT8 QAT", line, facts=facts)
         rank_zero_info(f"QAT: {line}")

@@ -114,18 +114,21 @@ TENSORRT_FORM = Int8Form("S8S8 symmetric Q/DQ, float biases (TensorRT)")
 def quantize_int8(prepared_path: str | os.PathLike, out_path: str | os.PathLike,
                   calibration: np.ndarray | BatchReader, method: str = "minmax", per_channel: bool = True,
                   nodes_to_exclude: Sequence[str] = (), percentile: float = 99.999,
-                  calibration_cache: Optional[str | os.PathLike] = None) -> Path:
+                  calibration_cache: Optional[str | os.PathLike] = None,
+                  op_types: Optional[Sequence[str]] = None) -> Path:
     """Static Q/DQ INT8 in TensorRT's form: every zero point 0 (symmetric activations and weights), per-channel
     weights, float biases. `calibration` is an array or a BatchReader (streamed); `calibration_cache` keeps the
-    computed ranges in a file, so later calls with other `nodes_to_exclude` skip calibration."""
+    computed ranges in a file, so later calls with other `nodes_to_exclude` skip calibration; `op_types` limits
+    quantization to those operators (default: every operator onnxruntime can quantize)."""
     return quantize_static_int8(prepared_path, out_path, calibration, TENSORRT_FORM, method, per_channel,
-                                nodes_to_exclude, percentile, calibration_cache)
+                                nodes_to_exclude, percentile, calibration_cache, op_types)
 
 
 def quantize_static_int8(prepared_path: str | os.PathLike, out_path: str | os.PathLike,
                          calibration: np.ndarray | BatchReader, form: Int8Form, method: str = "minmax",
                          per_channel: bool = True, nodes_to_exclude: Sequence[str] = (),
-                         percentile: float = 99.999, calibration_cache: Optional[str | os.PathLike] = None) -> Path:
+                         percentile: float = 99.999, calibration_cache: Optional[str | os.PathLike] = None,
+                         op_types: Optional[Sequence[str]] = None) -> Path:
     """Static INT8 of `form` (TENSORRT_FORM, or a CPU form from callbacks.cpu_quantization), written atomically."""
     if method not in METHODS:
         raise ValueError(f"calibration method {method!r} is not one of {sorted(METHODS)}")
@@ -143,6 +146,7 @@ def quantize_static_int8(prepared_path: str | os.PathLike, out_path: str | os.Pa
         quant_format=form.quant_format, per_channel=per_channel, reduce_range=form.reduce_range,
         activation_type=form.activation_type, weight_type=form.weight_type,
         calibrate_method=METHODS[method], nodes_to_exclude=list(nodes_to_exclude),
+        op_types_to_quantize=list(op_types) if op_types else None,
         # CalibStridedMinMax 1: one batch per collection call (see BatchReader).
         extra_options={"ActivationSymmetric": form.activation_symmetric, "WeightSymmetric": form.weight_symmetric,
                        "QuantizeBias": form.quantize_bias, "CalibStridedMinMax": 1, "CalibPercentile": percentile},

@@ -14,7 +14,8 @@ from torch import nn
 pytest.importorskip("modelopt.torch.quantization")
 
 from callbacks import DeployBundle, Int8Quantization, ONNXExport  # noqa: E402
-from callbacks.qat import QuantizationAwareTraining, export_qdq_onnx, fold_batchnorm, insert_fake_quant  # noqa: E402
+from callbacks.qat import (QuantizationAwareTraining, export_parity, export_qdq_onnx, fine_tune,  # noqa: E402
+                           fold_batchnorm, insert_fake_quant)
 from callbacks.quantization import asymmetric_zero_points  # noqa: E402
 from datamodules import ImageClassificationDataModule  # noqa: E402
 from deploy.runners import OnnxRuntimeRunner  # noqa: E402
@@ -52,6 +53,25 @@ def test_the_qat_network_exports_to_tensorrt_qdq_that_onnx_runtime_runs_as_train
     assert np.abs(got - expected).max() <= 1e-3 * max(1.0, float(np.abs(expected).max()))
     for batch in (1, 5):
         assert OnnxRuntimeRunner(str(path)).infer(x[:batch].numpy()).shape == (batch, 4)
+    parity = export_parity(qat, path, x)
+    assert parity["top1_agreement"] == 1.0 and parity["images"] == 32
+
+
+def test_qat_fine_tune_ends_on_the_epoch_that_scored_best_on_validation():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    loader = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(2)]
+    scores = iter([0.50, 0.90, 0.60, 0.70])  # before training, then after epochs 1, 2, 3
+    snapshots = []
+
+    def validate(n):
+        snapshots.append({k: v.clone() for k, v in n.state_dict().items()})
+        return next(scores)
+
+    seconds, by_epoch = fine_tune(net, loader, epochs=3, lr=0.1, validate=validate)
+    assert by_epoch == [0.50, 0.90, 0.60, 0.70] and seconds > 0
+    for key, value in net.state_dict().items():  # epoch 1's weights, not the last epoch's
+        assert torch.equal(value, snapshots[1][key])
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +96,11 @@ def test_a_fit_with_qat_reports_what_ptq_and_qat_lose_on_the_test_split(qat_fit)
     test = facts["test_top1"]
     assert facts["ptq_drop_pts"] == pytest.approx(100 * (test["fp32"] - test["ptq"]))
     assert facts["qat_drop_pts"] == pytest.approx(100 * (test["fp32"] - test["qat"]))
+    assert facts["ptq_conv_gemm_drop_pts"] == pytest.approx(100 * (test["fp32"] - test["ptq_conv_gemm"]))
+    assert facts["test_samples"] == 359  # digits' 0.6/0.2/0.2 split
+    assert len(facts["qat_val_top1_by_epoch"]) == 2 and facts["qat_epoch_kept"] in (0, 1)
+    # ONNX Runtime computes what fake quantization did, up to int8 rounding flips on near-tied logits (1 of 32 here)
+    assert facts["qat_export_parity"]["top1_agreement"] >= 0.9
     assert 0 < facts["qat_seconds"] and 0 < facts["fit_seconds"]
     by_method = {a["quantization"]["method"]: a for a in manifest["artifacts"] if a.get("quantization")}
     assert by_method["ptq"]["file"] == "model.int8.onnx"
