@@ -1,6 +1,13 @@
 """Data layer: sources, splits, mean/std, albumentations pipelines and loaders behind one LightningDataModule."""
 
-from datamodules.datamodule import ImageClassificationDataModule
-from datamodules.presets import Preprocessing, build_eval_transform, build_train_transform
+import os
 
-__all__ = ["ImageClassificationDataModule", "Preprocessing", "build_eval_transform", "build_train_transform"]
+# Before albumentations is imported anywhere: its import-time version check waits on DNS when there is no network
+# (measured: 14.6 s an import, in every loader worker). NO_ALBUMENTATIONS_UPDATE=0 in the environment keeps it.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from datamodules.datamodule import ImageClassificationDataModule  # noqa: E402
+from datamodules.presets import BatchNormalizer, Preprocessing, build_eval_transform, build_train_transform  # noqa: E402
+
+__all__ = ["BatchNormalizer", "ImageClassificationDataModule", "Preprocessing", "build_eval_transform",
+           "build_train_transform"]
