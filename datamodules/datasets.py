@@ -19,18 +19,33 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from datamodules.rundir import append_excluded_once
+from datamodules.workers import SharedArray, SharedStrings
 from deploy.images import ImageDecodeError, read_image
 
 log = logging.getLogger(__name__)
 
 
 class ArrayImages:
-    """Images already decoded in memory: an [N, H, W, 3] uint8 RGB array (optionally a subset of its rows)."""
+    """Images already decoded in memory: an [N, H, W, 3] uint8 RGB array (optionally a subset of its rows).
 
-    def __init__(self, array: np.ndarray, indices: Optional[Sequence[int]] = None, names: Optional[list[str]] = None):
-        self.array = array
-        self.indices = np.arange(len(array)) if indices is None else np.asarray(indices, dtype=np.int64)
-        self._names = names
+    The array lives in shared memory (``SharedArray``; pass one to share it between splits): loader workers map it
+    instead of each receiving a copy. ``names``: one name per row of the array, or a prefix that names row r
+    ``<prefix><r>`` (``digits:17``)."""
+
+    def __init__(self, array: Union[np.ndarray, SharedArray], indices: Optional[Sequence[int]] = None,
+                 names: Union[str, Sequence[str], None] = None):
+        self._array = array if isinstance(array, SharedArray) else SharedArray(array)
+        rows = np.arange(len(self._array.array)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self._indices = SharedArray(rows)
+        self._names = names if names is None or isinstance(names, str) else SharedStrings(names)
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._array.array
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self._indices.array
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -40,14 +55,16 @@ class ArrayImages:
 
     def name(self, i: int) -> str:
         row = int(self.indices[i])
-        return self._names[row] if self._names is not None else str(row)
+        if self._names is None or isinstance(self._names, str):
+            return f"{self._names or ''}{row}"
+        return self._names[row]
 
 
 class FileImages:
     """Image files decoded on access through ``deploy.images.read_image`` (the same decoder as the device)."""
 
     def __init__(self, paths: Sequence[str], root: Optional[str] = None):
-        self.paths = list(paths)
+        self.paths = paths if isinstance(paths, SharedStrings) else SharedStrings(paths)
         self.root = root  # names are relative to it: split lists stay valid when the folder moves
 
     def __len__(self) -> int:
@@ -57,7 +74,27 @@ class FileImages:
         return read_image(self.paths[i])
 
     def name(self, i: int) -> str:
-        return os.path.relpath(self.paths[i], self.root) if self.root else self.paths[i]
+        path = self.paths[i]
+        return os.path.relpath(path, self.root) if self.root else path
+
+
+class StoredImages(FileImages):
+    """Image files read from the folder's decoded store (``datamodules.decoded``): rows of a memory-mapped
+    [N, H, W, 3] uint8 array, each image decoded once and resized to the data's image_size. Names stay the files'."""
+
+    def __init__(self, paths: Sequence[str], root: Optional[str], store_file: str, rows: Sequence[int]):
+        super().__init__(paths, root)
+        self.store_file = store_file
+        self._rows = SharedArray(np.asarray(rows, dtype=np.int64))
+        self._map: Optional[np.ndarray] = None
+
+    def read(self, i: int) -> np.ndarray:
+        if self._map is None:  # opened on first use in each process: a memory map does not travel to a worker
+            self._map = np.load(self.store_file, mmap_mode="r")
+        return np.array(self._map[self._rows.array[i]])  # a writable copy: transforms may work in place
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_map": None}
 
 
 class SyntheticImages:
@@ -68,11 +105,15 @@ class SyntheticImages:
 
     def __init__(self, all_labels: np.ndarray, indices: Sequence[int], size: Sequence[int], num_classes: int,
                  seed: int):
-        self.all_labels = np.asarray(all_labels, dtype=np.int64)
-        self.indices = np.asarray(indices, dtype=np.int64)
+        self._all_labels = SharedArray(np.asarray(all_labels, dtype=np.int64))
+        self._indices = SharedArray(np.asarray(indices, dtype=np.int64))
         self.size = (int(size[0]), int(size[1]))
         self.seed = seed
         self.tints = np.random.default_rng([seed, 7]).integers(0, 128, size=(num_classes, 3)).astype(np.uint8)
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self._indices.array
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -80,13 +121,13 @@ class SyntheticImages:
     def read(self, i: int) -> np.ndarray:
         row = int(self.indices[i])
         noise = np.random.default_rng([self.seed, row]).integers(0, 128, size=(*self.size, 3), dtype=np.uint8)
-        return noise + self.tints[self.all_labels[row]]
+        return noise + self.tints[self._all_labels.array[row]]
 
     def name(self, i: int) -> str:
         return f"synthetic:{int(self.indices[i])}"
 
 
-ImageStore = Union[ArrayImages, FileImages, SyntheticImages]
+ImageStore = Union[ArrayImages, FileImages, StoredImages, SyntheticImages]
 
 
 def seed_transform(transform, seed: int, epoch: int, index: int) -> None:
@@ -112,12 +153,16 @@ class ImageDataset(Dataset):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self._labels = SharedArray(np.asarray(labels, dtype=np.int64))
         self.transform = transform
         self.seed = seed
         self.random_transform = random_transform
         self.report_dir = report_dir  # the run directory; None: warn once per process instead
         self._bad: set[int] = set()  # per process: a known-bad file is not retried on every read
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels.array
 
     def __len__(self) -> int:
         return len(self.labels)

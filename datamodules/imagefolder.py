@@ -18,11 +18,12 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from pytorch_lightning.utilities import rank_zero_info
 
-from datamodules.datasets import FileImages
+from datamodules.datasets import FileImages, StoredImages
+from datamodules.decoded import DecodedStore
 from datamodules.rundir import write_text_atomic
 from datamodules.sources import SPLITS, SourceData, SplitData
 from datamodules.split import stratified_split
-from datamodules.stats import PixelSums, file_signature
+from datamodules.stats import PixelSums, file_signature, fingerprint
 from deploy.images import ImageDecodeError, is_image_file, read_image
 
 
@@ -108,35 +109,43 @@ def _stat_key(path: str) -> Optional[list[int]]:
 
 def check_images(paths: Sequence[str], root: str, cache_dir: Optional[str], threads: int,
                  sum_for: Optional[set[str]] = None,
-                 resize: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> tuple[dict[str, str], PixelSums]:
+                 resize: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                 store: Optional[DecodedStore] = None) -> tuple[dict[str, str], PixelSums]:
     """{path: reason} for the files that do not decode, and pixel sums (after ``resize``) over ``sum_for``.
 
-    A file whose (size, mtime, mode) matches the cache is not decoded again unless its pixels are needed.
+    A file whose (size, mtime, mode) matches the cache is not decoded again unless its pixels are needed: for the
+    sums, or for ``store``, which receives every file's resized image in row ``paths.index(file)``.
     """
     sum_for = sum_for or set()
     cache_path = _verdict_cache_path(cache_dir, root)
     cached = _load_verdicts(cache_path)
 
-    def one(path: str) -> tuple[Optional[list[int]], Optional[str], Optional[PixelSums]]:
+    def one(row: int) -> tuple[Optional[list[int]], Optional[str], Optional[PixelSums]]:
+        path = paths[row]
         key = _stat_key(path)
         hit = cached.get(os.path.abspath(path))
-        if path not in sum_for and key is not None and hit is not None and hit[:3] == key:
+        if store is None and path not in sum_for and key is not None and hit is not None and hit[:3] == key:
             return key, hit[3], None
         try:
             image = read_image(path)
         except ImageDecodeError as exc:
             return key, str(exc).removeprefix(f"{path}: "), None
+        if store is None and path not in sum_for:
+            return key, None, None
+        small = resize(image) if resize else image
+        if store is not None:
+            store.put(row, small)
         sums = None
         if path in sum_for:
             sums = PixelSums()
-            sums.add_images(resize(image) if resize else image)
+            sums.add_images(small)
         return key, None, sums
 
     reasons: dict[str, str] = {}
     total = PixelSums()
     verdicts: dict[str, list] = {}
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for path, (key, reason, sums) in zip(paths, pool.map(one, paths, chunksize=8)):
+        for path, (key, reason, sums) in zip(paths, pool.map(one, range(len(paths)), chunksize=8)):
             if reason is not None:
                 reasons[path] = reason
             if sums is not None:
@@ -151,8 +160,49 @@ def check_images(paths: Sequence[str], root: str, cache_dir: Optional[str], thre
     return reasons, total
 
 
+@dataclass
+class StoreRequest:
+    """The decoded store wanted: the resize it holds (the eval transform's first step) and its name."""
+
+    size: list[int]
+    interpolation: str
+    resize: Callable[[np.ndarray], np.ndarray]
+
+
+def _decode_pass(all_paths: list[str], train_paths: list[str], root: str, cache_dir: Optional[str], threads: int,
+                 want_sums: bool, stats: Optional[StatsRequest], decoded: Optional[StoreRequest]):
+    """Check every file (and sum the train pixels, and fill the decoded store, where wanted) in one decode pass;
+    a complete store for exactly these files is reused and nothing is decoded."""
+    store = None
+    if decoded is not None and cache_dir:
+        key = fingerprint(["decoded v1", file_signature(all_paths), decoded.size, decoded.interpolation])
+        store = DecodedStore(cache_dir, root, key, all_paths, decoded.size, decoded.interpolation)
+        if store.load():
+            rank_zero_info(f"decoded store: {len(all_paths):,} images at {decoded.size[0]}x{decoded.size[1]} read "
+                           f"from {store.dir} ({store.nbytes / 1e6:,.1f} MB), no file decoded")
+            rows = {p: i for i, p in enumerate(all_paths)}
+            sums = store.sum_rows([rows[p] for p in train_paths if p not in store.reasons]) if want_sums else None
+            return store.reasons, sums, store
+        store.begin()
+    resize = decoded.resize if decoded is not None else (stats.resize if want_sums else None)
+    try:
+        reasons, sums = check_images(all_paths, root, cache_dir, threads,
+                                     sum_for=set(train_paths) if want_sums else None, resize=resize, store=store)
+    except BaseException:
+        if store is not None:
+            store.abandon()
+        raise
+    if store is not None:
+        store.finish(reasons)
+        rank_zero_info(f"decoded store: {len(all_paths):,} images decoded once at {decoded.size[0]}x"
+                       f"{decoded.size[1]} into {store.dir} ({store.nbytes / 1e6:,.1f} MB); later epochs and fits "
+                       "read it instead of the files (data.decoded_cache: false turns it off)")
+    return reasons, (sums if want_sums else None), store
+
+
 def load_imagefolder_source(root: Optional[str], ratios: Sequence[float], seed: int, cache_dir: Optional[str],
-                            threads: int, stats: Optional[StatsRequest] = None) -> SourceData:
+                            threads: int, stats: Optional[StatsRequest] = None,
+                            decoded: Optional[StoreRequest] = None) -> SourceData:
     """Index the folder, split it (its own train/val/test folders, else stratified and seeded), drop broken files."""
     root = _check_root(root)
     classes = class_names(root)
@@ -181,21 +231,23 @@ def load_imagefolder_source(root: Optional[str], ratios: Sequence[float], seed: 
 
     identity = ["imagefolder", file_signature(listed["train"][0])]
     want_sums = stats is not None and stats.load(stats.key(identity)) is None
-    all_paths = list(dict.fromkeys(p for v in listed.values() for p in v[0]))
-    reasons, sums = check_images(all_paths, root, cache_dir, threads,
-                                 sum_for=set(listed["train"][0]) if want_sums else None,
-                                 resize=stats.resize if want_sums else None)
+    all_paths = sorted({p for v in listed.values() for p in v[0]})  # the store's row order: the same for any split
+    reasons, sums, store = _decode_pass(all_paths, listed["train"][0], root, cache_dir, threads, want_sums, stats,
+                                        decoded)
+    row = {p: i for i, p in enumerate(all_paths)}
 
     splits = {}
     for s in SPLITS:
         paths, labels = listed[s]
-        keep = [i for i, p in enumerate(paths) if p not in reasons]
-        splits[s] = SplitData(FileImages([paths[i] for i in keep], root), np.asarray([labels[i] for i in keep],
-                                                                                        dtype=np.int64))
+        keep = [paths[i] for i, p in enumerate(paths) if p not in reasons]
+        images = (StoredImages(keep, root, store.file, [row[p] for p in keep]) if store is not None
+                  else FileImages(keep, root))
+        splits[s] = SplitData(images, np.asarray([labels[i] for i, p in enumerate(paths) if p not in reasons],
+                                                 dtype=np.int64))
     good = np.bincount(np.concatenate([d.labels for d in splits.values()]), minlength=len(classes))
     broken = [classes[i] for i in np.flatnonzero(good == 0)]
     if broken:
         raise ValueError(f"class folder(s) {broken} under {root} have no image that can be decoded; see the "
                          "excluded images listed above")
     excluded = sorted((os.path.relpath(p, root), r) for p, r in reasons.items())
-    return SourceData(classes, splits, identity, excluded, sums if want_sums else None)
+    return SourceData(classes, splits, identity, excluded, sums)

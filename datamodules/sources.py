@@ -18,6 +18,7 @@ from datamodules.datasets import ArrayImages, ImageStore, SyntheticImages
 from datamodules.presets import INTERPOLATIONS
 from datamodules.split import holdout_split, stratified_split
 from datamodules.stats import PixelSums
+from datamodules.workers import SharedArray
 
 SPLITS = ("train", "val", "test")
 
@@ -37,8 +38,9 @@ class SourceData:
     train_pixel_sums: Optional[PixelSums] = None  # set when indexing already decoded the train images
 
 
-def _from_indices(array: np.ndarray, labels: np.ndarray, parts: Sequence[np.ndarray], names: list[str]) -> dict:
-    return {s: SplitData(ArrayImages(array, idx, names), labels[idx]) for s, idx in zip(SPLITS, parts)}
+def _from_indices(array: np.ndarray, labels: np.ndarray, parts: Sequence[np.ndarray], name_prefix: str) -> dict:
+    shared = SharedArray(array)  # one copy in shared memory for every split and every loader worker
+    return {s: SplitData(ArrayImages(shared, idx, name_prefix), labels[idx]) for s, idx in zip(SPLITS, parts)}
 
 
 # --- digits ------------------------------------------------------------------------------------------------------
@@ -56,8 +58,7 @@ def load_digits_source(size: Sequence[int], interpolation: str, ratios: Sequence
     rgb = np.ascontiguousarray(np.repeat(up[..., None], 3, axis=3))
     labels = digits.target.astype(np.int64)
     parts = stratified_split(labels, ratios, seed)
-    names = [f"digits:{i}" for i in range(len(labels))]
-    return SourceData(DIGITS_CLASSES, _from_indices(rgb, labels, parts, names),
+    return SourceData(DIGITS_CLASSES, _from_indices(rgb, labels, parts, "digits:"),
                       ["digits", h, w, interpolation, [p.tolist() for p in parts]])
 
 
@@ -78,8 +79,7 @@ def load_mnist5k_source(size: Sequence[int], interpolation: str, ratios: Sequenc
     rgb = np.ascontiguousarray(np.repeat(up[..., None], 3, axis=3))
     labels = y.astype(np.int64)
     parts = stratified_split(labels, ratios, seed)
-    names = [f"mnist5k:{i}" for i in range(len(labels))]
-    return SourceData(DIGITS_CLASSES, _from_indices(rgb, labels, parts, names),
+    return SourceData(DIGITS_CLASSES, _from_indices(rgb, labels, parts, "mnist5k:"),
                       ["mnist5k", h, w, interpolation, [p.tolist() for p in parts]])
 
 
@@ -219,11 +219,12 @@ def load_cifar_source(name: str, root: Optional[str], ratios: Sequence[float], s
     x_train, y_train = np.concatenate([a for a, _ in train]), np.concatenate([b for _, b in train])
     x_test, y_test = np.concatenate([a for a, _ in test]), np.concatenate([b for _, b in test])
     keep, held = holdout_split(y_train, ratios[1] / (ratios[0] + ratios[1]), seed)
-    names = [f"{name}:train:{i}" for i in range(len(y_train))]
+    shared_train = SharedArray(x_train)  # one copy in shared memory for train, val and every loader worker
+    del x_train
     splits = {
-        "train": SplitData(ArrayImages(x_train, keep, names), y_train[keep]),
-        "val": SplitData(ArrayImages(x_train, held, names), y_train[held]),
-        "test": SplitData(ArrayImages(x_test, None, [f"{name}:test:{i}" for i in range(len(y_test))]), y_test),
+        "train": SplitData(ArrayImages(shared_train, keep, f"{name}:train:"), y_train[keep]),
+        "val": SplitData(ArrayImages(shared_train, held, f"{name}:train:"), y_train[held]),
+        "test": SplitData(ArrayImages(x_test, None, f"{name}:test:"), y_test),
     }
     signature = [(f, os.path.getsize(os.path.join(folder, f)), os.stat(os.path.join(folder, f)).st_mtime_ns)
                  for f in train_files]
@@ -277,6 +278,7 @@ class SourceRequest:
     cache_dir: Optional[str] = None
     index_threads: int = 1
     stats: Any = None  # imagefolder.StatsRequest when mean_std is auto: statistics in the indexing decode pass
+    decoded: Any = None  # imagefolder.StoreRequest when data.decoded_cache is on: the decoded store to build or reuse
 
 
 @dataclass(frozen=True)
@@ -330,7 +332,7 @@ def _register_builtins() -> None:
     register_source("mnist5k", lambda r: load_mnist5k_source(r.resize, r.interpolation, r.split, r.seed),
                     class_names=lambda r: list(DIGITS_CLASSES))
     register_source("imagefolder", lambda r: imagefolder.load_imagefolder_source(
-        r.root, r.split, r.seed, r.cache_dir, r.index_threads, stats=r.stats),
+        r.root, r.split, r.seed, r.cache_dir, r.index_threads, stats=r.stats, decoded=r.decoded),
         class_names=lambda r: imagefolder.class_names(r.root))
     for cifar in ("cifar10", "cifar100"):
         register_source(cifar, lambda r: load_cifar_source(r.name, r.root, r.split, r.seed),

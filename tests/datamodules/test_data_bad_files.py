@@ -151,8 +151,9 @@ class BreakAFileAtEpoch(Callback):
 def test_a_file_that_goes_bad_mid_fit_is_read_as_its_classmate_and_listed_once(tmp_path):
     root = str(tmp_path / "photos")
     real_image_folder(root)
+    # decoded_cache off: the files are read every epoch (from the decoded store, a file that breaks is not read again)
     dm = ImageClassificationDataModule(source="imagefolder", root=root, image_size=24, batch_size=8, augment="light",
-                                       cache_dir=str(tmp_path / "cache"))
+                                       cache_dir=str(tmp_path / "cache"), decoded_cache=False)
     dm.setup("fit")
     train = dm._datasets["train"]
     victim = next(i for i in range(len(train)) if train.images.name(i) == "train/flower/flower03.jpg")
