@@ -283,7 +283,9 @@ def cpu_precision(accelerator: Any, precision: Any) -> Optional[str]:
 def is_user_error(exc: BaseException, invocation: Invocation) -> bool:
     from argparse import ArgumentError
 
-    if isinstance(exc, (UserError, ArgumentError)):
+    from datamodules.workers import LoaderStalled
+
+    if isinstance(exc, (UserError, ArgumentError, LoaderStalled)):  # LoaderStalled: a stuck machine, said in a sentence
         return True
     return isinstance(exc, SETUP_ERRORS) and not invocation.loops_started
 

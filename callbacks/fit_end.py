@@ -167,7 +167,7 @@ def check_order(trainer: pl.Trainer, step: FitEndStep) -> None:
 def best_model(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[pl.LightningModule, str]:
     """A CPU, eval-mode copy of the module holding the best checkpoint's weights (the final ones where
     there is no checkpoint); the trained module's own state and mode stay as they are."""
-    model = copy.deepcopy(pl_module).cpu()
+    model = copy.deepcopy(pl_module).cpu().to(memory_format=torch.contiguous_format)  # channels_last on a GPU
     path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
     source = "final weights"
     if path and os.path.isfile(path):
@@ -178,10 +178,28 @@ def best_model(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[pl.L
     return model.eval(), source
 
 
+class NetworkBatches:
+    """(x, y) of a loader with x as the network takes it: a DataModule's loaders carry uint8 images, which their
+    collate_fn's ``normalize`` turns into the normalized float32 input (other loaders pass through as they are).
+    Re-iterable, with a length, like the loader."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+        self.dataset = getattr(loader, "dataset", None)
+        self._normalize = getattr(getattr(loader, "collate_fn", None), "normalize", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader:
+            yield (self._normalize(x) if self._normalize is not None else x), y
+
+
 def numpy_batches(loader, limit: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(x float32 NCHW, y int64) batch by batch from a DataLoader, up to `limit` samples; never a whole split."""
     n = 0
-    for x, y in loader:
+    for x, y in NetworkBatches(loader):
         x, y = x.numpy().astype(np.float32, copy=False), y.numpy()
         if limit is not None and n + len(y) > limit:
             x, y = x[: limit - n], y[: limit - n]

@@ -30,7 +30,7 @@ from onnx import numpy_helper
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
-from callbacks.fit_end import FitEndStep, best_model, evaluate, input_size, numpy_batches
+from callbacks.fit_end import FitEndStep, NetworkBatches, best_model, evaluate, input_size, numpy_batches
 from callbacks.quantization import METHODS, asymmetric_zero_points, loader_batches, prepare_for_quantization, quantize_int8
 from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.runners import OnnxRuntimeRunner
@@ -261,17 +261,18 @@ class QuantizationAwareTraining(FitEndStep):
             return evaluate(OnnxRuntimeRunner(str(path)).infer, numpy_batches(loader))["top1"]
 
         model, _ = best_model(trainer, pl_module)
-        calibration = dm.calibration_dataloader(self.num_samples)
+        calibration = NetworkBatches(dm.calibration_dataloader(self.num_samples))
         net = insert_fake_quant(fold_batchnorm(model.net), (x for x, _ in calibration))
         smoothing = float(dict(model.hparams).get("label_smoothing") or 0.0)
-        seconds, val_by_epoch = fine_tune(net, dm.train_dataloader(), self.epochs, self.lr, self.weight_decay,
-                                          smoothing, validate=lambda n: torch_top1(n, dm.val_dataloader()))
+        seconds, val_by_epoch = fine_tune(net, NetworkBatches(dm.train_dataloader()), self.epochs, self.lr,
+                                          self.weight_decay, smoothing,
+                                          validate=lambda n: torch_top1(n, NetworkBatches(dm.val_dataloader())))
         out = export_qdq_onnx(net, self.staging / "model.int8-qat.onnx", size)
         bad = asymmetric_zero_points(out)
         if bad:
             raise RuntimeError(f"{out.name}: {len(bad)} Q/DQ nodes have non-zero zero points ({bad[:3]}...), which "
                                "TensorRT rejects; this is a bug in the QAT export")
-        parity = export_parity(net, out, next(iter(dm.val_dataloader()))[0])
+        parity = export_parity(net, out, next(iter(NetworkBatches(dm.val_dataloader())))[0])
 
         val = {"fp32": top1(fp32.file, dm.val_dataloader()), "qat": top1(out, dm.val_dataloader())}
         test = {"fp32": top1(fp32.file, dm.test_dataloader()), "qat": top1(out, dm.test_dataloader())}

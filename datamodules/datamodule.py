@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from albumentations import Resize
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from datamodules import imagefolder, sources
 from datamodules.datasets import ArrayImages, EpochSampler, ImageDataset
-from datamodules.presets import (IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, TRAIN_PRESETS, Preprocessing,
-                                 build_eval_transform, build_train_transform)
+from datamodules.presets import (IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, TRAIN_PRESETS, BatchNormalizer,
+                                 Preprocessing, build_eval_transform, build_train_transform, resize_step)
 from datamodules.rundir import write_excluded, write_split_lists
 from datamodules.split import check_ratios
 from datamodules.stats import (PixelSums, fingerprint, load_cached_mean_std, save_cached_mean_std, sum_pixels)
+from datamodules.workers import DEFAULT_TIMEOUT_S, auto_workers, init_loader_worker, make_loader, usable_cores  # noqa: F401
 from deploy.images import ImageDecodeError
 
 
@@ -35,19 +35,15 @@ def _size(value: Union[int, list[int], None], what: str) -> Optional[list[int]]:
     return hw
 
 
-def init_loader_worker(worker_id: int) -> None:
-    """One OpenCV thread per worker: the workers are the parallelism, nested thread pools only oversubscribe."""
-    import cv2
+class Uint8Batches:
+    """collate_fn of every loader here: uint8 NCHW images and int64 labels. ``normalize`` makes the network's float
+    input of such a batch wherever it is (the DataModule's on_after_batch_transfer; fit-end steps reading a loader)."""
 
-    cv2.setNumThreads(1)
+    def __init__(self, normalize: BatchNormalizer) -> None:
+        self.normalize = normalize
 
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS and Windows have no affinity call
-        return max(1, os.cpu_count() or 1)
+    def __call__(self, samples):
+        return default_collate(samples)
 
 
 def default_cache_dir() -> str:
@@ -72,9 +68,16 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         split: [train, val, test] fractions for sources without a fixed split (stratified, seeded).
         batch_size: train batch size (Lightning's BatchSizeFinder may change it).
         eval_batch_size: val/test/predict batch size; defaults to batch_size.
-        num_workers: DataLoader worker processes (capped at the CPU cores this process may use).
-        persistent_workers: keep workers alive between epochs (ignored with num_workers 0).
+        num_workers: DataLoader worker processes, or auto (one per usable CPU core but one); capped at the usable
+            cores. They start from a forkserver that has the application imported: milliseconds each.
+        persistent_workers: keep the train loader's workers alive between epochs (ignored with num_workers 0); val
+            and test loaders start theirs when they run, so no second pool waits idle.
         pin_memory: pin host memory; default: only when the trainer runs on a GPU.
+        decoded_cache: imagefolder: decode every image once, resized to image_size, into a memory-mapped uint8 store
+            under cache_dir (its size is printed; refused in one sentence when the disk lacks the space); epochs and
+            later fits read it instead of the files. Train augmentation then starts from the image_size picture.
+        loader_timeout: seconds without a batch from the loader workers before the fit stops with a sentence that
+            names the likely cause (0: wait for ever).
         seed: seeds the split, the shuffle order and the augmentation of every (epoch, sample).
         download: cifar only: download into root when missing (needs a network).
         synthetic: synthetic only: {count: 1000, classes: 10, size: image_size}.
@@ -95,9 +98,11 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         split: list[float] = [0.6, 0.2, 0.2],  # noqa: B006 (jsonargparse shows the default in --help)
         batch_size: int = 64,
         eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
+        num_workers: Union[int, Literal["auto"]] = 0,
         persistent_workers: bool = False,
         pin_memory: Optional[bool] = None,
+        decoded_cache: bool = True,
+        loader_timeout: float = DEFAULT_TIMEOUT_S,
         seed: int = 42,
         download: bool = False,
         synthetic: Optional[dict[str, Any]] = None,
@@ -127,7 +132,16 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size} eval_batch_size={eval_batch_size}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.num_workers = self._cap_workers(max(0, int(num_workers)))
+        if num_workers == "auto":
+            self.num_workers = auto_workers()
+        else:
+            if not isinstance(num_workers, int) or num_workers < 0:
+                raise ValueError(f"data.num_workers must be auto or an int >= 0, got {num_workers!r}")
+            self.num_workers = self._cap_workers(num_workers)
+        self.decoded_cache = bool(decoded_cache)
+        if loader_timeout < 0:
+            raise ValueError(f"data.loader_timeout must be >= 0 seconds (0: no limit), got {loader_timeout}")
+        self.loader_timeout = float(loader_timeout)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.pin_memory = pin_memory
         self.seed = int(seed)
@@ -142,6 +156,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self.class_names = self._cheap_class_names()
         self.num_classes = len(self.class_names)
         self.preprocessing: Optional[Preprocessing] = None
+        self.normalize: Optional[BatchNormalizer] = None  # set with the preprocessing, in setup
         self.excluded: list[tuple[str, str]] = []
         self.stats_origin: Optional[str] = None  # "cache" | "computed" | "imagenet" | "given"
         self._data: Optional[sources.SourceData] = None
@@ -172,10 +187,15 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         return cores
 
     def _request(self, stats: bool = False) -> sources.SourceRequest:
+        decoded = None
+        if stats and self.decoded_cache:
+            pre = Preprocessing(list(self.resize), [0.5] * 3, [0.5] * 3, interpolation=self.interpolation)
+            resize = resize_step(pre)
+            decoded = imagefolder.StoreRequest(list(self.resize), self.interpolation, lambda im: resize(image=im)["image"])
         return sources.SourceRequest(
             self.source, self.root, list(self.resize), self.interpolation, list(self.split), self.seed, self.download,
             dict(self.source_args), self.cache_dir, self.index_threads,
-            stats=self._stats_hook() if stats and self.mean_std == "auto" else None)
+            stats=self._stats_hook() if stats and self.mean_std == "auto" else None, decoded=decoded)
 
     def _cheap_class_names(self) -> list[str]:
         return list(self._spec.class_names(self._request()))
@@ -217,7 +237,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
     def _stats_hook(self) -> imagefolder.StatsRequest:
         """Lets the folder indexer compute mean/std in the same decode pass that checks the images."""
-        resize = Resize(*self.resize, interpolation=INTERPOLATIONS[self.interpolation])
+        resize = resize_step(Preprocessing(list(self.resize), [0.5] * 3, [0.5] * 3, interpolation=self.interpolation))
         return imagefolder.StatsRequest(key=self._stats_key, resize=lambda im: resize(image=im)["image"],
                                         load=lambda key: load_cached_mean_std(self.cache_dir, key))
 
@@ -248,7 +268,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             for start in range(0, len(images.indices), 4096):
                 sums.add_images(images.array[images.indices[start:start + 4096]])
             return sums
-        resize = Resize(*self.resize, interpolation=INTERPOLATIONS[self.interpolation])
+        resize = resize_step(Preprocessing(list(self.resize), [0.5] * 3, [0.5] * 3, interpolation=self.interpolation))
 
         def resized(i: int) -> Optional[np.ndarray]:
             try:
@@ -260,8 +280,9 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
     def _build_datasets(self) -> None:
         pre = self.preprocessing
-        eval_tf = build_eval_transform(pre)
-        train_tf = build_train_transform(self.augment, pre)
+        eval_tf = build_eval_transform(pre, normalize=False)
+        train_tf = build_train_transform(self.augment, pre, normalize=False)
+        self.normalize = BatchNormalizer(pre.mean, pre.std)
         splits = self._data.splits
         self._datasets = {
             "train": ImageDataset(splits["train"].images, splits["train"].labels, train_tf, self.seed, True),
@@ -318,10 +339,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
         ds = self._datasets["train"]
         order = EpochSampler(len(ds), self.seed)
-        items = [ds[item][0] for _, item in zip(range(count), order)]
-        mean = torch.tensor(self.preprocessing.mean).view(3, 1, 1)
-        std = torch.tensor(self.preprocessing.std).view(3, 1, 1)
-        grid = make_grid([(x * std + mean).clamp(0, 1) for x in items], nrow=8)
+        items = [ds[item][0] for _, item in zip(range(count), order)]  # uint8: what the pixels are, before normalizing
+        grid = make_grid([x.float() / 255.0 for x in items], nrow=8)
         experiment.add_image("data/train_augmented", grid, 0)
         return True
 
@@ -335,17 +354,18 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             on_gpu = isinstance(self.trainer.accelerator, CUDAAccelerator)
         return on_gpu if self.pin_memory is None else (self.pin_memory and on_gpu)
 
-    def _loader(self, dataset: ImageDataset, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
-            num_workers=self.num_workers, persistent_workers=self.persistent_workers,
-            pin_memory=self._use_pin_memory(), generator=torch.Generator().manual_seed(self.seed),
-            worker_init_fn=init_loader_worker if self.num_workers else None,
-            # Workers forked from a process whose OpenMP/OpenCV thread pools are already running can deadlock
-            # (seen here: a loader with workers after batches were made in the main process). A forkserver
-            # starts workers from a clean, single-threaded process instead, and stays cheap after the first.
-            multiprocessing_context="forkserver" if self.num_workers else None,
-        )
+    def _loader(self, dataset, batch_size: int, sampler=None, drop_last: bool = False,
+                persistent: bool = False) -> DataLoader:
+        return make_loader(dataset, batch_size, num_workers=self.num_workers, sampler=sampler, drop_last=drop_last,
+                           persistent_workers=persistent and self.persistent_workers,
+                           pin_memory=self._use_pin_memory(), seed=self.seed, timeout=self.loader_timeout,
+                           collate_fn=Uint8Batches(self.normalize))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 images -> the network's float32 input, on the device the batch was moved to (see BatchNormalizer)."""
+        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+            return (self.normalize(batch[0]), *batch[1:])
+        return batch
 
     def _dataset(self, name: str) -> ImageDataset:
         if not self._datasets:
@@ -355,7 +375,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self._dataset("train")
         # drop_last keeps a size-1 last batch away from BatchNorm, unless the split is smaller than one batch
-        return self._loader(ds, self.batch_size, EpochSampler(len(ds), self.seed), drop_last=len(ds) >= self.batch_size)
+        return self._loader(ds, self.batch_size, EpochSampler(len(ds), self.seed), drop_last=len(ds) >= self.batch_size,
+                            persistent=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self._dataset("val"))
@@ -385,8 +406,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         return self._loader(subset, batch_size or self.eval_batch_size or self.batch_size)
 
     def train_samples(self, count: int = 8, epoch: int = 0) -> torch.Tensor:
-        """The first ``count`` augmented train images of ``epoch`` as one tensor (for tests and notebooks)."""
+        """The first ``count`` augmented train images of ``epoch`` as the network sees them (tests and notebooks)."""
         ds = self._dataset("train")
         sampler = EpochSampler(len(ds), self.seed)
         sampler.set_epoch(epoch)
-        return torch.stack([ds[item][0] for _, item in zip(range(count), sampler)])
+        return self.normalize(torch.stack([ds[item][0] for _, item in zip(range(count), sampler)]))

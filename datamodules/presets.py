@@ -46,16 +46,51 @@ class Preprocessing:
         return asdict(self)
 
 
-def normalize_to_tensor(mean: Sequence[float], std: Sequence[float]) -> list[A.BasicTransform]:
+def normalize_to_tensor(mean: Sequence[float], std: Sequence[float], normalize: bool = True) -> list[A.BasicTransform]:
+    """The last steps of every pipeline: CHW tensor, float32 normalized, or uint8 (``normalize=False``: the loaders'
+    form, normalized by ``BatchNormalizer`` where the batch lands)."""
+    if not normalize:
+        return [ToTensorV2()]
     return [A.Normalize(mean=list(mean), std=list(std), max_pixel_value=255.0), ToTensorV2()]
 
 
-def build_eval_transform(pre: Preprocessing) -> A.Compose:
+def resize_step(pre: Preprocessing) -> A.Resize:
+    """The first step of the eval transform, and what the decoded store holds of each file."""
+    return A.Resize(*pre.resize, interpolation=INTERPOLATIONS[pre.interpolation])
+
+
+def build_eval_transform(pre: Preprocessing, normalize: bool = True) -> A.Compose:
     """Resize (+ optional center crop) + normalize: nothing random."""
-    steps: list[A.BasicTransform] = [A.Resize(*pre.resize, interpolation=INTERPOLATIONS[pre.interpolation])]
+    steps: list[A.BasicTransform] = [resize_step(pre)]
     if pre.crop:
         steps.append(A.CenterCrop(*pre.crop))
-    return A.Compose(steps + normalize_to_tensor(pre.mean, pre.std))
+    return A.Compose(steps + normalize_to_tensor(pre.mean, pre.std, normalize))
+
+
+class BatchNormalizer:
+    """uint8 NCHW batch -> float32 normalized, on whatever device the batch is (the GPU after transfer).
+
+    The arithmetic is the device's (deploy.preprocess.Preprocessor): (v - mean*255) * (1 / (std*255)) in float32 with
+    the constants rounded from float64, so a batch normalized here is bit-identical to the bundle's preprocessing.
+    Loaders move uint8 (a quarter of float32's bytes to collate, pin and copy) and the GPU does the arithmetic."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        import torch
+
+        self._offset = torch.tensor(np.asarray(mean, np.float64) * 255.0, dtype=torch.float32).view(1, 3, 1, 1)
+        self._scale = torch.tensor(1.0 / (np.asarray(std, np.float64) * 255.0), dtype=torch.float32).view(1, 3, 1, 1)
+        self._on: dict = {}
+
+    def __call__(self, x):
+        if x.is_floating_point():  # already normalized (a batch from somewhere else)
+            return x
+        if x.device not in self._on:
+            self._on[x.device] = (self._offset.to(x.device), self._scale.to(x.device))
+        offset, scale = self._on[x.device]
+        return (x.float() - offset) * scale
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_on": {}}
 
 
 # --- train transforms -------------------------------------------------------------------------------------------
@@ -67,7 +102,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def _resize_steps(pre: Preprocessing) -> list[A.BasicTransform]:
-    steps: list[A.BasicTransform] = [A.Resize(*pre.resize, interpolation=INTERPOLATIONS[pre.interpolation])]
+    steps: list[A.BasicTransform] = [resize_step(pre)]
     if pre.crop:
         steps.append(A.CenterCrop(*pre.crop))
     return steps
@@ -169,7 +204,8 @@ def transform_from_spec(spec: dict[str, Any]) -> A.BasicTransform:
     return cls(**_as_tuples(args))
 
 
-def build_train_transform(augment: Union[str, Sequence[dict[str, Any]]], pre: Preprocessing) -> A.Compose:
+def build_train_transform(augment: Union[str, Sequence[dict[str, Any]]], pre: Preprocessing,
+                          normalize: bool = True) -> A.Compose:
     """A named preset (``none``, ``light``, ``shift_color``, ``s1``, ``s2``) or a YAML list of transforms, then normalize.
 
     A list is used as written; it must turn an image of any size into ``pre.output_size`` (checked here on two
@@ -192,4 +228,4 @@ def build_train_transform(augment: Union[str, Sequence[dict[str, Any]]], pre: Pr
             if list(out) != list(pre.output_size):
                 raise ValueError(f"the augment list turns a {list(probe)} image into {list(out)}, but the network "
                                  f"expects {pre.output_size}; end the list with a crop or Resize to that size")
-    return A.Compose(steps + normalize_to_tensor(pre.mean, pre.std))
+    return A.Compose(steps + normalize_to_tensor(pre.mean, pre.std, normalize))

@@ -80,6 +80,8 @@ class ImageClassifier(pl.LightningModule):
         log_grad_norm_every: log per-parameter and total gradient L2 norms every N optimizer steps (0: never).
         max_bad_steps: stop the fit after this many non-finite steps in a row.
         log_confusion_matrix: log a confusion-matrix figure at validation and test end.
+        channels_last: run the network in channels_last memory format (NHWC); default: on CUDA only, where
+            convolutions in bf16/fp16 run 2-3x faster in it (measured: benchmarks/gpu_throughput.py).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class ImageClassifier(pl.LightningModule):
         log_grad_norm_every: int = 50,
         max_bad_steps: int = 5,
         log_confusion_matrix: bool = True,
+        channels_last: Optional[bool] = None,
     ) -> None:
         super().__init__()
         # logger=False: hparams go to TensorBoard once, together with the data's and a real metric (on_fit_start)
@@ -134,11 +137,26 @@ class ImageClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    # --- memory format --------------------------------------------------------------------------
+
+    def _memory_format(self) -> torch.memory_format:
+        wanted = self.hparams.get("channels_last")
+        if wanted is None:
+            wanted = self.device.type == "cuda"
+        return torch.channels_last if wanted else torch.contiguous_format
+
+    def _set_memory_format(self) -> None:
+        self._format = self._memory_format()
+        self.net.to(memory_format=self._format)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=getattr(self, "_format", torch.contiguous_format))
+
     # --- training -------------------------------------------------------------------------------
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        logits = self(self._input(x))
         loss = self.criterion(logits, y)
         if not torch.isfinite(loss):
             # Backward still runs (in DDP every rank must take part); on_before_optimizer_step drops the step.
@@ -213,7 +231,7 @@ class ImageClassifier(pl.LightningModule):
 
     def _eval_step(self, batch, stage: str, metrics: MetricCollection, confmat: MulticlassConfusionMatrix) -> None:
         x, y = batch
-        logits = self(x)
+        logits = self(self._input(x))
         self.log(f"{stage}/loss", self.criterion(logits, y), on_epoch=True, sync_dist=True, batch_size=len(y))
         metrics.update(logits, y)
         if self.hparams.log_confusion_matrix:
@@ -245,7 +263,7 @@ class ImageClassifier(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(dim=1)
+        return self(self._input(x)).softmax(dim=1)
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -257,7 +275,17 @@ class ImageClassifier(pl.LightningModule):
                 m.eval()
         return self
 
+    def on_validation_start(self) -> None:
+        self._set_memory_format()  # `validate` on its own; within a fit, already so
+
+    def on_test_start(self) -> None:
+        self._set_memory_format()
+
+    def on_predict_start(self) -> None:
+        self._set_memory_format()
+
     def on_fit_start(self) -> None:
+        self._set_memory_format()
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
             params = leaderboard_hparams(self, self.trainer)
             self.logger.log_hyperparams(params)  # hparams.yaml; with no metrics Lightning writes no events
@@ -273,6 +301,8 @@ class ImageClassifier(pl.LightningModule):
                 logger.log_metrics({"train/skipped_steps": float(self.skipped_steps)}, step=0)
 
     def on_fit_end(self) -> None:
+        self.net.to(memory_format=torch.contiguous_format)  # what export, pruning and a plain user expect
+        self._format = torch.contiguous_format
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
             # A fit stopped by persistent non-finite steps is listed as failed (the plugin filters on status).
             write_leaderboard_end(self.logger, failed=self.bad_steps_in_a_row >= self.hparams.max_bad_steps)

@@ -22,7 +22,7 @@ def test_cifar_source_reads_the_pickles(tmp_path, name, classes):
     assert len(dm._datasets["train"]) + len(dm._datasets["val"]) == n_train
     assert len(dm._datasets["test"]) == n_test
     x, y = next(iter(dm.train_dataloader()))
-    assert x.shape == (64, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.shape == (64, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
     assert int(y.max()) < classes
 
 

@@ -76,7 +76,8 @@ def test_every_mode_becomes_rgb(image_folder, tmp_path):
         image = ds.images.read(i)
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     x, y = next(iter(dm.train_dataloader()))
-    assert x.dtype == torch.float32 and tuple(x.shape[1:]) == (3, 16, 16) and y.dtype == torch.int64
+    assert x.dtype == torch.uint8 and tuple(x.shape[1:]) == (3, 16, 16) and y.dtype == torch.int64
+    assert dm.normalize(x).dtype == torch.float32  # on the device, after the transfer
 
 
 def test_empty_class_folder_and_single_class_are_errors(tmp_path):

@@ -52,7 +52,7 @@ def test_eval_transform_is_deterministic_and_described(tmp_path):
     eval_tf = build_eval_transform(dm.preprocessing)
     assert torch.equal(eval_tf(image=image)["image"], eval_tf(image=image)["image"])
     x, y = next(iter(dm.val_dataloader()))
-    assert x.shape[1:] == (3, 20, 20) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.shape[1:] == (3, 20, 20) and x.dtype == torch.uint8 and y.dtype == torch.int64
 
 
 @pytest.mark.parametrize("preset, mirrors", [("shift_color", False), ("light", True)])
