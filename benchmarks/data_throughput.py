@@ -107,7 +107,8 @@ def main() -> None:
     for workers in args.workers:
         dm = ImageClassificationDataModule(source="imagefolder", root=root, image_size=224, augment="s2",
                                            mean_std="imagenet", split=[0.9, 0.05, 0.05], batch_size=args.batch_size,
-                                           num_workers=workers, persistent_workers=True, cache_dir=cache)
+                                           num_workers=workers, persistent_workers=True, cache_dir=cache,
+                                           decoded_cache=False)  # decode every epoch, as the torchvision side does
         dm.setup("fit")
         albu = images_per_second(dm.train_dataloader())
         paths = dm._datasets["train"].images.paths

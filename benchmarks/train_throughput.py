@@ -79,7 +79,7 @@ def plain_loop(epochs: int, workdir: str) -> float:
         net.train()
         start, n = time.perf_counter(), 0
         for x, y in loader:
-            loss = criterion(net(x), y)
+            loss = criterion(net(data.normalize(x)), y)  # uint8 batches: normalized where they land, as in the fit
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -265,6 +265,28 @@ def test_imagefolder_recipe_on_real_scans_and_photos_with_percentile_calibration
     # features to train, for one epoch.
 
 
+def test_imagefolder_gpu_recipe_runs_on_a_cpu_with_its_workers_store_bf16_and_channels_last(tmp_path):
+    """The GPU recipe as shipped (bf16-mixed, channels_last, workers auto, the decoded store, the whole chain), on
+    this CPU: it must run anywhere, only slower. Its speed on a GPU is benchmarks/gpu_throughput.py's."""
+    root = tmp_path / "my_images"
+    write_image_folder(root, digits_per_class=16, photo_crops=24)  # 184 images, 11 classes
+    recipe = measured_quickly(shrunk_recipe(tmp_path, "imagefolder_gpu.yaml", {
+        "trainer": {"max_epochs": 2},  # 30 epochs of 224x224 is hours on 2 cores
+        # 32x32 instead of 224x224 and batch 32 instead of 128: the same pipeline on 49x fewer pixels
+        "data": {"root": str(root), "image_size": 32, "batch_size": 32, "cache_dir": str(tmp_path / "cache")},
+    }))
+    assert yaml.safe_load(recipe.read_text())["data"]["num_workers"] == "auto"
+    proc = run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
+
+    run = tmp_path / "runs" / "imagefolder_gpu" / "version_0"
+    classes = [f"digit_{d}" for d in range(10)] + ["photo"]
+    check_bundle(run, recipe, classes, [32, 32])
+    assert "decoded store: 184 images decoded once at 32x32" in proc.stderr
+    stores = list((tmp_path / "cache").glob("decoded-*/images.npy"))
+    assert len(stores) == 1 and np.load(stores[0], mmap_mode="r").shape == (184, 32, 32, 3)
+    assert "bf16-mixed" in proc.stdout  # the epoch lines name the precision trained in
+
+
 @pytest.mark.slow  # about 60 s of CPU even shrunk: 3 epochs of a [2,2,2,2] ResNet, pruning, two entropy calibrations
 def test_resnet_cifar10_recipe_prunes_channels_mid_fit_calibrates_with_entropy_and_beats_chance(tmp_path):
     x, y = handwritten_digits(per_class=110)

@@ -70,7 +70,7 @@ def test_report_rows_match_an_independent_evaluation_on_the_test_split(fitted):
         "ONNX FP32 · openvino", "ONNX INT8 · openvino", "ONNX INT8 (CPU) · openvino"]
     data = ImageClassificationDataModule(source="digits", image_size=16)
     data.setup("test")
-    x = torch.cat([b[0] for b in data.test_dataloader()]).numpy()
+    x = torch.cat([data.normalize(b[0]) for b in data.test_dataloader()]).numpy()
     y = torch.cat([b[1] for b in data.test_dataloader()]).numpy()
     # the bundle's confusion matrix (confusion.png, report.json) is the FP32 ONNX's on the same images
     matrix = np.array(report["confusion"]["rows_true_columns_predicted"])
@@ -90,7 +90,7 @@ def test_onnx_matches_the_best_checkpoint_at_batch_1_and_n(fitted):
     model = ImageClassifier.load_from_checkpoint(best, map_location="cpu").eval()
     data = ImageClassificationDataModule(source="digits", image_size=16)
     data.setup("fit")
-    x = next(iter(data.val_dataloader()))[0][:7]
+    x = data.normalize(next(iter(data.val_dataloader()))[0][:7])
     runner = OnnxRuntimeRunner(str(run / "bundle" / "model.onnx"))
     assert runner.input_name == "input" and runner.output_name == "logits"
     with torch.no_grad():

@@ -57,7 +57,7 @@ def test_both_int8_files_pass_their_gate_and_are_scored_in_the_manifest_with_the
     # the manifest's test top-1 is what ONNX Runtime gives on the test split, file by file
     data = ImageClassificationDataModule(source="digits", image_size=16)
     data.setup("test")
-    x = np.concatenate([b[0].numpy() for b in data.test_dataloader()])
+    x = np.concatenate([data.normalize(b[0]).numpy() for b in data.test_dataloader()])
     y = np.concatenate([b[1].numpy() for b in data.test_dataloader()])
     top1 = float((OnnxRuntimeRunner(str(bundle_dir / cpu["file"])).infer(x).argmax(1) == y).mean())
     assert cpu["metrics"]["top1"] == pytest.approx(top1)

@@ -107,7 +107,7 @@ def test_the_best_checkpoint_is_pruned_and_reloads_with_the_same_predictions(pru
 def _val_loader():
     data = digits()
     data.setup("fit")
-    return data.val_dataloader()
+    return ((data.normalize(x), y) for x, y in data.val_dataloader())
 
 
 def test_the_pruned_onnx_is_smaller_and_runs_like_torch(pruned, unpruned_onnx):
