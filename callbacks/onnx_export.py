@@ -8,7 +8,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import onnx

@@ -36,6 +36,51 @@ def run_main(args, cwd: Path, timeout: int = 300, expect_ok: bool = True, env: O
     return proc
 
 
+class InProcessCLI:
+    """`python main.py ...` run inside the test process: main.cli_main(args) in `cwd`, stdout/stderr captured at the
+    file descriptors (Lightning's log handlers write there), SystemExit turned into a return code. It saves a fresh
+    interpreter's 6-7 s of imports per call; tests of the process itself (a traceback printed by the interpreter,
+    signals, a terminal, DDP) keep `run_main`. Given by the `cli` fixture (tests/conftest.py)."""
+
+    def __init__(self, capfd, monkeypatch) -> None:
+        self.capfd = capfd
+        self.monkeypatch = monkeypatch
+
+    def __call__(self, args, cwd: Path, expect_ok: bool = True, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+        import main
+
+        args = [str(a) for a in args]
+        self.monkeypatch.chdir(cwd)
+        for key, value in (env or {}).items():
+            self.monkeypatch.setenv(key, value)
+        self.capfd.readouterr()
+        # Lightning prints its info lines through a stderr handler it adds only where the root logger has none;
+        # pytest's capture handler stands there here, so the lines a user would see are routed to stderr as well.
+        import logging
+        import sys
+
+        lightning = logging.getLogger("pytorch_lightning")
+        handler = logging.StreamHandler(sys.stderr)
+        lightning.addHandler(handler)
+        level = lightning.level
+        lightning.setLevel(logging.INFO)
+        code = 0
+        try:
+            main.cli_main(args)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            lightning.removeHandler(handler)
+            lightning.setLevel(level)
+            for key in (env or {}):
+                self.monkeypatch.delenv(key, raising=False)
+        out, err = self.capfd.readouterr()
+        proc = subprocess.CompletedProcess(["main.py", *args], code, out, err)
+        if expect_ok and code != 0:
+            raise AssertionError(f"main.py {' '.join(args)} exited {code}\n--- stdout\n{out[-4000:]}\n--- stderr\n{err[-6000:]}")
+        return proc
+
+
 # For CLI tests about training itself: the quickstart's fit-end chain (ONNX, INT8, bundle) is tested elsewhere.
 NO_FIT_END = ["--trainer.callbacks", "[]"]
 

@@ -9,7 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from edgecls_testing import EXPERIMENTS, NO_FIT_END, TINY, file_hashes, run_main
+from edgecls_testing import EXPERIMENTS, NO_FIT_END, TINY, file_hashes
 from main import cli_main
 
 
@@ -45,13 +45,13 @@ def test_command_line_overrides_reach_the_config(quickstart, capsys):
     assert printed["model"]["lr"] == 0.02 and printed["trainer"]["max_epochs"] == 3
 
 
-def test_quickstart_fast_dev_run(quickstart, tmp_path):
-    proc = run_main(["fit", "--config", quickstart, "--trainer.fast_dev_run", "true", *TINY], tmp_path)
+def test_quickstart_fast_dev_run(quickstart, tmp_path, cli):
+    proc = cli(["fit", "--config", quickstart, "--trainer.fast_dev_run", "true", *TINY], tmp_path)
     assert 0.0 <= printed_test_top1(proc.stdout) <= 1.0
 
 
-def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickstart, tmp_path):
-    run_main(["fit", "--config", quickstart, "--trainer.max_epochs", "2", "--model.log_grad_norm_every", "2", *TINY, *NO_FIT_END], tmp_path)
+def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickstart, tmp_path, cli):
+    cli(["fit", "--config", quickstart, "--trainer.max_epochs", "2", "--model.log_grad_norm_every", "2", *TINY, *NO_FIT_END], tmp_path)
     run = tmp_path / "runs" / "quickstart" / "version_0"
     assert (run / "config.yaml").is_file()
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -87,11 +87,11 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     assert session.hparams["batch_size"].number_value == 64 and session.hparams["max_epochs"].number_value == 2
 
 
-def test_predict_writes_class_probabilities_for_the_test_split_into_the_checkpoints_run(quickstart, tmp_path):
-    run_main(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "1"], tmp_path)
+def test_predict_writes_class_probabilities_for_the_test_split_into_the_checkpoints_run(quickstart, tmp_path, cli):
+    cli(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "1"], tmp_path)
     run = tmp_path / "runs" / "quickstart" / "version_0"
     fitted = file_hashes(run)
-    proc = run_main(["predict", "--config", quickstart, *TINY, "--ckpt_path", run / "checkpoints" / "last.ckpt"], tmp_path)
+    proc = cli(["predict", "--config", quickstart, *TINY, "--ckpt_path", run / "checkpoints" / "last.ckpt"], tmp_path)
     out = run / "predict" / "predictions.csv"
     # no new, empty version_1: the predictions sit in the checkpoint's run, and the fit's own files are as they were
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
@@ -102,14 +102,14 @@ def test_predict_writes_class_probabilities_for_the_test_split_into_the_checkpoi
     assert all(r[1] in [str(i) for i in range(10)] and 0.1 <= float(r[2]) <= 1.0 for r in rows)
 
 
-def test_resumed_fit_ends_where_an_uninterrupted_fit_ends(quickstart, tmp_path):
+def test_resumed_fit_ends_where_an_uninterrupted_fit_ends(quickstart, tmp_path, cli):
     whole, split = tmp_path / "whole", tmp_path / "split"
     whole.mkdir(), split.mkdir()
     common = ["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--model.scheduler", "cosine"]
-    straight = run_main([*common, "--trainer.max_epochs", "2"], whole)
+    straight = cli([*common, "--trainer.max_epochs", "2"], whole)
     # killed after its first epoch: the schedule still spans two epochs, as in the fit it interrupts
-    run_main([*common, "--trainer.max_epochs", "2", "--trainer.max_steps", "8"], split)
-    resumed = run_main([*common, "--trainer.max_epochs", "2", "--ckpt_path", "last"], split)
+    cli([*common, "--trainer.max_epochs", "2", "--trainer.max_steps", "8"], split)
+    resumed = cli([*common, "--trainer.max_epochs", "2", "--ckpt_path", "last"], split)
 
     # --ckpt_path last continued version_0 in place instead of starting a version_1 from scratch
     assert sorted(p.name for p in (split / "runs" / "quickstart").iterdir()) == ["version_0"]

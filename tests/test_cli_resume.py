@@ -1,7 +1,7 @@
 """`fit --ckpt_path last` never corrupts a run: a resume that cannot end where the run would have ended is refused
 in one sentence before anything is written, and the run's files stay byte-identical."""
 
-from edgecls_testing import NO_FIT_END, TINY, error_lines, file_hashes, run_main
+from edgecls_testing import NO_FIT_END, TINY, error_lines, file_hashes
 
 
 def refused(proc, *names):
@@ -14,34 +14,34 @@ def refused(proc, *names):
     return errors[0]
 
 
-def test_resuming_a_finished_run_is_refused_and_leaves_it_as_it_was(quickstart, tmp_path):
+def test_resuming_a_finished_run_is_refused_and_leaves_it_as_it_was(quickstart, tmp_path, cli):
     common = ["fit", "--config", quickstart, *TINY, *NO_FIT_END]
-    run_main([*common, "--trainer.max_epochs", "1"], tmp_path)
+    cli([*common, "--trainer.max_epochs", "1"], tmp_path)
     run = tmp_path / "runs" / "quickstart" / "version_0"
     before = file_hashes(run)
 
     # the YAML says 10 epochs: resuming the finished 1-epoch run would stretch its one-cycle schedule past its end
-    proc = run_main([*common, "--ckpt_path", "last"], tmp_path, expect_ok=False)
+    proc = cli([*common, "--ckpt_path", "last"], tmp_path, expect_ok=False)
     sentence = refused(proc, "runs/quickstart/version_0", "already finished its 1 epochs", "start a new run")
     assert "--trainer.max_epochs" in sentence
     assert file_hashes(run) == before
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
 
 
-def test_an_interrupted_run_refuses_other_settings_or_a_stretched_one_cycle_and_keeps_its_files(quickstart, tmp_path):
+def test_an_interrupted_run_refuses_other_settings_or_a_stretched_one_cycle_and_keeps_its_files(quickstart, tmp_path, cli):
     # two epochs of one-cycle, stopped after the first (as a kill would): resumable with its own settings only
     interrupted = ["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "2", "--trainer.max_steps", "8"]
-    run_main(interrupted, tmp_path)
+    cli(interrupted, tmp_path)
     run = tmp_path / "runs" / "quickstart" / "version_0"
     before = file_hashes(run)
 
-    other_settings = run_main([*interrupted, "--model.lr", "0.05", "--data.batch_size", "32", "--ckpt_path", "last"],
+    other_settings = cli([*interrupted, "--model.lr", "0.05", "--data.batch_size", "32", "--ckpt_path", "last"],
                               tmp_path, expect_ok=False)
     sentence = refused(other_settings, "model.lr", "data.batch_size")
     assert "model.backbone" not in sentence  # only what differs is named
     assert file_hashes(run) == before
 
-    stretched = run_main([*interrupted, "--trainer.max_epochs", "4", "--ckpt_path", "last"], tmp_path, expect_ok=False)
+    stretched = cli([*interrupted, "--trainer.max_epochs", "4", "--ckpt_path", "last"], tmp_path, expect_ok=False)
     refused(stretched, "one-cycle", "trainer.max_epochs 2 (now 4)", "--trainer.max_epochs 2")
     assert file_hashes(run) == before
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]

@@ -9,7 +9,6 @@ import struct
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from deploy.runners import OnnxRuntimeRunner

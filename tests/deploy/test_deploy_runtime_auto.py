@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from deploy import selection
-from deploy.bundle import MANIFEST, add_artifact, artifact_entry, load_bundle, read_manifest, write_manifest
+from deploy.bundle import add_artifact, artifact_entry, load_bundle, read_manifest, write_manifest
 from deploy.runners import OnnxRuntimeRunner, runner_for_file
 
 openvino = pytest.importorskip("openvino", reason="the openvino extra is not installed")
