@@ -9,7 +9,6 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
-import torch_pruning as tp
 from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ModelPruning
 from pytorch_lightning.utilities import rank_zero_info
@@ -37,6 +36,8 @@ def macs_schedule(macs_reduction: float) -> list[float]:
 
 def count_macs_params(net: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     """(MACs, parameters) of one forward pass of `example` (torch-pruning's counter, on a copy in eval mode)."""
+    import torch_pruning as tp  # here, not at the top: only recipes that prune pay for its import
+
     macs, params = tp.utils.count_ops_and_params(net, example)
     return int(macs), int(params)
 
@@ -87,6 +88,8 @@ def prune_channels(net: nn.Module, example: torch.Tensor, ratio: Optional[float]
     # BatchNorm running statistics towards those of the all-zeros example.
     net.eval()
     try:
+        import torch_pruning as tp
+
         with torch.enable_grad():  # DepGraph traces through autograd
             schedule = [0.0, ratio] if ratio is not None else macs_schedule(macs_reduction)
             pruner = tp.pruner.MetaPruner(

@@ -131,20 +131,32 @@ def make_loader(dataset, batch_size: int, *, num_workers: int, collate_fn: Calla
 
 
 class SharedArray:
-    """A numpy array in shared memory that pickles to loader workers as a handle (a file descriptor), not its bytes.
+    """A numpy array that pickles to loader workers as a shared-memory handle (a file descriptor), not its bytes.
 
-    Plain ``pickle`` (a copy, ``torch.save``) still writes the data; only multiprocessing's pickler passes handles."""
+    It moves into shared memory the first time it is pickled (a loader starting its workers), once; without workers
+    it stays ordinary memory, so a small /dev/shm (Docker's 64 MB) only matters to a fit that starts workers. Plain
+    ``pickle`` (a copy, ``torch.save``) still writes the data; only multiprocessing's pickler passes handles."""
 
     def __init__(self, array: np.ndarray) -> None:
-        array = np.ascontiguousarray(array)
-        tensor = torch.empty(array.shape, dtype=torch.from_numpy(array[:0].copy()).dtype)
-        if tensor.numel():
-            tensor.numpy()[...] = array
-        self.tensor = tensor.share_memory_()
-        self.array = self.tensor.numpy()
+        self.array = np.ascontiguousarray(array)
+        self.tensor: Optional[torch.Tensor] = None
+
+    def _share(self) -> torch.Tensor:
+        if self.tensor is None:
+            source = torch.from_numpy(self.array) if self.array.flags.writeable else torch.from_numpy(self.array.copy())
+            try:
+                tensor = torch.empty(source.shape, dtype=source.dtype).share_memory_()
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    f"loader workers share the {self.array.nbytes / 1e6:,.0f} MB image array through /dev/shm, which "
+                    f"is too small for it ({exc}); give the container more (docker run --shm-size=2g) or set "
+                    "data.num_workers 0") from None
+            tensor.copy_(source)
+            self.tensor, self.array = tensor, tensor.numpy()
+        return self.tensor
 
     def __getstate__(self) -> dict:
-        return {"tensor": self.tensor}
+        return {"tensor": self._share()}
 
     def __setstate__(self, state: dict) -> None:
         self.tensor = state["tensor"]

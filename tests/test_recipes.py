@@ -236,6 +236,7 @@ NO_WORKERS = {"num_workers": 0, "persistent_workers": False}
 
 # --- the recipes --------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a recipe end to end, fit-end chain included
 def test_imagefolder_recipe_on_real_scans_and_photos_with_percentile_calibration_and_a_ragged_last_batch(tmp_path):
     root = tmp_path / "my_images"
     total = write_image_folder(root, digits_per_class=27, photo_crops=27)  # 297 images, 11 classes
@@ -265,6 +266,7 @@ def test_imagefolder_recipe_on_real_scans_and_photos_with_percentile_calibration
     # features to train, for one epoch.
 
 
+@pytest.mark.slow  # a recipe end to end, fit-end chain included
 def test_imagefolder_gpu_recipe_runs_on_a_cpu_with_its_workers_store_bf16_and_channels_last(tmp_path):
     """The GPU recipe as shipped (bf16-mixed, channels_last, workers auto, the decoded store, the whole chain), on
     this CPU: it must run anywhere, only slower. Its speed on a GPU is benchmarks/gpu_throughput.py's."""
@@ -342,6 +344,7 @@ def digit_pairs(count_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray
     return np.repeat(np.stack(images)[..., None], 3, axis=3), np.array(labels, np.int64)
 
 
+@pytest.mark.slow  # a recipe end to end, fit-end chain included
 def test_mobilenetv2_cifar100_recipe_with_local_weights_and_percentile_calibration(tmp_path):
     x, y = digit_pairs(count_per_class=8, seed=0)  # 100 classes: 450 train, 150 val, 200 test
     order = np.random.default_rng(1).permutation(len(y))
@@ -380,6 +383,7 @@ def masks_fit(tmp_path_factory):
     return tmp_path / "runs" / "quickstart_masks" / "version_0", proc
 
 
+@pytest.mark.slow  # a recipe end to end, fit-end chain included
 def test_quickstart_masks_recipe_zeroes_half_the_weights_and_exports_them_dense(masks_fit):
     run, proc = masks_fit
     assert re.search(r"Pruned: 0/\d+ \(0\.00%\) -> \d+/\d+ \(50\.00%\)", proc.stdout + proc.stderr)
@@ -399,6 +403,7 @@ def test_quickstart_masks_recipe_zeroes_half_the_weights_and_exports_them_dense(
     assert not (run / "bundle").exists()
 
 
+@pytest.mark.slow  # a recipe end to end, fit-end chain included
 def test_quickstart_masks_recipe_exports_and_tests_a_fine_tuned_network_that_beats_chance(masks_fit):
     _, proc = masks_fit
     assert test_top1(proc.stdout) > 0.5, proc.stdout[-3000:]  # chance is 0.1

@@ -22,6 +22,8 @@ from edgecls_testing import EXPERIMENTS, NO_FIT_END, TINY, run_main
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+pytestmark = pytest.mark.slow  # two fits, a TensorBoard server and Chromium
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """Two quickstart runs that differ in lr and epochs; the first goes through the fit-end chain to its bundle."""

@@ -132,6 +132,7 @@ def test_a_macs_target_is_reached_in_steps_without_overshooting_far():
         assert net(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
 
 
+@pytest.mark.slow  # two fits, one resumed
 def test_a_pruned_run_resumes_from_last_without_pruning_again(tmp_path):
     config = yaml.safe_load((EXPERIMENTS / "quickstart_pruned.yaml").read_text())
     # The user's YAML at test size: prune at the start of epoch 1; fit-end steps other than the export left out.

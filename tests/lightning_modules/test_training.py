@@ -104,6 +104,7 @@ def test_persistent_non_finite_steps_stop_the_fit_with_one_clear_message():
             torch.testing.assert_close(final[name], before, rtol=0, atol=0, msg=name)  # no bad update applied
 
 
+@pytest.mark.slow  # two processes, a fit and a bundle
 def test_two_process_cpu_ddp_fit_writes_one_run_one_bundle_and_synced_metrics(quickstart, tmp_path):
     proc = run_main(["fit", "--config", quickstart, *TINY, "--trainer.max_epochs", "1",
                      "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"], tmp_path, timeout=400)
