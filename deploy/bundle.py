@@ -11,6 +11,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
@@ -237,6 +238,24 @@ def verify_artifact(bundle_dir: str, entry: dict) -> None:
                           "whole bundle folder again")
 
 
+def check_bundle_tree(bundle_dir: str | os.PathLike) -> None:
+    """Refuse a bundle holding anything but regular files and folders: a symbolic link (to a system file, or a
+    linked folder that a relative path passes through), a FIFO, a socket or a device file could make `install`
+    copy, and `infer` read, a file from outside the bundle."""
+    root = os.fspath(bundle_dir)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                raise BundleError(f"{path}: a symbolic link inside the bundle (to {os.readlink(path)}); a bundle holds "
+                                  "only regular files, so it is refused: copy the bundle with the files themselves "
+                                  "(cp -rL) or make it again")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise BundleError(f"{path}: not a regular file (a FIFO, socket or device) inside the bundle, so it is "
+                                  "refused; remove it or make the bundle again")
+
+
 def read_manifest(bundle_dir: str | os.PathLike) -> dict:
     path = os.path.join(os.fspath(bundle_dir), MANIFEST)
     if not os.path.isdir(bundle_dir):
@@ -256,6 +275,7 @@ def load_bundle(bundle_dir: str | os.PathLike, verify: bool | Iterable[str] = Tr
     """Read and validate a bundle; verify=True checks every artifact's sha256, a list of files checks only those."""
     bundle_dir = os.fspath(bundle_dir)
     manifest = read_manifest(bundle_dir)
+    check_bundle_tree(bundle_dir)
     classes = list(manifest["task"]["classes"])
     labels_path = os.path.join(bundle_dir, LABELS)
     if os.path.exists(labels_path):

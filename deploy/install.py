@@ -21,11 +21,15 @@ from typing import Optional
 
 import numpy as np
 
-from deploy.bundle import MANIFEST, BundleError, load_bundle, read_manifest
+from deploy.bundle import LABELS, MANIFEST, BundleError, check_bundle_tree, is_ok, load_bundle, read_manifest
 
 VERSIONS = "versions"
 CURRENT = "current"
 _VERSION = re.compile(r"^\d{4,}$")
+# What a bundle holds beside its artifacts, copied when present; anything else (a stray scratch file, a device's
+# runtime-choice cache) stays behind.
+COMPANIONS = (MANIFEST, LABELS, "report.md", "report.json", "report.png", "confusion.png", "config.yaml")
+_INCOMING = re.compile(r"^\.incoming-(\d+)-")
 
 
 def versions(models_dir: str) -> list[str]:
@@ -91,21 +95,62 @@ def switch_current(models_dir: str, version: str) -> None:
     os.replace(tmp, link)
 
 
+def bundle_files(bundle_dir: str, manifest: dict) -> list[str]:
+    """The files `install` copies: every ok artifact the manifest lists (and an engine's sidecar JSON) and the
+    companions in COMPANIONS, as paths relative to the bundle."""
+    wanted = [name for name in COMPANIONS if os.path.isfile(os.path.join(bundle_dir, name))]
+    for entry in manifest["artifacts"]:
+        if is_ok(entry):
+            wanted.append(entry["file"])
+            if os.path.isfile(os.path.join(bundle_dir, entry["file"] + ".json")):
+                wanted.append(entry["file"] + ".json")
+    root = os.path.realpath(bundle_dir)
+    for name in wanted:
+        if os.path.commonpath([root, os.path.realpath(os.path.join(bundle_dir, name))]) != root:
+            raise BundleError(f"{os.path.join(bundle_dir, MANIFEST)}: lists {name}, which is outside the bundle; "
+                              "make the bundle again")
+    return list(dict.fromkeys(wanted))
+
+
+def remove_stale_incoming(folder: str) -> list[str]:
+    """Remove the `.incoming-<pid>-*` staging folders of installs whose process is gone (killed mid-copy)."""
+    removed = []
+    for name in os.listdir(folder):
+        match = _INCOMING.match(name)
+        if not match or _running(int(match.group(1))):
+            continue
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
 def install(bundle_dir: str, models_dir: str) -> dict:
     """Copy a bundle in as the next version, verify the copy, then switch `current` to it."""
-    read_manifest(bundle_dir)  # a folder that is not a bundle fails before anything is copied
+    manifest = read_manifest(bundle_dir)  # a folder that is not a bundle fails before anything is copied
+    check_bundle_tree(bundle_dir)
+    files = bundle_files(bundle_dir, manifest)
     if os.path.exists(os.path.join(models_dir, CURRENT)) and not os.path.islink(os.path.join(models_dir, CURRENT)):
         raise BundleError(f"{os.path.join(models_dir, CURRENT)}: exists and is not a symlink, so this is not a models "
                           "folder made by `deploy install`; pick another --to folder")
     folder = os.path.join(models_dir, VERSIONS)
     os.makedirs(folder, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".incoming-", dir=folder)
+    remove_stale_incoming(folder)
+    staging = tempfile.mkdtemp(prefix=f".incoming-{os.getpid()}-", dir=folder)
     try:
         copy = os.path.join(staging, "bundle")
-        shutil.copytree(bundle_dir, copy, symlinks=False)
-        for name in os.listdir(copy):  # a device's runtime-choice cache belongs to the device that measured it
-            if name.startswith(".runtime-choice"):
-                os.unlink(os.path.join(copy, name))
+        for name in files:  # only what the manifest lists and its companions; never a link (refused above)
+            os.makedirs(os.path.dirname(os.path.join(copy, name)), exist_ok=True)
+            shutil.copy2(os.path.join(bundle_dir, name), os.path.join(copy, name), follow_symlinks=False)
         smoked = smoke_test(copy)
         while True:
             existing = versions(models_dir)

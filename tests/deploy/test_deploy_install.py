@@ -103,3 +103,71 @@ def test_publish_copies_the_newest_runs_bundle_and_refuses_a_newest_run_without_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "version_11" in err and "no bundle" in err
     assert (out / "bundle" / "manifest.json").is_file()  # the published bundle stays as it was
+
+
+# --- bundles that reach outside themselves (links, devices), strays and killed installs ------------------------
+
+def _refused_everywhere(run_cli, bundle, models, image, words):
+    """install, infer and bench each refuse the bundle with one sentence naming the file; nothing is installed."""
+    for command in (["install", "--bundle", bundle, "--to", models],
+                    ["infer", "--bundle", bundle, "--runtime", "onnxruntime", image],
+                    ["bench", "--bundle", bundle, "--runtime", "onnxruntime", "--iterations", "2"]):
+        code, out, err = run_cli(*command)
+        assert code == 2, (command, err)
+        assert err.count("\n") == 1 and all(w in err for w in words), (command, err)
+    assert not os.path.isdir(os.path.join(models, "versions")) or os.listdir(os.path.join(models, "versions")) == []
+
+
+def test_a_linked_model_file_is_refused_by_install_infer_and_bench(bundle_copy, digits_bundle, tmp_path, run_cli):
+    real = tmp_path / "elsewhere.onnx"
+    os.replace(os.path.join(bundle_copy, "model.onnx"), real)
+    os.symlink(real, os.path.join(bundle_copy, "model.onnx"))  # same bytes, same sha256: only the link is wrong
+    _refused_everywhere(run_cli, bundle_copy, str(tmp_path / "models"), digits_bundle.image_paths[0],
+                        ["model.onnx", "symbolic link"])
+
+
+def test_an_unlisted_link_to_a_system_file_and_a_linked_folder_are_refused(bundle_copy, digits_bundle, tmp_path,
+                                                                             run_cli):
+    os.symlink("/etc/passwd", os.path.join(bundle_copy, "notes.txt"))
+    _refused_everywhere(run_cli, bundle_copy, str(tmp_path / "models"), digits_bundle.image_paths[0],
+                        ["notes.txt", "symbolic link"])
+    os.unlink(os.path.join(bundle_copy, "notes.txt"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, os.path.join(bundle_copy, "engines"))  # a folder a relative path would pass through
+    _refused_everywhere(run_cli, bundle_copy, str(tmp_path / "models"), digits_bundle.image_paths[0],
+                        ["engines", "symbolic link"])
+
+
+def test_a_fifo_in_a_bundle_is_refused(bundle_copy, digits_bundle, tmp_path, run_cli):
+    os.mkfifo(os.path.join(bundle_copy, "pipe"))
+    _refused_everywhere(run_cli, bundle_copy, str(tmp_path / "models"), digits_bundle.image_paths[0],
+                        ["pipe", "not a regular file"])
+
+
+def test_install_copies_only_the_listed_files_and_their_companions(bundle_copy, tmp_path, run_cli):
+    with open(os.path.join(bundle_copy, ".model.prepared-inferred.onnx"), "wb") as stray:  # a scratch file left behind
+        stray.write(b"half written")
+    with open(os.path.join(bundle_copy, ".runtime-choice.json"), "w") as cache:  # another device's measurement
+        cache.write("{}")
+    models = str(tmp_path / "models")
+    code, out, err = run_cli("install", "--bundle", bundle_copy, "--to", models)
+    assert code == 0, err
+    installed = sorted(os.listdir(os.path.join(models, "versions", "0001")))
+    listed = {a["file"] for a in read_manifest(bundle_copy)["artifacts"] if a.get("status", "ok") == "ok"}
+    assert set(installed) == listed | {n for n in ("manifest.json", "labels.txt") if n in os.listdir(bundle_copy)}
+
+
+def test_a_killed_installs_staging_folder_is_removed_by_the_next_install(bundle_copy, tmp_path, run_cli):
+    import subprocess
+    import sys
+
+    models = tmp_path / "models"
+    (models / "versions").mkdir(parents=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = models / "versions" / f".incoming-{gone.stdout.strip()}-abc123"  # its process has exited
+    (stale / "bundle").mkdir(parents=True)
+    alive = models / "versions" / f".incoming-{os.getpid()}-def456"  # a running install's: left alone
+    alive.mkdir()
+    assert run_cli("install", "--bundle", bundle_copy, "--to", str(models))[0] == 0
+    assert not stale.exists() and alive.exists()
