@@ -141,6 +141,13 @@ class EdgeCLI(LightningCLI):
             import torch
 
             torch.set_num_threads(int(threads))
+        trainer = self.config[self.subcommand].get("trainer") or {}
+        if self.subcommand == "fit":
+            for key in ("max_epochs", "max_steps"):
+                if trainer.get(key) == 0:
+                    raise UserError(f"trainer.{key} 0 trains nothing, so the fit would end with an untrained model "
+                                    f"and bundle it; set trainer.{key} to 1 or more (to score a checkpoint, use "
+                                    "`python main.py test --ckpt_path ...`)")
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
             raise UserError(f"checkpoint {ckpt_path} does not exist (--ckpt_path); give a .ckpt file"

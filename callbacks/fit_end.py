@@ -94,6 +94,11 @@ class FitEndStep(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.should_run(trainer):
             return
+        if trainer.global_step == 0:  # no optimizer step (limit_train_batches 0, ...): nothing worth a bundle
+            if next(c for c in trainer.callbacks if isinstance(c, FitEndStep)) is self:
+                print("fit-end steps skipped: the fit trained no step, so there is no bundle of an untrained "
+                      "model; check trainer.limit_train_batches and the train split", file=sys.stderr, flush=True)
+            return
         record = fit_end_record(trainer)
         missing = [key for key in self.consumes() if record.find(*key.split(":", 1)) is None]
         if missing:

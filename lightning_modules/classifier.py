@@ -106,6 +106,9 @@ class ImageClassifier(pl.LightningModule):
         channels_last: Optional[bool] = None,
     ) -> None:
         super().__init__()
+        check_settings(lr=lr, weight_decay=weight_decay, momentum=momentum, T_max=T_max, eta_min=eta_min,
+                       pct_start=pct_start, label_smoothing=label_smoothing, log_grad_norm_every=log_grad_norm_every,
+                       max_bad_steps=max_bad_steps, betas=betas)
         # logger=False: hparams go to TensorBoard once, together with the data's and a real metric (on_fit_start)
         self.save_hyperparameters(logger=False)
         self.net = build_backbone(backbone, num_classes, **(backbone_args or {}))
@@ -341,6 +344,26 @@ class ImageClassifier(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches) - self.trainer.global_step)
         sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total, pct_start=hp.pct_start)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def check_settings(**values: Any) -> None:
+    """Each numeric model setting in its valid range, or one sentence naming it (model.<name>) and the range."""
+    rules = {
+        "lr": (lambda v: v > 0, "> 0"),
+        "weight_decay": (lambda v: v >= 0, ">= 0"),
+        "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "T_max": (lambda v: v is None or v >= 1, ">= 1 (or unset: trainer.max_epochs)"),
+        "eta_min": (lambda v: v >= 0, ">= 0"),
+        "pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
+        "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "log_grad_norm_every": (lambda v: v >= 0, ">= 0 (0: never)"),
+        "max_bad_steps": (lambda v: v >= 1, ">= 1"),
+        "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values in [0, 1)"),
+    }
+    for name, value in values.items():
+        ok, wanted = rules[name]
+        if not ok(value):
+            raise ValueError(f"model.{name} must be {wanted}, got {value!r}")
 
 
 # --- the HPARAMS leaderboard ----------------------------------------------------------------------------------------

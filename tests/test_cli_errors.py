@@ -145,3 +145,25 @@ def test_16_mixed_on_the_cpu_trains_in_32_true_and_says_so(quickstart, tmp_path,
     assert "trainer.precision 16-mixed needs a GPU" in out and "bf16-mixed" in out
     # Lightning's own substitution did not happen: it says so, then trains in bfloat16 AMP
     assert "Automatic Mixed Precision" not in out and "Using `precision='bf16-mixed'` instead" not in out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--trainer.max_epochs", "0"], ["trainer.max_epochs 0 trains nothing"]),
+    (["--model.lr", "-1"], ["model.lr must be > 0", "-1"]),
+    (["--model.label_smoothing", "1.5"], ["model.label_smoothing must be in [0, 1)"]),
+    (["--model.momentum", "1"], ["model.momentum"]),
+])
+def test_a_setting_that_cannot_train_is_refused_naming_it(args, words, quickstart, tmp_path, cli):
+    proc = cli(["fit", "--config", quickstart, *TINY, *args], tmp_path, expect_ok=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1 and all(w in errors[0] for w in words), errors
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_fit_that_trains_no_step_ends_without_a_bundle_and_says_so(quickstart, tmp_path, cli):
+    proc = cli(["fit", "--config", quickstart, *TINY, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "0"],
+               tmp_path)
+    assert "fit-end steps skipped: the fit trained no step" in proc.stderr
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    assert not (run / "bundle").exists() and not (run / ".bundle-staging").exists()
