@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Iterable
@@ -28,13 +29,25 @@ def write_text_atomic(path: str, text: str) -> None:
 
 
 def write_split_lists(run_dir: str, splits: dict[str, Iterable[tuple[str, str]]]) -> list[str]:
-    """``split/<name>.txt`` with one ``file<TAB>class`` line per sample, so a split can be audited and reused."""
+    """``split/<name>.jsonl``: one ``{"file": ..., "class": ...}`` JSON object a line per sample, so a split can be
+    audited and reused; JSON escapes a tab or a newline in a file name, which a tab-separated line could not hold."""
     written = []
     for name, rows in splits.items():
-        path = os.path.join(run_dir, "split", f"{name}.txt")
-        write_text_atomic(path, "".join(f"{f}\t{c}\n" for f, c in rows))
+        path = os.path.join(run_dir, "split", f"{name}.jsonl")
+        write_text_atomic(path, "".join(json.dumps({"file": f, "class": c}, ensure_ascii=False) + "\n" for f, c in rows))
         written.append(path)
     return written
+
+
+def read_split_list(run_dir: str, name: str) -> list[tuple[str, str]]:
+    """(file, class) rows of a run's ``split/<name>.jsonl``, or of the ``split/<name>.txt`` (file<TAB>class) that
+    runs before it wrote."""
+    path = os.path.join(run_dir, "split", f"{name}.jsonl")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return [(row["file"], row["class"]) for row in map(json.loads, f) if row]
+    with open(os.path.join(run_dir, "split", f"{name}.txt"), encoding="utf-8") as f:
+        return [tuple(line.rstrip("\n").split("\t", 1)) for line in f if line.strip()]
 
 
 def write_excluded(run_dir: str, excluded: list[tuple[str, str]]) -> str:

@@ -80,7 +80,7 @@ def test_a_fit_that_fails_in_set_up_leaves_no_run_folder_and_keeps_older_runs(qu
         patched.setattr(main.Invocation, "discard_new_run", lambda self: None)  # to see what a failed set-up wrote
         kept = cli(fails_late, tmp_path, expect_ok=False)
     older = tmp_path / "runs" / "quickstart" / "version_0"
-    assert kept.returncode == 2 and (older / "config.yaml").is_file() and (older / "split" / "train.txt").is_file()
+    assert kept.returncode == 2 and (older / "config.yaml").is_file() and (older / "split" / "train.jsonl").is_file()
     before = file_hashes(older)
 
     proc = cli(fails_late, tmp_path, expect_ok=False)

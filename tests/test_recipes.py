@@ -252,7 +252,7 @@ def test_imagefolder_recipe_on_real_scans_and_photos_with_percentile_calibration
     run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
 
     run = tmp_path / "runs" / "imagefolder" / "version_0"
-    train = (run / "split" / "train.txt").read_text().splitlines()
+    train = (run / "split" / "train.jsonl").read_text().splitlines()
     assert 0.55 * total < len(train) < 0.65 * total
     # calibration (every train image: 512 asked) ends in a short batch, of 16 and of the batch size 32:
     # onnxruntime's percentile calibrator used to crash on it ("inhomogeneous shape")

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from data_factory import CLASSES, TinyClassifier, chmod_blocks_reads, make_folder, tiny_trainer
 
 from datamodules import ImageClassificationDataModule
@@ -45,11 +46,13 @@ def test_run_directory_gets_split_lists_excluded_images_and_a_grid(dirty_folder,
     lines = open(os.path.join(run, "excluded_images.txt")).read().splitlines()
     listed = dict(line.split("\t") for line in lines)
     assert {"dog/truncated.jpg", "dog/empty.png", "dog/text.jpg"} <= set(listed)
-    splits = {s: open(os.path.join(run, "split", f"{s}.txt")).read().splitlines() for s in ("train", "val", "test")}
-    files = {s: {line.split("\t")[0] for line in rows} for s, rows in splits.items()}
+    from datamodules.rundir import read_split_list
+
+    splits = {s: read_split_list(run, s) for s in ("train", "val", "test")}
+    files = {s: {f for f, _ in rows} for s, rows in splits.items()}
     assert len(files["train"]) == len(splits["train"]) == len(dm._datasets["train"])
     assert not (files["train"] & files["val"] or files["val"] & files["test"] or files["train"] & files["test"])
-    assert all(line.split("\t")[1] == line.split("/")[0] for line in splits["train"])  # class column
+    assert all(c == f.split("/")[0] for f, c in splits["train"])  # class column
     assert not set(listed) & (files["train"] | files["val"] | files["test"])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -107,3 +110,26 @@ def test_class_whose_files_are_all_broken_is_named(tmp_path):
         f.write_bytes(b"")
     with pytest.raises(ValueError, match="dog"):
         ImageClassificationDataModule(source="imagefolder", root=str(root), cache_dir=str(tmp_path)).setup("fit")
+
+
+def test_split_lists_keep_file_names_with_a_tab_or_a_newline_and_old_lists_still_read(tmp_path):
+    from datamodules.rundir import read_split_list
+
+    root = tmp_path / "odd"
+    rng = np.random.default_rng(0)
+    names = {"cat": ["tab\there.png", "new\nline.png", "plain.png", "ünï cödé.png", "a.png"],
+             "dog": ["b.png", "c\td.png", "e.png", "f.png", "g.png"]}
+    for cls, files in names.items():
+        (root / cls).mkdir(parents=True)
+        for f in files:
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / cls / f)
+    dm = ImageClassificationDataModule(source="imagefolder", root=str(root), image_size=8, batch_size=2,
+                                       cache_dir=str(tmp_path / "cache"))
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(TinyClassifier(num_classes=2), dm)
+    rows = [row for s in ("train", "val", "test") for row in read_split_list(trainer.log_dir, s)]
+    assert sorted(rows) == sorted((f"{c}/{f}", c) for c, files in names.items() for f in files)
+    legacy = tmp_path / "old_run"
+    (legacy / "split").mkdir(parents=True)
+    (legacy / "split" / "val.txt").write_text("cat/a.png\tcat\ndog/b.png\tdog\n")
+    assert read_split_list(str(legacy), "val") == [("cat/a.png", "cat"), ("dog/b.png", "dog")]
