@@ -39,7 +39,8 @@ from datamodules import ImageClassificationDataModule
 from lightning_modules import ImageClassifier
 from lightning_modules.console import EpochLines, FitEndSafeProgressBar
 from lightning_modules.run_logger import RunLogger
-from resume import UserError, check_resume, newest_resumable_run, run_of_checkpoint, yaml_load
+from resume import (UserError, check_foreign_checkpoint, check_resume, newest_resumable_run, run_of_checkpoint,
+                    yaml_load)
 
 RUNS_DIR = "runs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -110,6 +111,18 @@ class EdgeCLI(LightningCLI):
         self._resume_run: Optional[Path] = None
         super().__init__(*args, **kwargs)
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI replaces the model settings with the checkpoint's own before anything is checked; the
+        # settings as the user gave them are kept here, so that a checkpoint that does not match them is refused
+        # (resume.py) instead of silently changing the network the YAML describes.
+        command = self.config.get("subcommand")
+        self._model_as_given = None
+        if command and self.config[command].get("ckpt_path"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._model_as_given = yaml_load(self._parser(command).dump(self.config[command], skip_none=False)).get("model")
+        super()._parse_ckpt_path()
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--experiment", type=Optional[str], default=None,
@@ -165,9 +178,12 @@ class EdgeCLI(LightningCLI):
                 # dumped exactly as LightningCLI's SaveConfigCallback writes config.yaml, to compare like with like
                 warnings.simplefilter("ignore")
                 now = yaml_load(self._parser("fit").dump(self.config["fit"], skip_none=False))
+            if self._model_as_given is not None:
+                now["model"] = self._model_as_given
             check_resume(run, ckpt, now)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        self._check_foreign_checkpoint()  # model and data are built (their classes linked), no run folder yet
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = logger = self._run_logger()
@@ -198,6 +214,18 @@ class EdgeCLI(LightningCLI):
         if precision is not None:
             kwargs["precision"] = precision
         return super().instantiate_trainer(**kwargs)
+
+    def _check_foreign_checkpoint(self) -> None:
+        ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+            return
+        run = run_of_checkpoint(Path(ckpt_path))
+        if run is not None and (run / "config.yaml").is_file():
+            return  # a run's own checkpoint: check_resume compares it with the run's config
+        given = dict(self._model_as_given or {})
+        model = {"backbone": given.get("backbone"), "backbone_args": given.get("backbone_args"),
+                 "num_classes": getattr(self.datamodule, "num_classes", None)}
+        check_foreign_checkpoint(Path(ckpt_path), model, dict(getattr(self.datamodule, "hparams", {}) or {}))
 
     def _run_logger(self) -> RunLogger:
         """runs/<experiment>/version_N: a new N, the resumed run's, or the run a checkpoint to evaluate came from."""

@@ -97,3 +97,42 @@ def _value(config: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         config = config.get(part) if isinstance(config, dict) else None
     return config
+
+
+# What a checkpoint must share with the config it is loaded under: its network (backbone and its arguments, the
+# number of classes) and the data settings that shape the input the network learned from.
+CHECKPOINT_MODEL_KEYS = ("backbone", "backbone_args", "num_classes")
+CHECKPOINT_DATA_KEYS = ("source", "image_size", "crop_size", "interpolation", "mean_std")
+
+
+def check_foreign_checkpoint(ckpt: Path, model: dict[str, Any], data: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a checkpoint from another experiment (copied out of its run folder)
+    whose network, classes or input differ from this config: one sentence naming what differs."""
+    import torch
+
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise UserError(f"cannot read {ckpt} ({type(exc).__name__}: {exc}); it may be a partly written or foreign "
+                        "file: pass a .ckpt written by this project") from None
+    saved_model = state.get("hyper_parameters") or {}
+    saved_data = state.get("datamodule_hyper_parameters") or {}
+    differ = [(f"model.{k}", saved_model[k], model.get(k)) for k in CHECKPOINT_MODEL_KEYS
+              if k in saved_model and k in model and _normal(saved_model[k]) != _normal(model[k])]
+    differ += [(f"data.{k}", saved_data[k], data.get(k)) for k in CHECKPOINT_DATA_KEYS
+               if k in saved_data and k in data and _normal(saved_data[k]) != _normal(data[k])]
+    if differ:
+        shown = ", ".join(f"{k} ({was} in the checkpoint, {now} here)" for k, was, now in differ[:4])
+        raise UserError(f"{ckpt} was trained with other settings than this config: {shown}; use the config it was "
+                        "trained with (--config <its run>/config.yaml), or drop --ckpt_path")
+
+
+def _normal(value: Any) -> Any:
+    """YAML lists and tuples compared as the same value; an empty or unset dict (backbone_args) as unset."""
+    if value is None or value == {}:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items() if v is not None}
+    return value

@@ -45,3 +45,31 @@ def test_an_interrupted_run_refuses_other_settings_or_a_stretched_one_cycle_and_
     refused(stretched, "one-cycle", "trainer.max_epochs 2 (now 4)", "--trainer.max_epochs 2")
     assert file_hashes(run) == before
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
+
+
+def test_a_checkpoint_from_another_experiment_is_refused_naming_what_differs(quickstart, tmp_path, cli):
+    """Copied out of its run folder, a checkpoint has no config.yaml beside it: it is compared with its own record
+    of its network and data, before any run folder is made."""
+    import shutil
+
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    cli(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "1"], trained)
+    foreign = tmp_path / "downloaded.ckpt"
+    shutil.copy(trained / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt", foreign)
+    here = tmp_path / "here"
+    here.mkdir()
+    cases = [
+        (["fit", "--model.backbone", "mobilenet_v3_small", "--model.backbone_args", "{}"], ["model.backbone"]),
+        (["fit", "--data.source", "synthetic", "--data.synthetic", '{"classes": 3, "count": 60}'],
+         ["model.num_classes (10 in the checkpoint, 3 here)", "data.source"]),
+        (["test", "--data.image_size", "24"], ["data.image_size"]),
+    ]
+    for (command, *args), words in cases:
+        proc = cli([command, "--config", quickstart, *TINY, *NO_FIT_END, *args, "--ckpt_path", foreign], here,
+                   expect_ok=False)
+        refused(proc, str(foreign), *words)
+        assert not (here / "runs").exists()
+    # the same checkpoint under its own settings is accepted: scored by `test` into a run of its own
+    proc = cli(["test", "--config", quickstart, *TINY, *NO_FIT_END, "--ckpt_path", foreign], here)
+    assert proc.returncode == 0
