@@ -59,6 +59,14 @@ def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
     max_epochs, max_steps = trainer_saved.get("max_epochs"), trainer_saved.get("max_steps")
     if max_epochs is None and max_steps in (None, -1):
         max_epochs = 1000  # Lightning's default when neither is set
+    # How far the run got is its last.ckpt's to say, whichever of its checkpoints is given: resuming a finished
+    # run from its best checkpoint is refused as resuming it from last is.
+    newest = run / "checkpoints" / "last.ckpt"
+    if newest.is_file() and newest.resolve() != Path(ckpt).resolve():
+        try:
+            state = {**state, **torch.load(newest, map_location="cpu", weights_only=True, mmap=True)}
+        except Exception:  # noqa: BLE001 (an unreadable last.ckpt: the given checkpoint's own progress decides)
+            pass
     progress = ((state.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
     epochs_done = (progress.get("current") or {}).get("processed", state.get("epoch", -1) + 1)
     if max_epochs not in (None, -1) and epochs_done >= max_epochs:

@@ -73,3 +73,14 @@ def test_a_checkpoint_from_another_experiment_is_refused_naming_what_differs(qui
     # the same checkpoint under its own settings is accepted: scored by `test` into a run of its own
     proc = cli(["test", "--config", quickstart, *TINY, *NO_FIT_END, "--ckpt_path", foreign], here)
     assert proc.returncode == 0
+
+
+def test_a_finished_runs_best_checkpoint_is_refused_like_its_last(quickstart, tmp_path, cli):
+    common = ["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "2"]
+    cli(common, tmp_path)
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    best = next((run / "checkpoints").glob("epoch*.ckpt"))
+    before = file_hashes(run)
+    proc = cli([*common, "--ckpt_path", best], tmp_path, expect_ok=False)
+    refused(proc, "already finished its 2 epochs")
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"] and file_hashes(run) == before
