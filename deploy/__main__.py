@@ -153,7 +153,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-LIST_COLUMNS = [("version", "{}", "version"), ("name", "{}", "name"), ("created", "{}", "created"),
+LIST_COLUMNS = [("version", "{}", "version"), ("state", "{}", "state"), ("name", "{}", "name"), ("created", "{}", "created"),
                 ("artifact", "{}", "artifact"), ("precision", "{}", "precision"),
                 ("test top-1 %", "{:.2f}", "test_top1"), ("latency ms", "{:.3f}", "latency_ms")]
 

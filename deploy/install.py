@@ -13,6 +13,8 @@ the old version or the new one and a failed install leaves `current` as it was.
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import os
 import re
 import shutil
@@ -25,6 +27,7 @@ from deploy.bundle import LABELS, MANIFEST, BundleError, check_bundle_tree, is_o
 
 VERSIONS = "versions"
 CURRENT = "current"
+HISTORY = "history.jsonl"  # one {"version", "at"} line per switch of `current`: which versions were ever in use
 _VERSION = re.compile(r"^\d{4,}$")
 # What a bundle holds beside its artifacts, copied when present; anything else (a stray scratch file, a device's
 # runtime-choice cache) stays behind.
@@ -93,6 +96,18 @@ def switch_current(models_dir: str, version: str) -> None:
         os.unlink(tmp)
     os.symlink(os.path.join(VERSIONS, version), tmp)  # relative, so the folder can be moved or mounted elsewhere
     os.replace(tmp, link)
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    with open(os.path.join(models_dir, HISTORY), "a", encoding="utf-8") as history:
+        history.write(json.dumps({"version": version, "at": stamp}) + "\n")
+
+
+def ever_current(models_dir: str) -> Optional[set[str]]:
+    """The versions `current` ever pointed at, from the history; None for a folder made before it was kept."""
+    try:
+        with open(os.path.join(models_dir, HISTORY), encoding="utf-8") as history:
+            return {json.loads(line)["version"] for line in history if line.strip()}
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def bundle_files(bundle_dir: str, manifest: dict) -> list[str]:
@@ -196,16 +211,20 @@ def list_versions(models_dir: str) -> list[dict]:
     if not os.path.isdir(models_dir):
         raise BundleError(f"{models_dir}: no such models folder; install a bundle into it first")
     now = current_version(models_dir)
+    used = ever_current(models_dir)
     rows = []
     for version in versions(models_dir):
         path = os.path.join(models_dir, VERSIONS, version)
+        # installed but never switched to: an install killed between its copy and the switch
+        state = "current" if version == now else ("?" if used is None else "was current" if version in used
+                                                   else "never current")
         try:
             manifest = read_manifest(path)
         except BundleError as exc:
-            rows.append({"version": version, "current": version == now, "name": "?", "created": "?",
-                         "artifact": f"unreadable: {exc}"})
+            rows.append({"version": version, "current": version == now, "state": state, "name": "?",
+                         "created": "?", "artifact": f"unreadable: {exc}"})
             continue
-        base = {"version": version, "current": version == now, "name": manifest["name"],
+        base = {"version": version, "current": version == now, "state": state, "name": manifest["name"],
                 "created": manifest.get("created"), "commit": (manifest.get("source") or {}).get("git_commit")}
         ok = [a for a in manifest["artifacts"] if a.get("status", "ok") == "ok"] or [{}]
         for entry in ok:

@@ -171,3 +171,24 @@ def test_a_killed_installs_staging_folder_is_removed_by_the_next_install(bundle_
     alive.mkdir()
     assert run_cli("install", "--bundle", bundle_copy, "--to", str(models))[0] == 0
     assert not stale.exists() and alive.exists()
+
+
+def test_list_shows_a_version_installed_but_never_made_current(bundle_copy, digits_bundle, tmp_path, run_cli,
+                                                               monkeypatch):
+    from deploy import install as installing
+
+    models = str(tmp_path / "models")
+    assert run_cli("install", "--bundle", digits_bundle.path, "--to", models)[0] == 0
+    with monkeypatch.context() as patched:  # killed after its copy was renamed in, before the switch
+        patched.setattr(installing, "switch_current", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            installing.install(bundle_copy, models)
+        except KeyboardInterrupt:
+            pass
+    assert run_cli("install", "--bundle", bundle_copy, "--to", models)[0] == 0
+    assert run_cli("rollback", "--to", models, "--version", "1")[0] == 0
+    code, out, err = run_cli("list", "--to", models, "--json")
+    states = {r["version"]: r["state"] for r in json.loads(out)}
+    assert states == {"0001": "current", "0002": "never current", "0003": "was current"}
+    code, out, err = run_cli("list", "--to", models)
+    assert "never current" in out
