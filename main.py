@@ -21,6 +21,7 @@ import os
 # jobs, spinning threads wait for a descheduled sibling while burning the cores it needs; measured with
 # benchmarks/contention.py. Set OMP_WAIT_POLICY yourself to choose otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import errno
 import re
 import shutil
 import sys
@@ -32,11 +33,13 @@ from typing import Any, Optional
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules import ImageClassificationDataModule
 from lightning_modules import ImageClassifier
+from lightning_modules.checkpoint_io import AtomicCheckpointIO, DiskFull
 from lightning_modules.console import EpochLines, FitEndSafeProgressBar
 from lightning_modules.run_logger import RunLogger
 from resume import (UserError, check_foreign_checkpoint, check_resume, newest_resumable_run, run_of_checkpoint,
@@ -56,6 +59,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # user's to fix; raised later, in the loops, they are bugs and keep their traceback. TypeError, KeyError,
 # AttributeError and friends are bugs wherever they come from.
 SETUP_ERRORS = (ValueError, OSError, RuntimeError, MisconfigurationException)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # wherever raised: the disk, not the code, is what to fix
 
 
 @dataclass
@@ -210,6 +214,9 @@ class EdgeCLI(LightningCLI):
                 callbacks.insert(0, EpochLines())  # first: it prints before LearningRateMonitor logs the next epoch's rate
         callbacks.append(LoopStarted(self.invocation))
         kwargs["callbacks"] = callbacks
+        plugins = list(trainer_config.get("plugins") or [])
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]  # whole checkpoints, a full disk in one sentence
         precision = cpu_precision(trainer_config.get("accelerator"), trainer_config.get("precision"))
         if precision is not None:
             kwargs["precision"] = precision
@@ -320,7 +327,9 @@ def is_user_error(exc: BaseException, invocation: Invocation) -> bool:
 
     from datamodules.workers import LoaderStalled
 
-    if isinstance(exc, (UserError, ArgumentError, LoaderStalled)):  # LoaderStalled: a stuck machine, said in a sentence
+    if isinstance(exc, (UserError, ArgumentError, LoaderStalled, DiskFull)):  # the machine's state, in a sentence
+        return True
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         return True
     return isinstance(exc, SETUP_ERRORS) and not invocation.loops_started
 
@@ -332,6 +341,14 @@ def one_sentence(exc: BaseException, command: str, argv: list[str]) -> str:
     text = str(exc).strip()
     if isinstance(exc, ArgumentError):
         return parse_error_sentence(text, command, argv)
+    if isinstance(exc, OSError) and not isinstance(exc, DiskFull) and exc.errno in DISK_FULL:
+        folder = os.path.dirname(os.path.abspath(exc.filename)) if exc.filename else os.getcwd()
+        try:
+            free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+        except OSError:
+            free = "free space unknown"
+        return (f"no space left on the disk holding {folder} ({free}) while writing {exc.filename or 'a file'}; the "
+                "checkpoints already written are kept: free space and resume with --ckpt_path last")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) <= 1:
         return text or type(exc).__name__

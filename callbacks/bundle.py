@@ -24,6 +24,7 @@ from callbacks.fit_end import (BUNDLE, FitEndStep, best_model, debug_mode, evalu
 from callbacks.records import FAILED, OK, ArtifactRecord, FitEndRecord, fit_end_record
 from deploy.benchmark import measure
 from deploy.bundle import artifact_entry, atomic_write_bytes, atomic_write_json, new_manifest, write_labels, write_manifest
+from deploy.install import COMPANIONS
 from deploy.runners import RUNTIMES, Runner, runner_for_file
 
 
@@ -243,7 +244,7 @@ class DeployBundle(FitEndStep):
         source = {"git_commit": git_commit(), "config": "config.yaml" if config.is_file() else None,
                   "checkpoint": os.path.relpath(checkpoint, self.run_dir) if os.path.isfile(checkpoint) else checkpoint}
         manifest = new_manifest(self.experiment_name(trainer), classes, dm.preprocessing.to_dict(), entries, source, versions())
-        (staging / "timing.cache").unlink(missing_ok=True)  # a build-machine cache, no use on a device
+        drop_strays(staging, manifest)  # scratch files of the steps (a build-machine cache too) stay out of it
         write_manifest(staging, manifest)  # last file written
         self.bundle_dir = self.run_dir / BUNDLE
         _replace_dir(staging, self.bundle_dir)
@@ -282,6 +283,26 @@ def _state_dict_bytes(model: torch.nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes
+
+
+def drop_strays(staging: Path, manifest: dict) -> list[str]:
+    """Remove from the staging folder everything the bundle does not list: the steps' scratch files (a prepared
+    ONNX, a plain PTQ file for comparison, a timing cache) never reach a device. Returns what was removed."""
+    keep = set(COMPANIONS)
+    for entry in manifest["artifacts"]:
+        if entry.get("file"):
+            keep |= {entry["file"], entry["file"] + ".json"}
+    removed = []
+    for path in sorted(staging.rglob("*"), reverse=True):  # files before the folders that hold them
+        name = path.relative_to(staging).as_posix()
+        if name in keep or any(k.startswith(name + "/") for k in keep):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(name)
+    return removed
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -45,6 +45,26 @@ def one_sentence(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# Below this much free space a step's odd failure (a half-written ONNX that no longer parses) is a full disk.
+LOW_DISK_BYTES = 32 * 2**20
+
+
+def disk_full_sentence(exc: BaseException, folder: Path) -> Optional[str]:
+    """One sentence for a step that failed because the disk filled (ENOSPC/EDQUOT raised, or an error reading back
+    a file the full disk truncated), naming the folder and its free space; None for any other failure."""
+    import errno
+
+    raised = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if not raised and free >= LOW_DISK_BYTES:
+        return None
+    return (f"no space left on the disk holding {folder} ({free / 1e6:.0f} MB free); the checkpoints are kept: free "
+            "space and fit again")
+
+
 class FitEndStep(Callback):
     """Base class of the fit-end callbacks.
 
@@ -110,7 +130,7 @@ class FitEndStep(Callback):
         except Exception as exc:
             if debug_mode():
                 raise
-            sentence = one_sentence(exc)
+            sentence = disk_full_sentence(exc, self.staging) or one_sentence(exc)
             record.fail(self.name, sentence)
             self.on_failure(record, sentence)
             print(f"fit-end step {self.name} failed: {sentence}; the other steps go on "
