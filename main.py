@@ -5,6 +5,9 @@ under runs/<experiment>/version_N, checkpoints (best val/top1 and last), learnin
 bar; `fit` ends by testing the best checkpoint on the test split. `validate`, `test` and `predict` with a run's
 checkpoint write into that run, under version_N/<command>/.
 
+`python main.py bundle --run runs/<experiment>/version_N` runs the fit-end chain again from that run's best
+checkpoint into its bundle/ (after an interrupt during the fit-end steps, or with other fit-end settings).
+
 Exit status:
   0  done.
   1  a fit-end step failed (ONNX export, INT8, TensorRT, bundle): the bundle was written without it, or there is
@@ -42,8 +45,8 @@ from lightning_modules import ImageClassifier
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, DiskFull
 from lightning_modules.console import EpochLines, FitEndSafeProgressBar
 from lightning_modules.run_logger import RunLogger
-from resume import (UserError, check_foreign_checkpoint, check_resume, newest_resumable_run, run_of_checkpoint,
-                    yaml_load)
+from resume import (UserError, check_finished_training, check_foreign_checkpoint, check_resume, newest_resumable_run,
+                    run_of_checkpoint, yaml_load)
 
 RUNS_DIR = "runs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -110,9 +113,11 @@ class LoopStarted(Callback):
 class EdgeCLI(LightningCLI):
     """LightningCLI with edgecls's links and defaults."""
 
-    def __init__(self, *args: Any, invocation: Optional[Invocation] = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, invocation: Optional[Invocation] = None, bundle_run: Optional[Path] = None,
+                 **kwargs: Any) -> None:
         self.invocation = invocation or Invocation()
         self._resume_run: Optional[Path] = None
+        self._bundle_run = bundle_run  # `bundle --run`: the fit-end chain again, in that run
         super().__init__(*args, **kwargs)
 
     def _parse_ckpt_path(self) -> None:
@@ -169,7 +174,7 @@ class EdgeCLI(LightningCLI):
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
             raise UserError(f"checkpoint {ckpt_path} does not exist (--ckpt_path); give a .ckpt file"
                             + (", or 'last' to resume the newest run" if self.subcommand == "fit" else ""))
-        if self.subcommand != "fit" or not ckpt_path:
+        if self.subcommand != "fit" or not ckpt_path or self._bundle_run is not None:
             return
         if ckpt_path == "last":
             self._resume_run = newest_resumable_run(Path(RUNS_DIR) / self.experiment_name())
@@ -236,6 +241,9 @@ class EdgeCLI(LightningCLI):
 
     def _run_logger(self) -> RunLogger:
         """runs/<experiment>/version_N: a new N, the resumed run's, or the run a checkpoint to evaluate came from."""
+        if self._bundle_run is not None:
+            run = self._bundle_run
+            return RunLogger(save_dir=run.parents[1], name=run.parent.name, version=run.name, default_hp_metric=False)
         if self.subcommand == "fit":
             version = int(self._resume_run.name.removeprefix("version_")) if self._resume_run else None
             return RunLogger(save_dir=RUNS_DIR, name=self.experiment_name(), version=version, default_hp_metric=False)
@@ -418,6 +426,22 @@ def _exit_now(code: Any) -> None:
     os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
+def bundle_arguments(argv: list[str]) -> tuple[Path, list[str]]:
+    """`bundle --run runs/<experiment>/version_N [fit settings]`: the fit-end chain (ONNX, INT8, TensorRT, the bundle)
+    again, from the run's best checkpoint and its config.yaml, into its bundle/: after an interrupt during the
+    fit-end steps, or to re-bundle with other fit-end settings (e.g. --trainer.callbacks). Nothing is trained: the
+    fit is restored from its last.ckpt with its epochs done. Returns the run and the `fit` arguments that do this."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="main.py bundle", description=bundle_arguments.__doc__.split(":", 1)[0])
+    parser.add_argument("--run", required=True, help="the run folder: runs/<experiment>/version_N")
+    known, rest = parser.parse_known_args(argv[argv.index("bundle") + 1:])
+    run = Path(known.run)
+    last = check_finished_training(run)
+    return run, ["fit", "--config", str(run / "config.yaml"), *rest, "--ckpt_path", str(last),
+                 "--experiment", run.parent.name]
+
+
 def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[EdgeCLI]:
     """The `edgecls` console command: runs a subcommand and exits 1 or 2 as the module docstring says.
 
@@ -430,9 +454,12 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[Edg
         return EdgeCLI(ImageClassifier, ImageClassificationDataModule, run=False, **kwargs)
     invocation = Invocation()
     argv = sys.argv[1:] if args is None else list(map(str, args))
-    command = next((a for a in argv if a in SUBCOMMANDS), "")
+    command = next((a for a in argv if a in (*SUBCOMMANDS, "bundle")), "")
     try:
-        EdgeCLI(ImageClassifier, ImageClassificationDataModule, invocation=invocation, **kwargs)
+        bundle_run = None
+        if command == "bundle":
+            bundle_run, kwargs["args"] = bundle_arguments(argv)
+        EdgeCLI(ImageClassifier, ImageClassificationDataModule, invocation=invocation, bundle_run=bundle_run, **kwargs)
     except SystemExit as exc:  # --help, --print_config
         if args is None:
             _exit_now(exc.code)

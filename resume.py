@@ -144,3 +144,26 @@ def _normal(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _normal(v) for k, v in value.items() if v is not None}
     return value
+
+
+def check_finished_training(run: Path) -> Path:
+    """`bundle --run`: the run's last.ckpt, which must show the run's max_epochs done (the fit-end chain runs on a
+    trained network); an unfinished run is resumed instead, and bundles at its end."""
+    import torch
+
+    last = run / "checkpoints" / "last.ckpt"
+    if not (run / "config.yaml").is_file() or not last.is_file():
+        raise UserError(f"{run} is not a run folder with config.yaml and checkpoints/last.ckpt; give --run "
+                        "runs/<experiment>/version_N of a fit")
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise UserError(f"cannot read {last} ({type(exc).__name__}: {exc}); it may be a partly written file") from None
+    max_epochs = (yaml_load((run / "config.yaml").read_text()).get("trainer") or {}).get("max_epochs")
+    progress = ((state.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
+    done = (progress.get("current") or {}).get("processed", state.get("epoch", -1) + 1)
+    if max_epochs not in (None, -1) and done < max_epochs:
+        raise UserError(f"{run} has trained {done} of its {max_epochs} epochs, so there is nothing to bundle yet; "
+                        "finish it with `python main.py fit --config <its YAML> --ckpt_path last`, which bundles at "
+                        "its end")
+    return last

@@ -84,3 +84,39 @@ def test_a_finished_runs_best_checkpoint_is_refused_like_its_last(quickstart, tm
     proc = cli([*common, "--ckpt_path", best], tmp_path, expect_ok=False)
     refused(proc, "already finished its 2 epochs")
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"] and file_hashes(run) == before
+
+
+def test_bundle_runs_the_fit_end_chain_again_into_a_finished_run_after_an_interrupt(quickstart, tmp_path, cli):
+    import json
+    import shutil
+
+    from deploy.bundle import load_bundle
+
+    chain = json.dumps([{"class_path": "callbacks.ONNXExport"}, {"class_path": "callbacks.DeployBundle",
+                                                                    "init_args": {"latency_iterations": 5,
+                                                                                  "throughput_iterations": 1}}])
+    cli(["fit", "--config", quickstart, *TINY, "--trainer.callbacks", chain, "--trainer.max_epochs", "1"], tmp_path)
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    first = load_bundle(run / "bundle").manifest
+    # Ctrl-C during the fit-end steps: no bundle, a half-filled staging folder, the checkpoints kept
+    shutil.rmtree(run / "bundle")
+    (run / ".bundle-staging").mkdir()
+    (run / ".bundle-staging" / "model.onnx").write_bytes(b"half written")
+    checkpoints = file_hashes(run / "checkpoints")
+
+    proc = cli(["bundle", "--run", run.relative_to(tmp_path)], tmp_path)
+    again = load_bundle(run / "bundle", verify=True).manifest
+    assert [a["file"] for a in again["artifacts"]] == [a["file"] for a in first["artifacts"]] == ["model.onnx"]
+    assert again["source"]["checkpoint"] == first["source"]["checkpoint"]  # the run's best, as at the fit's end
+    assert not (run / ".bundle-staging").exists()
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # into the run, not a new version
+    assert file_hashes(run / "checkpoints") == checkpoints  # nothing trained
+    assert "test/top1 = " in proc.stdout
+
+
+def test_bundle_refuses_a_run_that_has_not_finished_training(quickstart, tmp_path, cli):
+    cli(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "2", "--trainer.max_steps", "8"],
+        tmp_path)
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    refused(cli(["bundle", "--run", run], tmp_path, expect_ok=False), "has trained 1 of its 2 epochs", "--ckpt_path last")
+    refused(cli(["bundle", "--run", tmp_path / "nowhere"], tmp_path, expect_ok=False), "is not a run folder")
