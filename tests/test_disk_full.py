@@ -70,3 +70,53 @@ def test_a_checkpoint_that_does_not_fit_keeps_the_one_before_and_names_the_space
     assert last["epoch"] == 0  # epoch 0's checkpoint, whole; epoch 1's never replaced it half-written
     _checkpoints_are_whole(run)
     assert os.path.isfile(run / "config.yaml")
+
+
+def test_a_full_disk_during_the_test_step_is_one_sentence_too(quickstart, tmp_path, cli, monkeypatch):
+    """The test step's TensorBoard writes used to end in a traceback: any ENOSPC in a command is the sentence."""
+    import errno
+
+    from lightning_modules.run_logger import RunLogger
+
+    real = RunLogger.log_metrics
+
+    def log_metrics(self, metrics, step=None):
+        if any(k.startswith("test/") for k in metrics):
+            raise OSError(errno.ENOSPC, "No space left on device", os.path.join(self.log_dir, "events.out.tfevents"))
+        return real(self, metrics, step)
+
+    monkeypatch.setattr(RunLogger, "log_metrics", log_metrics)
+    proc = cli(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "1"], tmp_path,
+               expect_ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1 and "no space left on the disk holding" in errors[0] and "MB free" in errors[0], errors
+    _checkpoints_are_whole(tmp_path / "runs" / "quickstart" / "version_0")
+
+
+def test_a_fit_end_step_that_fails_on_a_full_disk_says_so(tmp_path, monkeypatch):
+    from callbacks import fit_end
+
+    usage = namedtuple("usage", "total used free")
+    assert fit_end.disk_full_sentence(ValueError("DecodeError: Error parsing message"), tmp_path) is None
+    monkeypatch.setattr(fit_end.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**5, 10**5))
+    sentence = fit_end.disk_full_sentence(ValueError("DecodeError: Error parsing message"), tmp_path)
+    assert sentence.startswith(f"no space left on the disk holding {tmp_path} (0 MB free)")
+
+
+def test_the_steps_scratch_files_never_reach_the_bundle(tmp_path):
+    from callbacks.bundle import drop_strays
+
+    staging = tmp_path / ".bundle-staging"
+    (staging / "engines").mkdir(parents=True)
+    for name in ("model.onnx", "model.int8.onnx", "labels.txt", "report.json", ".model.prepared-inferred.onnx",
+                 ".model.int8-ptq-plain.onnx", "timing.cache", "engines/model.fp16.engine",
+                 "engines/model.fp16.engine.json"):
+        (staging / name).write_bytes(b"x")
+    manifest = {"artifacts": [{"file": "model.onnx"}, {"file": "model.int8.onnx"},
+                              {"file": "engines/model.fp16.engine"}, {"file": None, "status": "failed"}]}
+    removed = drop_strays(staging, manifest)
+    assert sorted(removed) == [".model.int8-ptq-plain.onnx", ".model.prepared-inferred.onnx", "timing.cache"]
+    assert sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()) == [
+        "engines/model.fp16.engine", "engines/model.fp16.engine.json", "labels.txt", "model.int8.onnx",
+        "model.onnx", "report.json"]
