@@ -114,10 +114,11 @@ class EdgeCLI(LightningCLI):
     """LightningCLI with edgecls's links and defaults."""
 
     def __init__(self, *args: Any, invocation: Optional[Invocation] = None, bundle_run: Optional[Path] = None,
-                 **kwargs: Any) -> None:
+                 bundle_checkpoint: Optional[Path] = None, **kwargs: Any) -> None:
         self.invocation = invocation or Invocation()
         self._resume_run: Optional[Path] = None
         self._bundle_run = bundle_run  # `bundle --run`: the fit-end chain again, in that run
+        self._bundle_checkpoint = bundle_checkpoint  # and from this checkpoint instead of the best
         super().__init__(*args, **kwargs)
 
     def _parse_ckpt_path(self) -> None:
@@ -218,6 +219,8 @@ class EdgeCLI(LightningCLI):
                 kwargs["enable_progress_bar"] = False
                 callbacks.insert(0, EpochLines())  # first: it prints before LearningRateMonitor logs the next epoch's rate
         callbacks.append(LoopStarted(self.invocation))
+        if self._bundle_checkpoint is not None:
+            callbacks.insert(0, BundleFrom(self._bundle_checkpoint))
         kwargs["callbacks"] = callbacks
         plugins = list(trainer_config.get("plugins") or [])
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -426,20 +429,42 @@ def _exit_now(code: Any) -> None:
     os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
-def bundle_arguments(argv: list[str]) -> tuple[Path, list[str]]:
+def bundle_arguments(argv: list[str]) -> tuple[Path, Optional[Path], list[str]]:
     """`bundle --run runs/<experiment>/version_N [fit settings]`: the fit-end chain (ONNX, INT8, TensorRT, the bundle)
     again, from the run's best checkpoint and its config.yaml, into its bundle/: after an interrupt during the
     fit-end steps, or to re-bundle with other fit-end settings (e.g. --trainer.callbacks). Nothing is trained: the
-    fit is restored from its last.ckpt with its epochs done. Returns the run and the `fit` arguments that do this."""
+    fit is restored from its last.ckpt with its epochs done. Returns the run, the checkpoint named with --checkpoint (None: its best) and the `fit`
+    arguments that do this."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="main.py bundle", description=bundle_arguments.__doc__.split(":", 1)[0])
     parser.add_argument("--run", required=True, help="the run folder: runs/<experiment>/version_N")
+    parser.add_argument("--checkpoint", default=None,
+                        help="bundle this checkpoint of the run instead of its best (e.g. checkpoints/last.ckpt)")
     known, rest = parser.parse_known_args(argv[argv.index("bundle") + 1:])
     run = Path(known.run)
     last = check_finished_training(run)
-    return run, ["fit", "--config", str(run / "config.yaml"), *rest, "--ckpt_path", str(last),
+    named = None
+    if known.checkpoint is not None:
+        named = Path(known.checkpoint)
+        named = named if named.is_file() else run / named
+        if not named.is_file() or run_of_checkpoint(named) is None or run_of_checkpoint(named).resolve() != run.resolve():
+            raise UserError(f"--checkpoint {known.checkpoint} is not a checkpoint of {run}; give one of "
+                            f"{', '.join(sorted(p.name for p in (run / 'checkpoints').glob('*.ckpt')))}")
+    return run, named, ["fit", "--config", str(run / "config.yaml"), *rest, "--ckpt_path", str(last),
                  "--experiment", run.parent.name]
+
+
+class BundleFrom(Callback):
+    """`bundle --checkpoint`: the fit-end chain (and the test that precedes the table) use this checkpoint as the
+    run's best; set after the restore from last.ckpt, which brings the recorded best back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.checkpoint_callback is not None:
+            trainer.checkpoint_callback.best_model_path = self.path
 
 
 def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[EdgeCLI]:
@@ -456,10 +481,11 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[Edg
     argv = sys.argv[1:] if args is None else list(map(str, args))
     command = next((a for a in argv if a in (*SUBCOMMANDS, "bundle")), "")
     try:
-        bundle_run = None
+        bundle_run = bundle_checkpoint = None
         if command == "bundle":
-            bundle_run, kwargs["args"] = bundle_arguments(argv)
-        EdgeCLI(ImageClassifier, ImageClassificationDataModule, invocation=invocation, bundle_run=bundle_run, **kwargs)
+            bundle_run, bundle_checkpoint, kwargs["args"] = bundle_arguments(argv)
+        EdgeCLI(ImageClassifier, ImageClassificationDataModule, invocation=invocation, bundle_run=bundle_run,
+                bundle_checkpoint=bundle_checkpoint, **kwargs)
     except SystemExit as exc:  # --help, --print_config
         if args is None:
             _exit_now(exc.code)

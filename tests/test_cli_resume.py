@@ -112,6 +112,11 @@ def test_bundle_runs_the_fit_end_chain_again_into_a_finished_run_after_an_interr
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # into the run, not a new version
     assert file_hashes(run / "checkpoints") == checkpoints  # nothing trained
     assert "test/top1 = " in proc.stdout
+    # a named checkpoint of the run instead of its best; a file of another run is refused
+    cli(["bundle", "--run", run, "--checkpoint", "checkpoints/last.ckpt"], tmp_path)
+    assert load_bundle(run / "bundle", verify=True).manifest["source"]["checkpoint"] == "checkpoints/last.ckpt"
+    refused(cli(["bundle", "--run", run, "--checkpoint", tmp_path / "x.ckpt"], tmp_path, expect_ok=False),
+            "is not a checkpoint of")
 
 
 def test_bundle_refuses_a_run_that_has_not_finished_training(quickstart, tmp_path, cli):
