@@ -140,9 +140,10 @@ class DeployBundle(FitEndStep):
                     row.update(format=art.format, precision=art.precision, runtime=art.runtime,
                                device=gpu_name if art.format == "tensorrt" else device,
                                size_mb=os.path.getsize(art.file) / 1e6,
-                               delta_pts=100 * (row["top1"] - reference["top1"]))
+                               delta_pts=100 * (row["top1"] - reference["top1"]), gate=gate_verdict(art))
                     rows.append(row)
-                    rows.extend(self.other_runtime_rows(art, test_batches, reference, device, record))
+                    rows.extend(dict(r, gate=row["gate"])
+                                for r in self.other_runtime_rows(art, test_batches, reference, device, record))
             entries.append(self.manifest_entry(art, row if art.ok else None))
 
         self.report = self.build_report(trainer, record, rows, device, reference["samples"])
@@ -193,6 +194,8 @@ class DeployBundle(FitEndStep):
         metrics = {k: row[k] for k in ("top1", "top5", "delta_pts", "latency_ms", "throughput", "device") if k in row}
         entry = artifact_entry(art.file, art.format, art.precision, metrics, bundle_dir=str(self.staging))
         entry.update(status=OK, **extra)
+        if gate_verdict(art) is not None:
+            entry["gate"] = gate_verdict(art)  # `deploy` never picks a file that missed its gate by itself
         if art.format in ("onnx", "onnx-int8") and art.runtime in ("any", "tensorrt"):
             # the CPU-form INT8 file breaks TensorRT's rules by design (uint8 activations): it is not checked
             entry["tensorrt_check"] = tensorrt_verdict(art.file, self.tensorrt_rules)
@@ -263,7 +266,9 @@ class DeployBundle(FitEndStep):
         for item in self.report["unavailable"]:
             lines.append(f"{item['label']}: {item['status']}: {item['reason']}")
         lines.append(f"top-1 on the test split ({self.report['test_samples']} images), each artifact in its own precision, "
-                     f"PyTorch in fp32; {self.report['device']}; bundle: {self.bundle_dir}\n")
+                     f"PyTorch in fp32; {self.report['device']}; bundle: {self.bundle_dir}")
+        lines += [f"{line}" for line in gate_misses(fit_end_record(trainer))]
+        lines[-1] += "\n"
         summary = "\n".join(lines)
         record = fit_end_record(trainer)
         if record.defer_summary:
@@ -283,6 +288,27 @@ def _state_dict_bytes(model: torch.nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes
+
+
+def gate_verdict(art: ArtifactRecord) -> Optional[str]:
+    """"met" or "not met" for an INT8 file behind an accuracy gate (its step's facts), None for any other file."""
+    quantization = art.facts.get("quantization") or {}
+    if "gate_met" not in quantization:
+        return None
+    return "met" if quantization["gate_met"] else "not met"
+
+
+def gate_misses(record: FitEndRecord) -> list[str]:
+    """One line per INT8 file that missed its gate: which form, by how much, and what to try."""
+    lines = []
+    for art in record.artifacts:
+        if art.ok and gate_verdict(art) == "not met":
+            q = art.facts["quantization"]
+            lines.append(f"INT8 gate not met: {art.label} loses {-q['delta_pts']:.2f} pt top-1 on the validation split, "
+                         f"more than the {q['max_drop_pts']} pt allowed (max_drop); it ships labelled so and `deploy "
+                         "--runtime auto` never picks it; try QuantizationAwareTraining, method: entropy or percentile, "
+                         "or a larger max_excluded")
+    return lines
 
 
 def drop_strays(staging: Path, manifest: dict) -> list[str]:

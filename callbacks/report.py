@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLUMNS = ("artifact", "runtime", "size MB", "latency ms", "throughput img/s", "top-1 %", "Δtop-1 pt")
+COLUMNS = ("artifact", "runtime", "size MB", "latency ms", "throughput img/s", "top-1 %", "Δtop-1 pt", "INT8 gate")
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -27,6 +27,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
             f"{r['throughput']:.0f}",
             f"{100 * r['top1']:.2f}",
             "—" if i == 0 else f"{r['delta_pts']:+.2f}",
+            r.get("gate") or "",
         ])
     return out
 

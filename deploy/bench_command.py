@@ -49,7 +49,8 @@ def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dic
                     top1 = (entry.get("metrics") or {}).get("top1")
                     rows.append({"artifact": entry["file"], "format": entry["format"], "precision": entry["precision"],
                                  "runtime": cand.runtime, "size_mb": entry["bytes"] / 1e6,
-                                 "test_top1": None if top1 is None else 100 * top1, "chosen": False, **result})
+                                 "test_top1": None if top1 is None else 100 * top1, "gate": entry.get("gate"),
+                                 "chosen": False, **result})
     return rows, None
 
 
@@ -76,7 +77,7 @@ def _progress_bar(total: int, disable: bool = False):
 COLUMNS = [("artifact", "{}", "artifact"), ("format", "{}", "format"), ("precision", "{}", "precision"),
            ("runtime", "{}", "runtime"), ("batch", "{}", "batch"), ("p50 ms", "{:.3f}", "p50_ms"),
            ("p90 ms", "{:.3f}", "p90_ms"), ("p99 ms", "{:.3f}", "p99_ms"), ("img/s", "{:.1f}", "throughput"),
-           ("size MB", "{:.2f}", "size_mb"), ("test top-1 %", "{:.2f}", "test_top1"),
+           ("size MB", "{:.2f}", "size_mb"), ("test top-1 %", "{:.2f}", "test_top1"), ("INT8 gate", "{}", "gate"),
            ("peak RSS MB", "{:.1f}", "peak_rss_mb"), ("RSS growth MB", "{:+.2f}", "rss_growth_mb"),
            ("memory", "{}", "memory"), ("auto", "{}", "auto")]
 _LEFT = 4  # the first columns are names, left-aligned; numbers right-aligned

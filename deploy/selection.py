@@ -201,9 +201,11 @@ def choose(bundle: Bundle, runtime: Optional[str] = None, format: Optional[str] 
     the short timing run and the cache read, and refreshes the cache."""
     cands = candidates(bundle, runtime, format, precision)
     reference = reference_top1(bundle)
-    eligible = [c for c in cands if within_budget(c.entry, reference, budget_pts)]
+    # An INT8 file that missed its accuracy gate at fit end is never picked on its own (--format/--runtime may name it)
+    gated = [c for c in cands if c.entry.get("gate") != "not met"]
+    eligible = [c for c in gated if within_budget(c.entry, reference, budget_pts)]
     # Flags that narrow the choice are the user's word: with none of theirs in budget, the fastest of theirs.
-    eligible = eligible or cands
+    eligible = eligible or gated or cands
     if len(eligible) == 1:
         verify_artifact(bundle.path, eligible[0].entry)
         return Choice(eligible[0].entry, eligible[0].runtime, "only")

@@ -116,3 +116,29 @@ def test_calibration_takes_any_sample_count_with_every_method(prepared_model, me
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 5
     logits = OnnxRuntimeRunner(str(out)).infer(x[:8])
     assert logits.shape == (8, 10) and np.isfinite(logits).all()
+
+
+def test_an_int8_file_that_missed_its_gate_is_labelled_in_the_table_and_said_in_one_line():
+    from pathlib import Path
+
+    from callbacks import report
+    from callbacks.bundle import gate_misses, gate_verdict
+    from callbacks.records import OK, ArtifactRecord, FitEndRecord
+
+    missed = ArtifactRecord("CpuInt8Quantization", "onnx-int8", "int8", "cpu", OK, file=Path("model.int8-cpu.onnx"),
+                            facts={"quantization": {"gate_met": False, "delta_pts": -1.39, "max_drop_pts": 0.5}})
+    met = ArtifactRecord("Int8Quantization", "onnx-int8", "int8", "tensorrt", OK, file=Path("model.int8.onnx"),
+                         facts={"quantization": {"gate_met": True, "delta_pts": -0.1, "max_drop_pts": 0.5}})
+    fp32 = ArtifactRecord("ONNXExport", "onnx", "fp32", "any", OK, file=Path("model.onnx"))
+    assert [gate_verdict(a) for a in (missed, met, fp32)] == ["not met", "met", None]
+    record = FitEndRecord()
+    for art in (fp32, met, missed):
+        record.publish(art)
+    lines = gate_misses(record)
+    assert len(lines) == 1 and lines[0].startswith("INT8 gate not met: ") and "1.39 pt" in lines[0]
+    assert "0.5 pt allowed" in lines[0] and "QuantizationAwareTraining" in lines[0]
+    rows = [{"label": "PyTorch FP32", "size_mb": 1, "latency_ms": 1, "throughput": 1, "top1": 0.9, "delta_pts": 0},
+            {"label": "ONNX INT8 (CPU)", "size_mb": 1, "latency_ms": 1, "throughput": 1, "top1": 0.89,
+             "delta_pts": -1, "gate": "not met"}]
+    table = report.plain_table({"rows": rows})
+    assert table.splitlines()[0].rstrip().endswith("INT8 gate") and table.splitlines()[-1].rstrip().endswith("not met")

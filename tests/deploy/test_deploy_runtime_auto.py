@@ -137,3 +137,22 @@ def test_a_named_runtime_with_a_format_takes_the_file_meant_for_it(bundle_copy, 
     assert code == 0 and {(r["artifact"], r["runtime"]) for r in rows} == {
         (f, r) for f in ("model.int8.onnx", "model.int8-cpu.onnx") for r in ("onnxruntime", "openvino")}
     assert sum(r["chosen"] for r in rows) == 1
+
+
+def test_an_int8_file_that_missed_its_gate_is_never_chosen_by_auto_and_bench_says_so(bundle_copy, run_cli,
+                                                                                     monkeypatch):
+    with_metrics(bundle_copy, {"model.onnx": 0.95, "model.int8.onnx": 0.95})  # within the budget on test...
+    manifest = read_manifest(bundle_copy)
+    next(e for e in manifest["artifacts"] if e["file"] == "model.int8.onnx")["gate"] = "not met"  # ...not on val
+    write_manifest(bundle_copy, manifest)
+    calls = count_timings(monkeypatch)
+    choice = selection.resolve(load_bundle(bundle_copy), "auto", None, None, ["cpu"], None, None)
+    assert choice.entry["file"] == "model.onnx"
+    assert calls == [["onnxruntime:model.onnx", "openvino:model.onnx"]]  # the missed file was never a candidate
+    named = selection.resolve(load_bundle(bundle_copy), "onnxruntime", "onnx-int8", None, ["cpu"], None, None)
+    assert named.entry["file"] == "model.int8.onnx"  # asked for by name, it runs
+    code, out, err = run_cli("bench", "--bundle", bundle_copy, "--runtime", "onnxruntime", "--iterations", "2")
+    assert code == 0, err
+    header, _, *rows = out.strip().splitlines()
+    assert "INT8 gate" in header
+    assert any("model.int8.onnx" in r and "not met" in r for r in rows), out
