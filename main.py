@@ -25,6 +25,7 @@ import os
 # benchmarks/contention.py. Set OMP_WAIT_POLICY yourself to choose otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import errno
+import logging
 import re
 import shutil
 import sys
@@ -53,6 +54,23 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 # Lightning 2.6 internals call a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+class _NoTips(logging.Filter):
+    """Lightning advertises cloud services (litlogger, litmodels) on every run: not ours to show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+for _name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoTips())
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """`warning: <message>` without the file, line number and source line Python adds (a `rank_zero_warn(...)`
+    call of ours or Lightning's means nothing to a user); EDGECLS_DEBUG=1 keeps Python's own format."""
+    return f"warning: {message}\n"
 
 
 # How a user's mistake is told from a bug. Our data, model and callback code reports bad YAML values, missing
@@ -478,6 +496,8 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[Edg
     if not run:
         return EdgeCLI(ImageClassifier, ImageClassificationDataModule, run=False, **kwargs)
     invocation = Invocation()
+    if args is None and os.environ.get("EDGECLS_DEBUG", "") in ("", "0"):
+        warnings.formatwarning = _one_line_warning  # the command a user runs, not a test or a notebook
     argv = sys.argv[1:] if args is None else list(map(str, args))
     command = next((a for a in argv if a in (*SUBCOMMANDS, "bundle")), "")
     try:
