@@ -50,6 +50,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     choice = resolve(bundle, args.runtime, args.format, args.precision, _providers(args), args.threads, args.hint,
                      args.max_drop)
     entry = choice.entry
+    why = {"only": "the only one that fits the flags", "cache": f"the fastest measured here (cached in {choice.cache_path})",
+           "measured": f"the fastest measured here just now (cached in {choice.cache_path})"}.get(choice.source, choice.source)
+    print(f"using {entry['file']} in {choice.runtime}: {why}", file=sys.stderr, flush=True)
     prep = Preprocessor(bundle.preprocessing)
     paths = expand_inputs(args.images)
     if not paths:

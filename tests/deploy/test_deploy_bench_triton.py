@@ -11,7 +11,7 @@ from deploy.bundle import load_bundle, sha256_file
 from deploy.runners import OnnxRuntimeRunner
 
 COLUMNS = ["artifact", "format", "precision", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "size MB",
-           "test top-1 %", "peak RSS MB", "RSS growth MB", "memory", "auto"]
+           "test top-1 %", "INT8 gate", "peak RSS MB", "RSS growth MB", "memory", "auto"]
 
 
 def test_bench_table_has_a_row_per_runtime_artifact_and_batch_and_marks_the_auto_choice(digits_bundle, run_cli):
@@ -36,9 +36,10 @@ def test_bench_table_has_a_row_per_runtime_artifact_and_batch_and_marks_the_auto
         p50, p90, p99, throughput = map(float, cells[5:9])
         assert 0 < p50 <= p90 <= p99 and throughput > 0
         assert cells[10] == "-"  # this bundle's manifest has no test metrics
-        assert float(cells[11]) > 10  # the process's resident memory: interpreter, runtime and model
-        assert cells[13] == "ok"
-        if cells[14] == "<-":
+        assert cells[11] == "-"  # nor a gate verdict (a gate missed would read "not met", two words)
+        assert float(cells[12]) > 10  # the process's resident memory: interpreter, runtime and model
+        assert cells[14] == "ok"
+        if cells[15] == "<-":
             marked.add((artifact, runtime))
     # Without test metrics INT8 is outside the accuracy budget: auto picks the FP32 file in the runtime with the
     # lowest batch-1 p50 of this very run

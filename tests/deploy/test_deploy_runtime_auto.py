@@ -156,3 +156,17 @@ def test_an_int8_file_that_missed_its_gate_is_never_chosen_by_auto_and_bench_say
     header, _, *rows = out.strip().splitlines()
     assert "INT8 gate" in header
     assert any("model.int8.onnx" in r and "not met" in r for r in rows), out
+
+
+def test_infer_says_which_file_and_runtime_it_uses_and_why(bundle_copy, digits_bundle, capsys):
+    from deploy.__main__ import main
+
+    with_metrics(bundle_copy, {"model.onnx": 0.95, "model.int8.onnx": 0.948})
+    assert main(["infer", "--bundle", bundle_copy, "--runtime", "onnxruntime", "--format", "onnx",
+                 digits_bundle.image_paths[0]]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == "using model.onnx in onnxruntime: the only one that fits the flags"
+    assert main(["infer", "--bundle", bundle_copy, digits_bundle.image_paths[0]]) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("using model") and "the fastest measured here just now (cached in " in first
+    assert main(["infer", "--bundle", bundle_copy, digits_bundle.image_paths[0]]) == 0
+    assert "the fastest measured here (cached in " in capsys.readouterr().err.splitlines()[0]
