@@ -247,18 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help=cmd_infer.__doc__)
     common(p, None)
     p.add_argument("--precision", default=None, help="pick among engines of one format, e.g. fp16")
-    p.add_argument("--topk", type=_positive, default=5)
-    p.add_argument("--batch-size", type=_positive, default=16)
+    p.add_argument("--topk", type=_positive, default=5, help="classes printed per image, most likely first (default 5)")
+    p.add_argument("--batch-size", type=_positive, default=16,
+                   help="images preprocessed and run together (default 16); lower it on a device short of memory")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("bench", help=cmd_bench.__doc__)
     common(p, None)
     p.add_argument("--batch", type=_batch_sizes, default="1,8,32", help="comma-separated batch sizes")
-    p.add_argument("--iterations", type=_positive, default=200)
+    p.add_argument("--iterations", type=_positive, default=200,
+                   help="timed calls per runtime x artifact x batch size (default 200)")
     p.add_argument("--warmup", type=_non_negative, default=10, help="untimed calls first (at least one is made)")
     p.add_argument("--json", action="store_true", help="print rows as JSON instead of a table")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (logs, nsys runs)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="also write each runtime's per-operator profile here (ONNX Runtime: a Chrome/Perfetto trace; "
                         "OpenVINO: per-layer counters) and print the top operators by time")
@@ -270,23 +272,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("build-engine", help=cmd_build_engine.__doc__)
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), required=True)
-    p.add_argument("--min-batch", type=_positive, default=1)
-    p.add_argument("--opt-batch", type=_positive, default=8)
-    p.add_argument("--max-batch", type=_positive, default=32)
-    p.add_argument("--workspace-mb", type=_positive, default=2048)
+    p.add_argument("--bundle", required=True, help="bundle folder (holds manifest.json); the engine is added to it")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), required=True,
+                   help="engine precision; int8 builds from the bundle's Q/DQ ONNX (model.int8.onnx)")
+    p.add_argument("--min-batch", type=_positive, default=1, help="smallest batch the engine accepts (default 1)")
+    p.add_argument("--opt-batch", type=_positive, default=8, help="batch TensorRT tunes kernels for (default 8)")
+    p.add_argument("--max-batch", type=_positive, default=32, help="largest batch the engine accepts (default 32)")
+    p.add_argument("--workspace-mb", type=_positive, default=2048,
+                   help="GPU memory TensorRT may use while building, in MB (default 2048)")
     p.add_argument("--timing-cache", default=None, help="default: <bundle>/timing.cache, reused across builds")
     p.add_argument("--output", default=None, help="engine file name inside the bundle")
     p.set_defaults(func=cmd_build_engine)
 
     p = sub.add_parser("triton", help=cmd_triton.__doc__)
-    p.add_argument("--bundle", required=True)
+    p.add_argument("--bundle", required=True, help="bundle folder (holds manifest.json)")
     p.add_argument("--out", required=True, help="model repository folder (created if needed)")
-    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="which artifact to serve (default onnx)")
     p.add_argument("--name", default=None, help="model name (default: the manifest's name)")
-    p.add_argument("--max-batch-size", type=_positive, default=None)
-    p.add_argument("--instance-kind", choices=("cpu", "gpu"), default=None)
+    p.add_argument("--max-batch-size", type=_positive, default=None,
+                   help="Triton's max_batch_size (default: the engine's, or 32)")
+    p.add_argument("--instance-kind", choices=("cpu", "gpu"), default=None,
+                   help="where Triton runs the model (default: gpu for engines, cpu otherwise)")
     p.set_defaults(func=cmd_triton)
 
     p = sub.add_parser("check-tensorrt", help=cmd_check_tensorrt.__doc__)
@@ -298,18 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install", help=cmd_install.__doc__)
     p.add_argument("--bundle", required=True, help="bundle folder to install (holds manifest.json)")
     p.add_argument("--to", required=True, help="models folder (created if needed): versions/ and the current pointer")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("rollback", help=cmd_rollback.__doc__)
     p.add_argument("--to", required=True, help="models folder of `install`")
     p.add_argument("--version", default=None, help="switch to this version (default: the one before current)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("list", help=cmd_list.__doc__)
     p.add_argument("--to", required=True, help="models folder of `install`")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_list)
 
     for command in [parser, *sub.choices.values()]:  # every command exits with the same codes

@@ -222,3 +222,13 @@ def test_a_closed_stdout_ends_quietly(digits_bundle):
     assert child.wait(timeout=300) == 141
     assert json.loads(first)["file"] == images[0]
     assert [line for line in err.splitlines() if not line.startswith("using ")] == []
+
+
+def test_every_deploy_flag_has_help():
+    from deploy.__main__ import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert "check-tensorrt" in commands
+    missing = [(name, a.option_strings or a.dest) for name, sub in commands.items() for a in sub._actions
+               if not a.help and a.dest != "help"]
+    assert missing == []
