@@ -24,9 +24,7 @@ import os
 # jobs, spinning threads wait for a descheduled sibling while burning the cores it needs; measured with
 # benchmarks/contention.py. Set OMP_WAIT_POLICY yourself to choose otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import errno
 import logging
-import re
 import shutil
 import sys
 import warnings
@@ -39,15 +37,15 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.utilities import rank_zero_info
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules import ImageClassificationDataModule
 from lightning_modules import ImageClassifier
-from lightning_modules.checkpoint_io import AtomicCheckpointIO, DiskFull
+from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.console import EpochLines, FitEndSafeProgressBar
 from lightning_modules.run_logger import RunLogger
-from resume import (UserError, check_finished_training, check_foreign_checkpoint, check_resume, newest_resumable_run,
-                    run_of_checkpoint, yaml_load)
+from cli_errors import is_user_error, one_sentence
+from resume import (BundleFrom, UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
+                    newest_resumable_run, run_of_checkpoint, yaml_load)
 
 RUNS_DIR = "runs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -71,16 +69,6 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """`warning: <message>` without the file, line number and source line Python adds (a `rank_zero_warn(...)`
     call of ours or Lightning's means nothing to a user); EDGECLS_DEBUG=1 keeps Python's own format."""
     return f"warning: {message}\n"
-
-
-# How a user's mistake is told from a bug. Our data, model and callback code reports bad YAML values, missing
-# folders and unusable images as ValueError / OSError / RuntimeError with one good sentence, from many places,
-# and Lightning reports bad trainer settings as MisconfigurationException. Raised while the command is being
-# parsed, built and set up (before the first sanity-check, train, val, test or predict batch), these are the
-# user's to fix; raised later, in the loops, they are bugs and keep their traceback. TypeError, KeyError,
-# AttributeError and friends are bugs wherever they come from.
-SETUP_ERRORS = (ValueError, OSError, RuntimeError, MisconfigurationException)
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # wherever raised: the disk, not the code, is what to fix
 
 
 @dataclass
@@ -349,140 +337,12 @@ def cpu_precision(accelerator: Any, precision: Any) -> Optional[str]:
     return "32-true"
 
 
-# --- errors --------------------------------------------------------------------------------------------------------
-
-def is_user_error(exc: BaseException, invocation: Invocation) -> bool:
-    from argparse import ArgumentError
-
-    from datamodules.workers import LoaderStalled
-
-    if isinstance(exc, (UserError, ArgumentError, LoaderStalled, DiskFull)):  # the machine's state, in a sentence
-        return True
-    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-        return True
-    return isinstance(exc, SETUP_ERRORS) and not invocation.loops_started
-
-
-def one_sentence(exc: BaseException, command: str, argv: list[str]) -> str:
-    """The error as one line: our own messages already are; jsonargparse's nested ones are condensed."""
-    from argparse import ArgumentError
-
-    text = str(exc).strip()
-    if isinstance(exc, ArgumentError):
-        return parse_error_sentence(text, command, argv)
-    if isinstance(exc, OSError) and not isinstance(exc, DiskFull) and exc.errno in DISK_FULL:
-        folder = os.path.dirname(os.path.abspath(exc.filename)) if exc.filename else os.getcwd()
-        try:
-            free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
-        except OSError:
-            free = "free space unknown"
-        return (f"no space left on the disk holding {folder} ({free}) while writing {exc.filename or 'a file'}; the "
-                "checkpoints already written are kept: free space and resume with --ckpt_path last")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return text or type(exc).__name__
-    return f"{lines[0].rstrip(':')} (EDGECLS_DEBUG=1 shows the details)"
-
-
-def _type_name(text: str) -> str:
-    text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
-    text = re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text)  # pytorch_lightning.x.Callback -> Callback
-    text = re.sub(r"(?:typing\.)?Literal\[(.*?)\]", r"\1", text)  # Literal['a', 'b'] -> 'a', 'b'
-    return text.replace("NoneType", "null")
-
-
-def parse_error_sentence(text: str, command: str, argv: list[str]) -> str:
-    help_hint = f"see 'python main.py {command} --help'" if command else "see 'python main.py --help'"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    head = lines[0] if lines else text
-    match = re.match(r'Parser key "([^"]+)":\s*(.*)', head)
-    if not match:
-        unknown = re.match(r"Subcommand '(\w+)' does not accept option '([^']+)'", head)
-        if unknown:
-            return f"{unknown.group(2)} is not a setting of '{unknown.group(1)}' (a misspelt or misplaced key in the YAML or on the command line); {help_hint}"
-        if head.startswith("unrecognized arguments"):
-            return f"{head}; {help_hint}"
-        if head.startswith("Problems parsing config"):
-            return yaml_syntax_sentence(argv) or re.sub(r"\s+", " ", " ".join(lines))
-        return re.sub(r"\s+", " ", " ".join(lines))
-    key, rest = match.group(1), " ".join([match.group(2), *lines[1:]]).strip()
-    class_path = re.search(r"Problem with given class_path '([^']+)':\s*(.*?)(?:\s+- |$)", rest)
-    if class_path:
-        return f"{key}: class_path '{class_path.group(1)}' cannot be used ({class_path.group(2).strip()})"
-    value = re.search(r"Given value: (.*)$", rest) or re.search(r"Got value: (.*)$", rest)
-    subtypes = re.search(r"Subtypes: \[(.*?)\] Errors:", rest)
-    expected = re.search(r"Expected a (.*?)\. Got value:", rest)
-    wanted = subtypes.group(1) if subtypes else expected.group(1) if expected else ""
-    if value and wanted:
-        return f"{key}: {value.group(1).strip()!r} is not a valid value (expected {_type_name(wanted)}); {help_hint}"
-    return f"{key}: " + re.sub(r"\s+", " ", rest)
-
-
-def yaml_syntax_sentence(argv: list[str]) -> Optional[str]:
-    """jsonargparse says a config is not YAML but not which one: find the --config file that does not load."""
-    import yaml
-
-    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
-    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    for name in files:
-        try:
-            yaml.safe_load(Path(name).read_text())
-        except OSError:
-            continue
-        except yaml.YAMLError as exc:
-            mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or "a syntax error"
-            # PyYAML notices an unclosed bracket only at the next key; where it opened is the line to fix
-            opened = f" ({exc.context} opened at line {context.line + 1})" if context is not None and exc.context else ""
-            return f"{name} is not valid YAML{at}: {problem}{opened}; fix the file"
-    return None
-
-
 def _exit_now(code: Any) -> None:
     """Leave a command that wrote nothing (help, a refused command) without the interpreter's teardown of torch and
     Lightning, which takes longer than the command itself (1-2 s here)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code if isinstance(code, int) else (0 if code is None else 1))
-
-
-def bundle_arguments(argv: list[str]) -> tuple[Path, Optional[Path], list[str]]:
-    """`bundle --run runs/<experiment>/version_N [fit settings]`: the fit-end chain (ONNX, INT8, TensorRT, the bundle)
-    again, from the run's best checkpoint and its config.yaml, into its bundle/: after an interrupt during the
-    fit-end steps, or to re-bundle with other fit-end settings (e.g. --trainer.callbacks). Nothing is trained: the
-    fit is restored from its last.ckpt with its epochs done. Returns the run, the checkpoint named with --checkpoint (None: its best) and the `fit`
-    arguments that do this."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="main.py bundle", description=bundle_arguments.__doc__.split(":", 1)[0])
-    parser.add_argument("--run", required=True, help="the run folder: runs/<experiment>/version_N")
-    parser.add_argument("--checkpoint", default=None,
-                        help="bundle this checkpoint of the run instead of its best (e.g. checkpoints/last.ckpt)")
-    known, rest = parser.parse_known_args(argv[argv.index("bundle") + 1:])
-    run = Path(known.run)
-    last = check_finished_training(run)
-    named = None
-    if known.checkpoint is not None:
-        named = Path(known.checkpoint)
-        named = named if named.is_file() else run / named
-        if not named.is_file() or run_of_checkpoint(named) is None or run_of_checkpoint(named).resolve() != run.resolve():
-            raise UserError(f"--checkpoint {known.checkpoint} is not a checkpoint of {run}; give one of "
-                            f"{', '.join(sorted(p.name for p in (run / 'checkpoints').glob('*.ckpt')))}")
-    return run, named, ["fit", "--config", str(run / "config.yaml"), *rest, "--ckpt_path", str(last),
-                 "--experiment", run.parent.name]
-
-
-class BundleFrom(Callback):
-    """`bundle --checkpoint`: the fit-end chain (and the test that precedes the table) use this checkpoint as the
-    run's best; set after the restore from last.ckpt, which brings the recorded best back."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.checkpoint_callback is not None:
-            trainer.checkpoint_callback.best_model_path = self.path
 
 
 def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[EdgeCLI]:

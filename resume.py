@@ -1,5 +1,6 @@
 """Resuming a run in place (`fit --ckpt_path last` or a run's checkpoint): which run, and the checks that refuse,
-before anything is written, a resume that would corrupt it."""
+before anything is written, a resume that would corrupt it; and `bundle --run`, the fit-end chain of a finished run
+again."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Optional
+
+from pytorch_lightning import Callback
 
 
 class UserError(Exception):
@@ -167,3 +170,41 @@ def check_finished_training(run: Path) -> Path:
                         "finish it with `python main.py fit --config <its YAML> --ckpt_path last`, which bundles at "
                         "its end")
     return last
+
+
+def bundle_arguments(argv: list[str]) -> tuple[Path, Optional[Path], list[str]]:
+    """`bundle --run runs/<experiment>/version_N [fit settings]`: the fit-end chain (ONNX, INT8, TensorRT, the bundle)
+    again, from the run's best checkpoint and its config.yaml, into its bundle/: after an interrupt during the
+    fit-end steps, or to re-bundle with other fit-end settings (e.g. --trainer.callbacks). Nothing is trained: the
+    fit is restored from its last.ckpt with its epochs done. Returns the run, the checkpoint named with --checkpoint (None: its best) and the `fit`
+    arguments that do this."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="main.py bundle", description=bundle_arguments.__doc__.split(":", 1)[0])
+    parser.add_argument("--run", required=True, help="the run folder: runs/<experiment>/version_N")
+    parser.add_argument("--checkpoint", default=None,
+                        help="bundle this checkpoint of the run instead of its best (e.g. checkpoints/last.ckpt)")
+    known, rest = parser.parse_known_args(argv[argv.index("bundle") + 1:])
+    run = Path(known.run)
+    last = check_finished_training(run)
+    named = None
+    if known.checkpoint is not None:
+        named = Path(known.checkpoint)
+        named = named if named.is_file() else run / named
+        if not named.is_file() or run_of_checkpoint(named) is None or run_of_checkpoint(named).resolve() != run.resolve():
+            raise UserError(f"--checkpoint {known.checkpoint} is not a checkpoint of {run}; give one of "
+                            f"{', '.join(sorted(p.name for p in (run / 'checkpoints').glob('*.ckpt')))}")
+    return run, named, ["fit", "--config", str(run / "config.yaml"), *rest, "--ckpt_path", str(last),
+                 "--experiment", run.parent.name]
+
+
+class BundleFrom(Callback):
+    """`bundle --checkpoint`: the fit-end chain (and the test that precedes the table) use this checkpoint as the
+    run's best; set after the restore from last.ckpt, which brings the recorded best back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.checkpoint_callback is not None:
+            trainer.checkpoint_callback.best_model_path = self.path

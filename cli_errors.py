@@ -1,0 +1,111 @@
+"""How main.py tells a user's mistake from a bug, and says it in one sentence."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+from datamodules.workers import LoaderStalled
+from lightning_modules.checkpoint_io import DiskFull
+from resume import UserError
+
+# How a user's mistake is told from a bug. Our data, model and callback code reports bad YAML values, missing
+# folders and unusable images as ValueError / OSError / RuntimeError with one good sentence, from many places,
+# and Lightning reports bad trainer settings as MisconfigurationException. Raised while the command is being
+# parsed, built and set up (before the first sanity-check, train, val, test or predict batch), these are the
+# user's to fix; raised later, in the loops, they are bugs and keep their traceback. TypeError, KeyError,
+# AttributeError and friends are bugs wherever they come from.
+SETUP_ERRORS = (ValueError, OSError, RuntimeError, MisconfigurationException)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # wherever raised: the disk, not the code, is what to fix
+
+
+def is_user_error(exc: BaseException, invocation: Any) -> bool:
+    from argparse import ArgumentError
+
+    if isinstance(exc, (UserError, ArgumentError, LoaderStalled, DiskFull)):  # the machine's state, in a sentence
+        return True
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return True
+    return isinstance(exc, SETUP_ERRORS) and not invocation.loops_started
+
+
+def one_sentence(exc: BaseException, command: str, argv: list[str]) -> str:
+    """The error as one line: our own messages already are; jsonargparse's nested ones are condensed."""
+    from argparse import ArgumentError
+
+    text = str(exc).strip()
+    if isinstance(exc, ArgumentError):
+        return parse_error_sentence(text, command, argv)
+    if isinstance(exc, OSError) and not isinstance(exc, DiskFull) and exc.errno in DISK_FULL:
+        folder = os.path.dirname(os.path.abspath(exc.filename)) if exc.filename else os.getcwd()
+        try:
+            free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+        except OSError:
+            free = "free space unknown"
+        return (f"no space left on the disk holding {folder} ({free}) while writing {exc.filename or 'a file'}; the "
+                "checkpoints already written are kept: free space and resume with --ckpt_path last")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return text or type(exc).__name__
+    return f"{lines[0].rstrip(':')} (EDGECLS_DEBUG=1 shows the details)"
+
+
+def _type_name(text: str) -> str:
+    text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
+    text = re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text)  # pytorch_lightning.x.Callback -> Callback
+    text = re.sub(r"(?:typing\.)?Literal\[(.*?)\]", r"\1", text)  # Literal['a', 'b'] -> 'a', 'b'
+    return text.replace("NoneType", "null")
+
+
+def parse_error_sentence(text: str, command: str, argv: list[str]) -> str:
+    help_hint = f"see 'python main.py {command} --help'" if command else "see 'python main.py --help'"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    head = lines[0] if lines else text
+    match = re.match(r'Parser key "([^"]+)":\s*(.*)', head)
+    if not match:
+        unknown = re.match(r"Subcommand '(\w+)' does not accept option '([^']+)'", head)
+        if unknown:
+            return f"{unknown.group(2)} is not a setting of '{unknown.group(1)}' (a misspelt or misplaced key in the YAML or on the command line); {help_hint}"
+        if head.startswith("unrecognized arguments"):
+            return f"{head}; {help_hint}"
+        if head.startswith("Problems parsing config"):
+            return yaml_syntax_sentence(argv) or re.sub(r"\s+", " ", " ".join(lines))
+        return re.sub(r"\s+", " ", " ".join(lines))
+    key, rest = match.group(1), " ".join([match.group(2), *lines[1:]]).strip()
+    class_path = re.search(r"Problem with given class_path '([^']+)':\s*(.*?)(?:\s+- |$)", rest)
+    if class_path:
+        return f"{key}: class_path '{class_path.group(1)}' cannot be used ({class_path.group(2).strip()})"
+    value = re.search(r"Given value: (.*)$", rest) or re.search(r"Got value: (.*)$", rest)
+    subtypes = re.search(r"Subtypes: \[(.*?)\] Errors:", rest)
+    expected = re.search(r"Expected a (.*?)\. Got value:", rest)
+    wanted = subtypes.group(1) if subtypes else expected.group(1) if expected else ""
+    if value and wanted:
+        return f"{key}: {value.group(1).strip()!r} is not a valid value (expected {_type_name(wanted)}); {help_hint}"
+    return f"{key}: " + re.sub(r"\s+", " ", rest)
+
+
+def yaml_syntax_sentence(argv: list[str]) -> Optional[str]:
+    """jsonargparse says a config is not YAML but not which one: find the --config file that does not load."""
+    import yaml
+
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for name in files:
+        try:
+            yaml.safe_load(Path(name).read_text())
+        except OSError:
+            continue
+        except yaml.YAMLError as exc:
+            mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "a syntax error"
+            # PyYAML notices an unclosed bracket only at the next key; where it opened is the line to fix
+            opened = f" ({exc.context} opened at line {context.line + 1})" if context is not None and exc.context else ""
+            return f"{name} is not valid YAML{at}: {problem}{opened}; fix the file"
+    return None
