@@ -6,16 +6,30 @@ The eval transform is the one the deploy bundle records: it is built from a plai
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence, Union
 
-import albumentations as A
 import cv2
 import numpy as np
-from albumentations.pytorch import ToTensorV2
 
 from deploy.preprocess import INTERPOLATIONS  # one table of interpolation names, shared with the device
+
+
+class _OnFirstUse:
+    """A module imported when one of its names is first used: building the CLI's parser (`main.py --help`) does
+    not pay albumentations' 0.3 s import; a DataModule's set-up does, once."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+A = _OnFirstUse("albumentations")
+_pytorch = _OnFirstUse("albumentations.pytorch")
 
 
 
@@ -50,8 +64,8 @@ def normalize_to_tensor(mean: Sequence[float], std: Sequence[float], normalize: 
     """The last steps of every pipeline: CHW tensor, float32 normalized, or uint8 (``normalize=False``: the loaders'
     form, normalized by ``BatchNormalizer`` where the batch lands)."""
     if not normalize:
-        return [ToTensorV2()]
-    return [A.Normalize(mean=list(mean), std=list(std), max_pixel_value=255.0), ToTensorV2()]
+        return [_pytorch.ToTensorV2()]
+    return [A.Normalize(mean=list(mean), std=list(std), max_pixel_value=255.0), _pytorch.ToTensorV2()]
 
 
 def resize_step(pre: Preprocessing) -> A.Resize:
