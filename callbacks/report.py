@@ -33,7 +33,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def leaderboard_values(report: dict[str, Any]) -> dict[str, float]:
-    """The bundle's columns of the HPARAMS tab (lightning_modules.classifier.LEADERBOARD_METRICS), each logged only
+    """The bundle's columns of the HPARAMS tab (lightning_modules.leaderboard.LEADERBOARD_METRICS), each logged only
     when the bundle has it: INT8's worst Δtop-1, the fastest CPU artifact's latency, the parameter count."""
     rows = report["rows"][1:]  # after the PyTorch reference
     values: dict[str, float] = {}

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from datamodules import imagefolder, sources
 from datamodules.datasets import ArrayImages, EpochSampler, ImageDataset
@@ -19,7 +19,8 @@ from datamodules.presets import (IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, TR
 from datamodules.rundir import write_excluded, write_split_lists
 from datamodules.split import check_ratios
 from datamodules.stats import (PixelSums, fingerprint, load_cached_mean_std, save_cached_mean_std, sum_pixels)
-from datamodules.workers import DEFAULT_TIMEOUT_S, auto_workers, init_loader_worker, make_loader, usable_cores  # noqa: F401
+from datamodules.workers import (DEFAULT_TIMEOUT_S, Uint8Batches, auto_workers, cap_workers,  # noqa: F401
+                                init_loader_worker, make_loader, usable_cores)
 from deploy.images import ImageDecodeError
 
 
@@ -33,17 +34,6 @@ def _size(value: Union[int, list[int], None], what: str) -> Optional[list[int]]:
     if len(hw) != 2 or any(not isinstance(v, int) or v <= 0 for v in hw):
         raise ValueError(f"{what} must be a positive int or [height, width], got {value!r}")
     return hw
-
-
-class Uint8Batches:
-    """collate_fn of every loader here: uint8 NCHW images and int64 labels. ``normalize`` makes the network's float
-    input of such a batch wherever it is (the DataModule's on_after_batch_transfer; fit-end steps reading a loader)."""
-
-    def __init__(self, normalize: BatchNormalizer) -> None:
-        self.normalize = normalize
-
-    def __call__(self, samples):
-        return default_collate(samples)
 
 
 def default_cache_dir() -> str:
@@ -137,7 +127,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         else:
             if not isinstance(num_workers, int) or num_workers < 0:
                 raise ValueError(f"data.num_workers must be auto or an int >= 0, got {num_workers!r}")
-            self.num_workers = self._cap_workers(num_workers)
+            self.num_workers = cap_workers(num_workers)
         self.decoded_cache = bool(decoded_cache)
         if loader_timeout < 0:
             raise ValueError(f"data.loader_timeout must be >= 0 seconds (0: no limit), got {loader_timeout}")
@@ -174,17 +164,6 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         if len(value) != 2 or any(len(v) != 3 for v in value) or any(s <= 0 for s in value[1]):
             raise ValueError(f"mean_std as a list must be [[3 means], [3 positive stds]], got {value!r}")
         return [[float(v) for v in value[0]], [float(v) for v in value[1]]]
-
-    @staticmethod
-    def _cap_workers(requested: int) -> int:
-        # More loader processes than cores only adds memory and context switches; YAMLs written on a
-        # workstation still run on a 2-core laptop or CI runner.
-        cores = usable_cores()
-        if requested <= cores:
-            return requested
-        rank_zero_info(f"data.num_workers {requested} is more than the {cores} CPU core(s) this process may use; "
-                       f"using {cores} loader workers")
-        return cores
 
     def _request(self, stats: bool = False) -> sources.SourceRequest:
         decoded = None

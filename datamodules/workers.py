@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 # The heavy modules a worker needs or re-imports with the main script; only those the parent already loaded are
 # preloaded, so a small script does not pay for Lightning.
@@ -48,6 +48,19 @@ def usable_cores() -> int:
 def auto_workers() -> int:
     """``num_workers: auto``: one loader process per usable core but the one the training loop runs on."""
     return max(0, usable_cores() - 1)
+
+
+def cap_workers(requested: int) -> int:
+    """At most one loader process per usable core: more only adds memory and context switches, and YAMLs written on
+    a workstation still run on a 2-core laptop or CI runner (said in one logged line)."""
+    from pytorch_lightning.utilities import rank_zero_info
+
+    cores = usable_cores()
+    if requested <= cores:
+        return requested
+    rank_zero_info(f"data.num_workers {requested} is more than the {cores} CPU core(s) this process may use; "
+                   f"using {cores} loader workers")
+    return cores
 
 
 _context: Optional[Any] = None
@@ -128,6 +141,17 @@ def make_loader(dataset, batch_size: int, *, num_workers: int, collate_fn: Calla
         timeout=float(timeout) if workers and timeout else 0,
         prefetch_factor=4 if workers else None,
     )
+
+
+class Uint8Batches:
+    """collate_fn of every loader here: uint8 NCHW images and int64 labels. ``normalize`` makes the network's float
+    input of such a batch wherever it is (the DataModule's on_after_batch_transfer; fit-end steps reading a loader)."""
+
+    def __init__(self, normalize: Callable) -> None:
+        self.normalize = normalize
+
+    def __call__(self, samples):
+        return default_collate(samples)
 
 
 class SharedArray:
