@@ -30,6 +30,7 @@ from deploy.cli_common import (EXIT_INPUTS_FAILED, EXIT_OK, EXIT_PIPE_CLOSED, EX
                                _first_line, _providers, _select, _warning, is_allocation_failure, _out_of_memory,
                                softmax)
 from deploy.cuda_memory import CudaUnavailable
+from deploy.errors import debug_mode
 from deploy.install import resolve_bundle_dir
 from deploy.nvtx_ranges import nvtx_range
 from deploy.runners import RUNTIMES
@@ -365,7 +366,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _error("interrupted")
         return 128 + 2
     except Exception as exc:
-        if os.environ.get("EDGECLS_DEBUG") == "1":
+        if debug_mode():
             raise
         _error(f"`{args.command}` failed unexpectedly ({type(exc).__name__}: {_first_line(exc)}); this is a bug: "
                "rerun with EDGECLS_DEBUG=1 for the traceback and report it")

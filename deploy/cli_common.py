@@ -12,10 +12,8 @@ import numpy as np
 
 from deploy.bundle import verify_artifact
 
-EXIT_OK = 0
-EXIT_INPUTS_FAILED = 1
-EXIT_USAGE = 2
-EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a program killed by SIGPIPE
+from deploy.errors import EXIT_OK, EXIT_PIPE_CLOSED, EXIT_USAGE  # noqa: F401 (the statuses every command shares)
+from deploy.errors import EXIT_PARTLY_FAILED as EXIT_INPUTS_FAILED  # noqa: F401
 
 # ONNX Runtime's arena ("Failed to allocate memory"), C++ std::bad_alloc, CUDA and errno ENOMEM texts.
 _ALLOCATION_FAILURE = re.compile(r"failed to allocate|bad_alloc|out of memory|cannot allocate memory", re.IGNORECASE)

@@ -10,7 +10,8 @@ import os
 import shutil
 from typing import Optional
 
-from deploy.bundle import Bundle, BundleError, atomic_write_bytes
+from deploy.atomic import atomic_path, atomic_write_bytes
+from deploy.bundle import Bundle, BundleError
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "onnx-int8": ("onnxruntime_onnx", "model.onnx"),
              "tensorrt": ("tensorrt_plan", "model.plan")}
@@ -80,9 +81,8 @@ def write_triton_repository(bundle: Bundle, out_dir: str, entry: dict, model_nam
     model_dir = os.path.join(out_dir, name)
     os.makedirs(os.path.join(model_dir, "1"), exist_ok=True)
     target = os.path.join(model_dir, "1", filename)
-    tmp = target + ".tmp"
-    shutil.copyfile(bundle.artifact_path(entry), tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(bundle.artifact_path(entry), tmp)
     atomic_write_bytes(os.path.join(model_dir, "labels.txt"), ("\n".join(bundle.classes) + "\n").encode("utf-8"))
     text = config_pbtxt(name, platform, io_names[0], io_names[1], list(bundle.input_shape), len(bundle.classes),
                         max_batch, [1, 8, max_batch], instance_kind=instance_kind)

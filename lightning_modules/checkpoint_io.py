@@ -17,6 +17,8 @@ from typing import Any, Optional
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from deploy.atomic import atomic_write_bytes
+
 
 class DiskFull(OSError):
     """No room for a file the fit must write; the message names the folder and the space needed."""
@@ -49,16 +51,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         data = buffer.getbuffer()
         if shutil.disk_usage(folder).free < len(data):
             raise disk_full(folder, len(data), os.path.basename(path))
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
         try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            atomic_write_bytes(path, data)
         except OSError as exc:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise disk_full(folder, len(data), os.path.basename(path)) from None
             raise
