@@ -33,17 +33,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pytorch_lightning import Callback, Trainer
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.utilities import rank_zero_info
 
+from callbacks.fit_end import FitEnd
 from datamodules import ImageClassificationDataModule
 from lightning_modules import ImageClassifier
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.console import EpochLines, FitEndSafeProgressBar
+from lightning_modules.predictions import PredictionsCSV
 from lightning_modules.run_logger import RunLogger
 from cli_errors import is_user_error, one_sentence
+from deploy.errors import EXIT_PARTLY_FAILED, EXIT_USAGE, debug_mode
 from resume import (BundleFrom, UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
                     newest_resumable_run, run_of_checkpoint, yaml_load)
 
@@ -125,7 +128,12 @@ class EdgeCLI(LightningCLI):
         self._resume_run: Optional[Path] = None
         self._bundle_run = bundle_run  # `bundle --run`: the fit-end chain again, in that run
         self._bundle_checkpoint = bundle_checkpoint  # and from this checkpoint instead of the best
-        super().__init__(*args, **kwargs)
+        # Every trainer gets these two: the fit-end chain's owner (a no-op without fit-end steps) and the marker of
+        # set-up's end. The defaults below that depend on the YAML (a checkpoint callback unless it has one, a bar
+        # or epoch lines by terminal) are added in instantiate_trainer: trainer_defaults cannot express "unless".
+        defaults = dict(kwargs.pop("trainer_defaults", None) or {})
+        defaults["callbacks"] = [*defaults.get("callbacks", []), FitEnd(), LoopStarted(self.invocation)]
+        super().__init__(*args, trainer_defaults=defaults, **kwargs)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI replaces the model settings with the checkpoint's own before anything is checked; the
@@ -224,7 +232,8 @@ class EdgeCLI(LightningCLI):
             else:
                 kwargs["enable_progress_bar"] = False
                 callbacks.insert(0, EpochLines())  # first: it prints before LearningRateMonitor logs the next epoch's rate
-        callbacks.append(LoopStarted(self.invocation))
+        if self.subcommand == "predict" and not _has(callbacks, BasePredictionWriter):
+            callbacks.append(PredictionsCSV())
         if self._bundle_checkpoint is not None:
             callbacks.insert(0, BundleFrom(self._bundle_checkpoint))
         kwargs["callbacks"] = callbacks
@@ -283,38 +292,16 @@ class EdgeCLI(LightningCLI):
             source = os.path.relpath(best) if best else "final weights"
             rank_zero_info(f"test ({source}): {shown}")
             print(f"test/top1 = {results[0].get('test/top1', float('nan')):.4f} (test split, {trainer.precision}, {source})", flush=True)
-        # A fit-end step is a callback from callbacks/; where that package was never loaded, no step ran.
-        records = sys.modules.get("callbacks.records")
-        if records is not None:
-            self.invocation.fit_end_failures = records.fit_end_failures(trainer)
-            summary = records.fit_end_record(trainer).summary
-            if summary and trainer.is_global_zero:
-                print(summary, flush=True)  # the bundle table is the last thing a fit prints
+        chain = FitEnd.of(trainer)
+        if chain is not None:
+            self.invocation.fit_end_failures = chain.failures
+            if chain.summary and trainer.is_global_zero:
+                print(chain.summary, flush=True)  # the bundle table is the last thing a fit prints
 
     def before_fit(self) -> None:
-        records = sys.modules.get("callbacks.records")
-        if records is not None:
-            records.fit_end_record(self.trainer).defer_summary = True
-
-    def after_predict(self) -> None:
-        """Write what `predict` returned (class probabilities over the test split) to predictions.csv in the run."""
-        batches = self.trainer.predict_loop.predictions
-        if not batches or not self.trainer.is_global_zero:
-            return
-        import torch
-
-        probs = torch.cat([b for b in batches if b is not None]).float()
-        names = list(getattr(self.datamodule, "class_names", None) or range(probs.shape[1]))
-        out = Path(self.trainer.log_dir or ".") / "predictions.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        with open(tmp, "w") as handle:
-            handle.write("index,predicted,probability\n")
-            top, index = probs.max(dim=1)
-            for i, (p, k) in enumerate(zip(top.tolist(), index.tolist())):
-                handle.write(f"{i},{names[k]},{p:.6f}\n")
-        os.replace(tmp, out)
-        print(f"predictions for {len(probs)} images: {out}", flush=True)
+        chain = FitEnd.of(self.trainer)
+        if chain is not None:
+            chain.defer_summary = True
 
 
 def _has(callbacks: list[Callback], kind: type) -> bool:
@@ -356,7 +343,7 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[Edg
     if not run:
         return EdgeCLI(ImageClassifier, ImageClassificationDataModule, run=False, **kwargs)
     invocation = Invocation()
-    if args is None and os.environ.get("EDGECLS_DEBUG", "") in ("", "0"):
+    if args is None and not debug_mode():
         warnings.formatwarning = _one_line_warning  # the command a user runs, not a test or a notebook
     argv = sys.argv[1:] if args is None else list(map(str, args))
     command = next((a for a in argv if a in (*SUBCOMMANDS, "bundle")), "")
@@ -372,16 +359,16 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[Edg
         raise
     except BaseException as exc:
         invocation.discard_new_run()
-        if os.environ.get("EDGECLS_DEBUG", "") not in ("", "0") or not is_user_error(exc, invocation):
+        if debug_mode() or not is_user_error(exc, invocation):
             raise
         print(f"error: {one_sentence(exc, command, argv)}", file=sys.stderr, flush=True)
         if args is None:
-            _exit_now(2)
-        raise SystemExit(2) from None
+            _exit_now(EXIT_USAGE)
+        raise SystemExit(EXIT_USAGE) from None
     if invocation.fit_end_failures:
         for sentence in invocation.fit_end_failures:
             print(f"error: fit-end step failed: {sentence}", file=sys.stderr, flush=True)
-        raise SystemExit(1)
+        raise SystemExit(EXIT_PARTLY_FAILED)
     return None
 
 

@@ -76,7 +76,7 @@ def child(args: argparse.Namespace) -> int:
     from pytorch_lightning.loggers import TensorBoardLogger
 
     from callbacks import DeployBundle, Int8Quantization, ONNXExport, TensorRTBuild
-    from callbacks.records import fit_end_record
+    from callbacks.fit_end import fit_end_record
     from datamodules import ImageClassificationDataModule
     from lightning_modules import ImageClassifier
 

@@ -1,16 +1,33 @@
 """Fit-end work as Lightning callbacks, listed in the experiment YAML's trainer.callbacks in the order they run.
 
 A new fit-end step is one FitEndStep subclass in its own file (what it consumes and produces, and `run`) plus a
-YAML line; it publishes what it makes into the run's records (callbacks/records.py), which DeployBundle reads.
+YAML line; it publishes what it makes into the run's record (callbacks/records.py), which DeployBundle reads.
+FitEnd (callbacks/fit_end.py) owns the chain and runs the steps.
+
+Names are imported on first use (`callbacks.ONNXExport` in a YAML imports callbacks.onnx_export only), so a
+command that runs no fit-end step does not pay for ONNX Runtime's quantization tools.
 """
 
-from callbacks.bundle import DeployBundle
-from callbacks.cpu_quantization import CpuInt8Quantization
-from callbacks.fit_end import FitEndStep
-from callbacks.onnx_export import ONNXExport, export_onnx
-from callbacks.qat import QuantizationAwareTraining
-from callbacks.pruning import AtEpochs, MaskPruning, StructuredPruning, prune_channels
-from callbacks.quantization import Int8Quantization, quantize_int8
-from callbacks.tensorrt_build import TensorRTBuild
+from importlib import import_module
 
-__all__ = ["FitEndStep", "CpuInt8Quantization", "AtEpochs", "MaskPruning", "StructuredPruning", "prune_channels", "DeployBundle", "Int8Quantization", "ONNXExport", "QuantizationAwareTraining", "TensorRTBuild", "export_onnx", "quantize_int8"]
+_WHERE = {
+    "DeployBundle": "bundle", "CpuInt8Quantization": "cpu_quantization", "FitEnd": "fit_end",
+    "FitEndStep": "fit_end", "StepSkipped": "fit_end", "ONNXExport": "onnx_export", "export_onnx": "onnx_export",
+    "QuantizationAwareTraining": "qat", "AtEpochs": "pruning", "MaskPruning": "pruning",
+    "StructuredPruning": "pruning", "prune_channels": "pruning", "Int8Quantization": "quantization",
+    "quantize_int8": "quantization", "TensorRTBuild": "tensorrt_build",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'callbacks' has no attribute {name!r}")
+    value = getattr(import_module(f"callbacks.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

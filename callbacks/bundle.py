@@ -19,11 +19,12 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from callbacks import report as report_format
-from callbacks.fit_end import (BUNDLE, FitEndStep, best_model, debug_mode, evaluate, input_size, numpy_batches,
-                               one_sentence)
-from callbacks.records import FAILED, OK, ArtifactRecord, FitEndRecord, fit_end_record
+from callbacks.fit_end import BUNDLE, FitEndStep, evaluate, input_size, numpy_batches
+from callbacks.records import FAILED, OK, ArtifactRecord, FitEndRecord
 from deploy.benchmark import measure
 from deploy.bundle import artifact_entry, atomic_write_bytes, atomic_write_json, new_manifest, write_labels, write_manifest
+from deploy.errors import debug_mode
+from deploy.errors import first_line as one_sentence
 from deploy.install import COMPANIONS
 from deploy.runners import RUNTIMES, Runner, runner_for_file
 
@@ -108,7 +109,7 @@ class DeployBundle(FitEndStep):
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
         dm = trainer.datamodule
-        model, checkpoint = best_model(trainer, pl_module)
+        model, checkpoint = self.best_model(trainer, pl_module)
         shape = (3, *input_size(pl_module))
         device = cpu_name()
         gpu_name = versions().get("gpu", "GPU")
@@ -151,7 +152,7 @@ class DeployBundle(FitEndStep):
             self.report["confusion"] = {"artifact": self._confusion[0], "rows_true_columns_predicted": self._confusion[1].tolist()}
         self.write(trainer, dm, entries, checkpoint)
         record.bundle_dir = self.bundle_dir
-        self.announce(trainer)
+        self.announce(trainer, record)
 
     def other_runtime_rows(self, art: ArtifactRecord, test_batches, reference: dict, device: str,
                            record: FitEndRecord) -> list[dict[str, Any]]:
@@ -209,7 +210,7 @@ class DeployBundle(FitEndStep):
         return {"name": self.experiment_name(trainer), "device": device, "throughput_batch": self.throughput_batch,
                 "test_samples": n_test, "params": params, "rows": rows, "notes": [list(n) for n in record.notes],
                 "unavailable": unavailable, "failures": [f"{f.step}: {f.sentence}" for f in record.failures],
-                "steps": record.facts, "int8": record.facts.get("QuantizationAwareTraining", {})}
+                "steps": record.facts, "int8": record.topics.get("int8", {})}
 
     @staticmethod
     def num_classes(trainer: pl.Trainer) -> int:
@@ -252,7 +253,7 @@ class DeployBundle(FitEndStep):
         self.bundle_dir = self.run_dir / BUNDLE
         _replace_dir(staging, self.bundle_dir)
 
-    def announce(self, trainer: pl.Trainer) -> None:
+    def announce(self, trainer: pl.Trainer, record: FitEndRecord) -> None:
         table = report_format.plain_table(self.report)
         if isinstance(trainer.logger, TensorBoardLogger):
             trainer.logger.experiment.add_text("bundle/report", report_format.markdown(self.report), trainer.global_step)
@@ -267,14 +268,9 @@ class DeployBundle(FitEndStep):
             lines.append(f"{item['label']}: {item['status']}: {item['reason']}")
         lines.append(f"top-1 on the test split ({self.report['test_samples']} images), each artifact in its own precision, "
                      f"PyTorch in fp32; {self.report['device']}; bundle: {self.bundle_dir}")
-        lines += [f"{line}" for line in gate_misses(fit_end_record(trainer))]
+        lines += gate_misses(record)
         lines[-1] += "\n"
-        summary = "\n".join(lines)
-        record = fit_end_record(trainer)
-        if record.defer_summary:
-            record.summary = summary  # the CLI prints it last, after its own test line
-        else:
-            print(summary, flush=True)
+        self.chain.publish_summary("\n".join(lines))
 
 
 def tensorrt_verdict(path: Path, rules: str) -> dict[str, Any]:

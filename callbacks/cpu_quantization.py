@@ -105,7 +105,7 @@ class CpuInt8Quantization(FitEndStep):
         reduce_range: 7-bit weights; None = where the target is this x86 machine and it lacks VNNI.
     """
 
-    PRODUCES = ("onnx-int8:int8",)
+    PRODUCES = (f"onnx-int8:int8@{CPU_RUNTIME}",)
 
     def __init__(self, num_samples: int = 512, method: Literal["minmax", "entropy", "percentile"] = "minmax",
                  per_channel: bool = True, max_drop: float = 0.5, max_excluded: int = 8, calibration_batch: int = 16,
@@ -130,9 +130,6 @@ class CpuInt8Quantization(FitEndStep):
 
     def consumes(self) -> tuple[str, ...]:
         return ("onnx:fp32",)
-
-    def runtime_for(self, key: str) -> str:
-        return CPU_RUNTIME
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
         fp32 = record.find("onnx", "fp32")

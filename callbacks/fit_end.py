@@ -24,25 +24,15 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning import Callback
 
-from callbacks.records import FAILED, SKIPPED, ArtifactRecord, FitEndRecord, fit_end_record, reset_fit_end_record
+from deploy.errors import debug_mode
+from deploy.errors import first_line as one_sentence
+from callbacks.records import FAILED, SKIPPED, ArtifactRecord, FitEndRecord
 
 STAGING = ".bundle-staging"  # artifacts collect here; DeployBundle renames it to bundle/ when all is written
 BUNDLE = "bundle"
 
 # Which step class makes each "format:precision", for the hint in an order error (filled by __init_subclass__).
 PRODUCERS: dict[str, str] = {}
-
-
-def debug_mode() -> bool:
-    return os.environ.get("EDGECLS_DEBUG", "") not in ("", "0")
-
-
-def one_sentence(exc: BaseException, limit: int = 400) -> str:
-    """The first line of an exception's message (its type where it has none), short enough for a log line."""
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    if not text or not isinstance(exc, (ValueError, RuntimeError, OSError)):
-        text = f"{type(exc).__name__}: {text}".rstrip(": ")  # the type says what a bare KeyError or a bug was
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # Below this much free space a step's odd failure (a half-written ONNX that no longer parses) is a full disk.
@@ -65,13 +55,121 @@ def disk_full_sentence(exc: BaseException, folder: Path) -> Optional[str]:
             "space and fit again")
 
 
-class FitEndStep(Callback):
-    """Base class of the fit-end callbacks.
+def parse_key(key: str) -> tuple[str, str, Optional[str]]:
+    """"format:precision[@runtime]" -> (format, precision, runtime or None)."""
+    head, _, runtime = key.partition("@")
+    fmt, _, precision = head.partition(":")
+    return fmt, precision, runtime or None
 
-    A step declares what it consumes and produces as "format:precision" keys (`consumes()`, `produces()`), does
-    its work in `run(trainer, pl_module, record)`, and publishes what it made into the record. The base class
-    checks the order at fit start, skips the step (recorded, with why) when an input is missing, and turns an
-    exception into a failed record instead of a lost bundle.
+
+def key_matches(wanted: str, made: str) -> bool:
+    """A produced key satisfies a consumed one: same format and precision, and the same runtime where one is asked."""
+    w, m = parse_key(wanted), parse_key(made)
+    return w[:2] == m[:2] and (w[2] is None or w[2] == m[2])
+
+
+class FitEnd(Callback):
+    """The owner of the fit-end chain: it holds the run's record, the staging folder, the best model (loaded
+    once) and the summary, and runs the steps (every FitEndStep in trainer.callbacks, in the order listed) under
+    the failure rule of the module docstring. Found by type (`FitEnd.of(trainer)`); the CLI adds one to every
+    trainer, and the first step adds one to a trainer built by hand."""
+
+    def __init__(self) -> None:
+        self.record = FitEndRecord()
+        self.steps: list[FitEndStep] = []
+        self.run_dir: Optional[Path] = None
+        self.staging: Optional[Path] = None
+        self.defer_summary = False  # set by the CLI, which prints the bundle table as the last thing of a fit
+        self.summary: Optional[str] = None
+        self._best: Optional[tuple[pl.LightningModule, str]] = None
+
+    @staticmethod
+    def of(trainer: pl.Trainer) -> Optional["FitEnd"]:
+        return next((c for c in trainer.callbacks if isinstance(c, FitEnd)), None)
+
+    @property
+    def failures(self) -> list[str]:
+        """One sentence per step that failed in this fit (empty when all went well or none ran)."""
+        return [f"{f.step}: {f.sentence}" for f in self.record.failures]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.steps = [c for c in trainer.callbacks if isinstance(c, FitEndStep)]
+        for step in self.steps:
+            check_order(self.steps, step)
+        self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir broadcasts
+        self.staging = self.run_dir / STAGING
+        for step in self.steps:
+            step.chain, step.run_dir, step.staging = self, self.run_dir, self.staging
+        self.record, self.summary, self._best = FitEndRecord(), None, None
+        if self.steps and trainer.is_global_zero:
+            # A staging folder left by a killed fit is stale: the chain starts it afresh.
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.steps or not self.should_run(trainer):
+            return
+        if trainer.global_step == 0:  # no optimizer step (limit_train_batches 0, ...): nothing worth a bundle
+            print("fit-end steps skipped: the fit trained no step, so there is no bundle of an untrained "
+                  "model; check trainer.limit_train_batches and the train split", file=sys.stderr, flush=True)
+            return
+        try:
+            for step in self.steps:
+                self.run_step(step, trainer, pl_module)
+        finally:
+            self._best = None  # the copy is not kept past the chain
+
+    @staticmethod
+    def should_run(trainer: pl.Trainer) -> bool:
+        return trainer.is_global_zero and not trainer.interrupted and not trainer.fast_dev_run and trainer.state.fn == "fit"
+
+    def run_step(self, step: "FitEndStep", trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        record = self.record
+        missing = [key for key in step.requires() if record.find(*parse_key(key)) is None]
+        if missing:
+            step.skip(record, step.missing_reason(record, missing))
+            return
+        self.staging.mkdir(parents=True, exist_ok=True)
+        try:
+            step.run(trainer, pl_module, record)
+        except StepSkipped as skipped:
+            step.skip(record, str(skipped))
+        except Exception as exc:
+            if debug_mode():
+                raise
+            sentence = disk_full_sentence(exc, self.staging) or one_sentence(exc)
+            record.fail(step.name, sentence)
+            step.on_failure(record, sentence)
+            print(f"fit-end step {step.name} failed: {sentence}; the other steps go on "
+                  "(EDGECLS_DEBUG=1 shows the traceback)", file=sys.stderr, flush=True)
+
+    def best_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[pl.LightningModule, str]:
+        """The best checkpoint's model (CPU, eval mode) and where it came from, loaded once for every step. Steps
+        read it; a step that changes weights (QAT) works on its own copy."""
+        if self._best is None:
+            self._best = best_model(trainer, pl_module)
+        return self._best
+
+    def publish_summary(self, summary: str) -> None:
+        if self.defer_summary:
+            self.summary = summary  # the CLI prints it last, after its own test line
+        else:
+            print(summary, flush=True)
+
+
+class StepSkipped(Exception):
+    """Raised by a step's run() when it cannot run here (a runtime not installed): recorded as skipped, with the
+    message as the reason, not as a failure."""
+
+
+class FitEndStep(Callback):
+    """Base class of the fit-end steps: Lightning callbacks that FitEnd runs, in the order listed, at fit end.
+
+    A step declares what it consumes and produces as "format:precision[@runtime]" keys (`consumes()`,
+    `produces()`) and does its work in `run(trainer, pl_module, record)`, publishing what it made into the record.
+    FitEnd checks the order at fit start, skips the step (recorded, with why) when an input in `requires()` (by
+    default all it consumes) is missing, and turns an exception into a failed record instead of a lost bundle.
     """
 
     PRODUCES: tuple[str, ...] = ()
@@ -82,6 +180,7 @@ class FitEndStep(Callback):
             PRODUCERS.setdefault(key, cls.__name__)
 
     def __init__(self) -> None:
+        self.chain: Optional[FitEnd] = None
         self.run_dir: Optional[Path] = None
         self.staging: Optional[Path] = None
 
@@ -92,49 +191,22 @@ class FitEndStep(Callback):
     def consumes(self) -> tuple[str, ...]:
         return ()
 
+    def requires(self) -> tuple[str, ...]:
+        """The inputs without which the step does nothing at all (a step that makes several outputs from
+        different inputs narrows this and records the rest itself)."""
+        return self.consumes()
+
     def produces(self) -> tuple[str, ...]:
         return self.PRODUCES
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        check_order(trainer, self)
-        self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir broadcasts
-        self.staging = self.run_dir / STAGING
-        first = next(c for c in trainer.callbacks if isinstance(c, FitEndStep))
-        if first is self:
-            reset_fit_end_record(trainer)
-            if trainer.is_global_zero:
-                # A staging folder left by a killed fit is stale: the first step starts it afresh.
-                shutil.rmtree(self.staging, ignore_errors=True)
+        if stage == "fit" and FitEnd.of(trainer) is None:
+            # A trainer built by hand (a notebook, a test): the chain's owner joins it. Appended while Lightning
+            # iterates the callbacks for this hook, so its own setup runs in this same pass.
+            trainer.callbacks.append(FitEnd())
 
-    def should_run(self, trainer: pl.Trainer) -> bool:
-        return trainer.is_global_zero and not trainer.interrupted and not trainer.fast_dev_run and trainer.state.fn == "fit"
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.should_run(trainer):
-            return
-        if trainer.global_step == 0:  # no optimizer step (limit_train_batches 0, ...): nothing worth a bundle
-            if next(c for c in trainer.callbacks if isinstance(c, FitEndStep)) is self:
-                print("fit-end steps skipped: the fit trained no step, so there is no bundle of an untrained "
-                      "model; check trainer.limit_train_batches and the train split", file=sys.stderr, flush=True)
-            return
-        record = fit_end_record(trainer)
-        missing = [key for key in self.consumes() if record.find(*key.split(":", 1)) is None]
-        if missing:
-            self.skip(record, self.missing_reason(record, missing))
-            return
-        self.staging.mkdir(parents=True, exist_ok=True)
-        try:
-            self.run(trainer, pl_module, record)
-        except Exception as exc:
-            if debug_mode():
-                raise
-            sentence = disk_full_sentence(exc, self.staging) or one_sentence(exc)
-            record.fail(self.name, sentence)
-            self.on_failure(record, sentence)
-            print(f"fit-end step {self.name} failed: {sentence}; the other steps go on "
-                  "(EDGECLS_DEBUG=1 shows the traceback)", file=sys.stderr, flush=True)
+    def best_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[pl.LightningModule, str]:
+        return self.chain.best_model(trainer, pl_module)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
         raise NotImplementedError
@@ -142,25 +214,28 @@ class FitEndStep(Callback):
     def skip(self, record: FitEndRecord, reason: str) -> None:
         """Record each output this step would have made as skipped (not a failure)."""
         for key in self.produces():
-            fmt, precision = key.split(":", 1)
+            fmt, precision, _ = parse_key(key)
             record.publish(ArtifactRecord(self.name, fmt, precision, self.runtime_for(key), SKIPPED, reason=reason))
-        print(f"fit-end step {self.name} skipped: {reason}", file=sys.stderr, flush=True)
+        print(self.skip_message(reason), file=sys.stderr, flush=True)
+
+    def skip_message(self, reason: str) -> str:
+        return f"fit-end step {self.name} skipped: {reason}"
 
     def on_failure(self, record: FitEndRecord, sentence: str) -> None:
         """Record each output this step did not make as failed; steps may publish finer records first."""
         made = {(r.format, r.precision) for r in record.artifacts if r.step == self.name}
         for key in self.produces():
-            fmt, precision = key.split(":", 1)
+            fmt, precision, _ = parse_key(key)
             if (fmt, precision) not in made:
                 record.publish(ArtifactRecord(self.name, fmt, precision, self.runtime_for(key), FAILED, reason=sentence))
 
     def runtime_for(self, key: str) -> str:
-        return "any"
+        return parse_key(key)[2] or "any"
 
-    def missing_reason(self, record: FitEndRecord, missing: list[str], runtime: Optional[str] = None) -> str:
+    def missing_reason(self, record: FitEndRecord, missing: list[str]) -> str:
         parts = []
         for key in missing:
-            fmt, precision = key.split(":", 1)
+            fmt, precision, runtime = parse_key(key)
             earlier = record.find(fmt, precision, runtime=runtime, status=None)
             if earlier is not None:
                 parts.append(f"its input {key} was {earlier.status} in {earlier.step} ({earlier.reason})")
@@ -169,15 +244,14 @@ class FitEndStep(Callback):
         return "; ".join(parts)
 
 
-def check_order(trainer: pl.Trainer, step: FitEndStep) -> None:
+def check_order(steps: list[FitEndStep], step: FitEndStep) -> None:
     """Every input a step consumes is produced by a step listed before it: one sentence at fit start, not a
     failure at fit end."""
-    steps = [c for c in trainer.callbacks if isinstance(c, FitEndStep)]
     mine = steps.index(step)
     for key in step.consumes():
-        makers = [i for i, s in enumerate(steps) if key in s.produces()]
-        maker = PRODUCERS.get(key, "the step that makes it")
+        makers = [i for i, s in enumerate(steps) if any(key_matches(key, made) for made in s.produces())]
         if not makers:
+            maker = _producer_of(key)
             raise ValueError(
                 f"{step.name} needs {key}, which no step in trainer.callbacks makes; add "
                 f"'- class_path: callbacks.{maker}' before it in the experiment YAML"
@@ -187,6 +261,28 @@ def check_order(trainer: pl.Trainer, step: FitEndStep) -> None:
                 f"{step.name} is listed before {steps[makers[0]].name} in trainer.callbacks, but runs on its "
                 f"output ({key}); list {steps[makers[0]].name} first"
             )
+
+
+def _producer_of(key: str) -> str:
+    """The built-in step that makes `key` (for the hint of an order error): every step module is imported first,
+    as the package imports them on first use."""
+    import callbacks
+
+    for name in callbacks.__all__:
+        getattr(callbacks, name)
+    return next((name for made, name in PRODUCERS.items() if key_matches(key, made)), "the step that makes it")
+
+
+def fit_end_record(trainer: pl.Trainer) -> FitEndRecord:
+    """The record of the trainer's current fit (an empty one where the trainer has no fit-end chain)."""
+    chain = FitEnd.of(trainer)
+    return chain.record if chain is not None else FitEndRecord()
+
+
+def fit_end_failures(trainer: pl.Trainer) -> list[str]:
+    """One sentence per fit-end step that failed in this fit (empty when all went well or none ran)."""
+    chain = FitEnd.of(trainer)
+    return chain.failures if chain is not None else []
 
 
 def best_model(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[pl.LightningModule, str]:

@@ -17,8 +17,9 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
-from callbacks.fit_end import FitEndStep, best_model, first_batch, input_size
+from callbacks.fit_end import FitEndStep, first_batch, input_size
 from callbacks.records import ArtifactRecord, FitEndRecord
+from deploy.atomic import atomic_path
 from deploy.runners import OnnxRuntimeRunner
 
 # Opset 18 is the lowest the torch.export-based exporter emits natively (asking lower exports at 18 and then
@@ -35,28 +36,27 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     model = model.cpu().eval()
     # batch 2 while tracing: a batch of 1 invites the exporter to specialise the batch dimension to 1
     example = torch.zeros(2, 3, *input_size)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # the exporters narrate each pass; failures still raise
-        if exporter == "dynamo":
-            torch.onnx.export(
-                model, (example,), str(tmp), dynamo=True, opset_version=opset, external_data=False,
-                input_names=["input"], output_names=["logits"],
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), verbose=False,
-            )
-        elif exporter == "torchscript":
-            torch.onnx.export(
-                model, (example,), str(tmp), dynamo=False, opset_version=min(opset, 17),
-                input_names=["input"], output_names=["logits"], do_constant_folding=True,
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            )
-        else:
-            raise ValueError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
-    proto = onnx.load(str(tmp))
-    strip_debug_metadata(proto)
-    onnx.save(proto, str(tmp))
-    onnx.checker.check_model(str(tmp), full_check=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # the exporters narrate each pass; failures still raise
+            if exporter == "dynamo":
+                torch.onnx.export(
+                    model, (example,), str(tmp), dynamo=True, opset_version=opset, external_data=False,
+                    input_names=["input"], output_names=["logits"],
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), verbose=False,
+                )
+            elif exporter == "torchscript":
+                torch.onnx.export(
+                    model, (example,), str(tmp), dynamo=False, opset_version=min(opset, 17),
+                    input_names=["input"], output_names=["logits"], do_constant_folding=True,
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                )
+            else:
+                raise ValueError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
+        proto = onnx.load(str(tmp))
+        strip_debug_metadata(proto)
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
     return path
 
 
@@ -97,7 +97,7 @@ class ONNXExport(FitEndStep):
         self.opset, self.exporter, self.parity_batch, self.tolerance = opset, exporter, parity_batch, tolerance
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
-        model, source = best_model(trainer, pl_module)
+        model, source = self.best_model(trainer, pl_module)
         path = export_onnx(model, self.staging / "model.onnx", input_size(pl_module), self.opset, self.exporter)
         parity = onnx_parity(model, path, first_batch(trainer.datamodule.val_dataloader(), self.parity_batch))
         worst = max(parity.values())

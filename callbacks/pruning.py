@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ModelPru
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
-from callbacks.records import fit_end_record
+from callbacks.fit_end import fit_end_record
 from lightning_modules import classifier_layer
 
 log = logging.getLogger(__name__)

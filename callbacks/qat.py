@@ -30,9 +30,10 @@ from onnx import numpy_helper
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
-from callbacks.fit_end import FitEndStep, NetworkBatches, best_model, evaluate, input_size, numpy_batches
+from callbacks.fit_end import FitEndStep, NetworkBatches, evaluate, input_size, numpy_batches
 from callbacks.quantization import METHODS, asymmetric_zero_points, loader_batches, prepare_for_quantization, quantize_int8
 from callbacks.records import ArtifactRecord, FitEndRecord
+from deploy.atomic import atomic_path
 from deploy.runners import OnnxRuntimeRunner
 
 # the operators whose inputs ModelOpt's INT8 config quantizes (nn.Conv2d, nn.Linear), as ONNX names them
@@ -109,26 +110,24 @@ def fold_weight_quantizers(path: str | os.PathLike) -> int:
         graph.initializer.remove(init)
     del graph.node[:]
     graph.node.extend(keep)
-    tmp = Path(path).with_name(f".tmp-fold-{os.getpid()}-{Path(path).name}")
-    onnx.save(model, str(tmp))
-    onnx.checker.check_model(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp))
     return folded
 
 
 def export_qdq_onnx(net: nn.Module, path: str | os.PathLike, size: tuple[int, int]) -> Path:
     """The fake-quantized network as a Q/DQ ONNX file (dynamic batch, int8 weights), written atomically."""
     path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     net = net.cpu().eval()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        warnings.simplefilter("ignore")
-        # ModelOpt's quantizers carry TorchScript symbolics only; the dynamo exporter cannot trace their range checks
-        torch.onnx.export(net, (torch.zeros(2, 3, *size),), str(tmp), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"], do_constant_folding=True,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    fold_weight_quantizers(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            warnings.simplefilter("ignore")
+            # ModelOpt's quantizers carry TorchScript symbolics only; the dynamo exporter cannot trace their range checks
+            torch.onnx.export(net, (torch.zeros(2, 3, *size),), str(tmp), dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["logits"], do_constant_folding=True,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        fold_weight_quantizers(tmp)
     return path
 
 
@@ -221,7 +220,7 @@ class QuantizationAwareTraining(FitEndStep):
             lists beside minmax's (`ptq_drop_pts_by_method`), to show what calibration alone recovers.
     """
 
-    PRODUCES = ("onnx-int8:int8",)
+    PRODUCES = ("onnx-int8:int8@tensorrt",)
 
     def __init__(self, epochs: int = 2, lr: float = 1e-4, num_samples: int = 512, weight_decay: float = 0.0,
                  compare_methods: Sequence[Literal["minmax", "entropy", "percentile"]] = ()) -> None:
@@ -240,9 +239,6 @@ class QuantizationAwareTraining(FitEndStep):
     def consumes(self) -> tuple[str, ...]:
         return ("onnx:fp32",)
 
-    def runtime_for(self, key: str) -> str:
-        return "tensorrt"
-
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._train_start = time.perf_counter()
 
@@ -260,7 +256,7 @@ class QuantizationAwareTraining(FitEndStep):
         def top1(path: Path, loader) -> float:
             return evaluate(OnnxRuntimeRunner(str(path)).infer, numpy_batches(loader))["top1"]
 
-        model, _ = best_model(trainer, pl_module)
+        model, _ = self.best_model(trainer, pl_module)
         calibration = NetworkBatches(dm.calibration_dataloader(self.num_samples))
         net = insert_fake_quant(fold_batchnorm(model.net), (x for x, _ in calibration))
         smoothing = float(dict(model.hparams).get("label_smoothing") or 0.0)
@@ -332,5 +328,5 @@ class QuantizationAwareTraining(FitEndStep):
                 + f", PTQ on QAT's operators (Conv/Gemm only) {facts['ptq_conv_gemm_drop_pts']:+.2f} pt"
                 + f", QAT {facts['qat_drop_pts']:+.2f} pt (epoch {facts['qat_epoch_kept']} of {self.epochs} kept on val, "
                 f"{seconds:.0f} s{cost}); {facts['test_samples']} test images; QAT {verdict}")
-        record.note(self.name, "INT8 QAT", line, facts=facts)
+        record.note(self.name, "INT8 QAT", line, facts=facts, topic="int8")
         rank_zero_info(f"QAT: {line}")

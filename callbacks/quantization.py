@@ -237,7 +237,7 @@ class Int8Quantization(FitEndStep):
         calibration_batch: images per calibration batch (onnxruntime holds every activation of one batch).
     """
 
-    PRODUCES = ("onnx-int8:int8",)
+    PRODUCES = ("onnx-int8:int8@tensorrt",)
 
     def __init__(self, num_samples: int = 512, method: Literal["minmax", "entropy", "percentile"] = "minmax",
                  per_channel: bool = True, max_drop: float = 0.5, max_excluded: int = 8,
@@ -255,8 +255,8 @@ class Int8Quantization(FitEndStep):
     def consumes(self) -> tuple[str, ...]:
         return ("onnx:fp32",)
 
-    def runtime_for(self, key: str) -> str:
-        return "tensorrt" if self.mode == "static" else "onnxruntime"
+    def produces(self) -> tuple[str, ...]:
+        return (f"onnx-int8:int8@{'tensorrt' if self.mode == 'static' else 'onnxruntime'}",)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
         fp32 = record.find("onnx", "fp32")
@@ -288,7 +288,7 @@ class Int8Quantization(FitEndStep):
                 raise RuntimeError(f"{out.name}: {len(bad)} Q/DQ nodes have non-zero or non-INT8 zero points "
                                    f"({bad[:3]}...), which TensorRT rejects; this is a bug in the quantization settings")
         r = report
-        record.publish(ArtifactRecord(self.name, "onnx-int8", "int8", self.runtime_for(""), file=out, label="ONNX INT8",
+        record.publish(ArtifactRecord(self.name, "onnx-int8", "int8", self.runtime_for(self.produces()[0]), file=out, label="ONNX INT8",
                                       facts={"quantization": {**r, "calibration": r.get("method", "none"), "method": "ptq"}}))
         kept = ", ".join(r["excluded_nodes"]) or "none"
         gate = "met" if r["gate_met"] else "NOT met"

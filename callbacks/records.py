@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import pytorch_lightning as pl
 
-OK, SKIPPED, FAILED = "ok", "skipped", "failed"
-STATUSES = (OK, SKIPPED, FAILED)
+from deploy.bundle import STATUSES
+
+OK, SKIPPED, FAILED = STATUSES
 
 
 @dataclass
@@ -75,18 +75,22 @@ class FitEndRecord:
     notes: list[tuple[str, str]] = field(default_factory=list)  # (title, one line for the report)
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)  # step name -> its facts (report.json)
     failures: list[StepFailure] = field(default_factory=list)
+    topics: dict[str, dict[str, Any]] = field(default_factory=dict)  # "int8" -> a study's facts (report.json)
     bundle_dir: Optional[Path] = None
-    summary: Optional[str] = None  # the bundle table, where its printing is deferred
-    defer_summary: bool = False  # set by the CLI, which prints the table as the last thing of a fit
 
     def publish(self, record: ArtifactRecord) -> ArtifactRecord:
         self.artifacts.append(record)
         return record
 
-    def note(self, step: str, title: str, line: str, facts: Optional[dict[str, Any]] = None) -> None:
+    def note(self, step: str, title: str, line: str, facts: Optional[dict[str, Any]] = None,
+             topic: Optional[str] = None) -> None:
+        """A line for the report; `facts` go into report.json under the step's name, and under `topic` too where
+        given (the report's "int8" section reads the INT8 study whichever step made it)."""
         self.notes.append((title, line))
         if facts is not None:
             self.facts[step] = facts
+            if topic is not None:
+                self.topics[topic] = facts
 
     def find(self, format: str, precision: Optional[str] = None, runtime: Optional[str] = None,
              status: Optional[str] = OK) -> Optional[ArtifactRecord]:
@@ -99,24 +103,3 @@ class FitEndRecord:
 
     def fail(self, step: str, sentence: str) -> None:
         self.failures.append(StepFailure(step, sentence))
-
-
-def fit_end_record(trainer: pl.Trainer) -> FitEndRecord:
-    """The record of the trainer's current fit (created on first use; `reset_fit_end_record` starts a new one)."""
-    record = getattr(trainer, "_edgecls_fit_end_record", None)
-    if record is None:
-        record = FitEndRecord()
-        trainer._edgecls_fit_end_record = record
-    return record
-
-
-def reset_fit_end_record(trainer: pl.Trainer) -> FitEndRecord:
-    old = getattr(trainer, "_edgecls_fit_end_record", None)
-    trainer._edgecls_fit_end_record = FitEndRecord(defer_summary=bool(old and old.defer_summary))
-    return trainer._edgecls_fit_end_record
-
-
-def fit_end_failures(trainer: pl.Trainer) -> list[str]:
-    """One sentence per fit-end step that failed in this fit (empty when all went well or none ran)."""
-    record = getattr(trainer, "_edgecls_fit_end_record", None)
-    return [f"{f.step}: {f.sentence}" for f in record.failures] if record is not None else []

@@ -8,8 +8,9 @@ from typing import Sequence
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
 
-from callbacks.fit_end import FitEndStep, debug_mode, one_sentence
-from callbacks.records import FAILED, SKIPPED, ArtifactRecord, fit_end_record
+from callbacks.fit_end import FitEndStep, StepSkipped, parse_key
+from callbacks.records import FAILED, SKIPPED, ArtifactRecord, FitEndRecord
+from deploy.errors import debug_mode, first_line
 from deploy.engine import build_engine, tensorrt_status
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -29,7 +30,7 @@ class TensorRTBuild(FitEndStep):
         workspace_mb: builder workspace limit.
     """
 
-    PRODUCES = tuple(f"tensorrt:{p}" for p in PRECISIONS)
+    PRODUCES = tuple(f"tensorrt:{p}@tensorrt" for p in PRECISIONS)
 
     def __init__(self, precisions: Sequence[str] = ("fp16", "int8"), min_batch: int = 1, opt_batch: int = 8,
                  max_batch: int = 32, workspace_mb: int = 2048) -> None:
@@ -41,33 +42,28 @@ class TensorRTBuild(FitEndStep):
         self.min_batch, self.opt_batch, self.max_batch, self.workspace_mb = min_batch, opt_batch, max_batch, workspace_mb
 
     def consumes(self) -> tuple[str, ...]:
-        return ("onnx:fp32",) + (("onnx-int8:int8",) if "int8" in self.precisions else ())
+        return ("onnx:fp32",) + (("onnx-int8:int8@tensorrt",) if "int8" in self.precisions else ())
+
+    def requires(self) -> tuple[str, ...]:
+        # Each precision is its own artifact: a missing Q/DQ file or a failed int8 build costs only the int8 engine.
+        return ("onnx:fp32",)
 
     def produces(self) -> tuple[str, ...]:
-        return tuple(f"tensorrt:{p}" for p in self.precisions)
+        return tuple(f"tensorrt:{p}@tensorrt" for p in self.precisions)
 
-    def runtime_for(self, key: str) -> str:
-        return "tensorrt"
+    def skip_message(self, reason: str) -> str:
+        return f"TensorRT build skipped: {reason}"
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Each precision is its own artifact: a missing Q/DQ file or a failed int8 build costs only the int8
-        # engine, so the base class's all-or-nothing input check is not used here.
-        if not self.should_run(trainer):
-            return
-        record = fit_end_record(trainer)
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
         available, reason = tensorrt_status()
         if not available:
-            for p in self.precisions:
-                record.publish(ArtifactRecord(self.name, "tensorrt", p, "tensorrt", SKIPPED, reason=reason))
-            rank_zero_info(f"TensorRT build skipped: {reason}")
-            return
-        self.staging.mkdir(parents=True, exist_ok=True)
+            raise StepSkipped(reason)
         timing_cache = str(self.staging / "timing.cache")
         for precision in self.precisions:
-            source = record.find("onnx-int8", "int8", runtime="tensorrt") if precision == "int8" else record.find("onnx", "fp32")
+            wanted = "onnx-int8:int8@tensorrt" if precision == "int8" else "onnx:fp32"
+            source = record.find(*parse_key(wanted))
             if source is None:
-                wanted = "onnx-int8:int8" if precision == "int8" else "onnx:fp32"
-                why = self.missing_reason(record, [wanted], runtime="tensorrt" if precision == "int8" else None)
+                why = self.missing_reason(record, [wanted])
                 record.publish(ArtifactRecord(self.name, "tensorrt", precision, "tensorrt", SKIPPED, reason=why))
                 print(f"TensorRT {precision} engine skipped: {why}", file=sys.stderr, flush=True)
                 continue
@@ -78,7 +74,7 @@ class TensorRTBuild(FitEndStep):
             except Exception as exc:
                 if debug_mode():
                     raise
-                sentence = one_sentence(exc)
+                sentence = first_line(exc)
                 record.fail(self.name, f"{precision} engine: {sentence}")
                 record.publish(ArtifactRecord(self.name, "tensorrt", precision, "tensorrt", FAILED, reason=sentence))
                 print(f"fit-end step {self.name} failed on the {precision} engine: {sentence}; the other steps go on",

@@ -114,14 +114,13 @@ def test_an_error_inside_training_is_a_bug_and_keeps_its_traceback(quickstart, t
 
 
 FAILING_STEP = '''
-import pytorch_lightning as pl
-from callbacks.records import fit_end_record
+from callbacks.fit_end import FitEndStep
 
-class FailingStep(pl.Callback):
-    """Stands in for a fit-end step that raised: the chain records it and carries on."""
+class FailingStep(FitEndStep):
+    """A fit-end step that raises: the chain records it and carries on."""
 
-    def on_fit_end(self, trainer, pl_module):
-        fit_end_record(trainer).fail("Int8Quantization", "the calibrator ran out of disk")
+    def run(self, trainer, pl_module, record):
+        raise RuntimeError("the calibrator ran out of disk")
 '''
 
 
@@ -133,7 +132,7 @@ def test_a_failed_fit_end_step_exits_1_after_everything_printed(quickstart, tmp_
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "test/top1 = " in proc.stdout  # the fit and its test ran to the end
-    assert error_lines(proc.stderr) == ["error: fit-end step failed: Int8Quantization: the calibrator ran out of disk"]
+    assert error_lines(proc.stderr) == ["error: fit-end step failed: FailingStep: the calibrator ran out of disk"]
     assert proc.stderr.rstrip().endswith("the calibrator ran out of disk")
     assert (tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 

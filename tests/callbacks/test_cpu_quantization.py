@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from callbacks import CpuInt8Quantization, DeployBundle, Int8Quantization, ONNXExport
 from callbacks.cpu_quantization import activation_zero_point_types, cpu_family
 from callbacks.quantization import asymmetric_zero_points
-from callbacks.records import fit_end_record
+from callbacks.fit_end import fit_end_record
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import load_bundle
 from deploy.runners import OnnxRuntimeRunner

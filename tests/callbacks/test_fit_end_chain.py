@@ -15,7 +15,7 @@ import callbacks.quantization as quantization
 import callbacks.tensorrt_build as tensorrt_build
 from callbacks import DeployBundle, Int8Quantization, ONNXExport, TensorRTBuild, export_onnx
 from callbacks.quantization import array_batches, asymmetric_zero_points, prepare_for_quantization, quantize_int8
-from callbacks.records import fit_end_failures
+from callbacks.fit_end import fit_end_failures
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import load_bundle
 from deploy.runners import OnnxRuntimeRunner
