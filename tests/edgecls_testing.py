@@ -96,3 +96,16 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def load_recipe(path: Path) -> dict:
+    """A recipe YAML as a dict, with a `trainer.callbacks: fit_end/<chain>.yaml` reference replaced by the list it
+    names (as LightningCLI reads it), so that a test can change a step's settings and write the recipe elsewhere."""
+    import yaml
+
+    path = Path(path)
+    config = yaml.safe_load(path.read_text())
+    callbacks = (config.get("trainer") or {}).get("callbacks")
+    if isinstance(callbacks, str):
+        config["trainer"]["callbacks"] = yaml.safe_load((path.parent / callbacks).read_text())
+    return config

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgecls_testing import REPO, file_hashes
+from edgecls_testing import REPO, file_hashes, load_recipe
 
 pytest.importorskip("dvc")
 
@@ -29,7 +29,7 @@ def _fresh_copy(target: Path) -> None:
 
 def _tiny(recipe: Path) -> None:
     """Seconds, not minutes, on 2 shared cores: one short epoch of a width-4 ResNet on 16x16 digits."""
-    config = yaml.safe_load(recipe.read_text())
+    config = load_recipe(recipe)
     config["trainer"].update(max_epochs=1, limit_train_batches=8, limit_val_batches=2, enable_progress_bar=False)
     config["model"]["backbone_args"] = {"num_blocks": [1, 1, 1, 1], "width": 4}
     config["data"]["image_size"] = 16

@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 
 from deploy.bundle import load_bundle
-from edgecls_testing import EXPERIMENTS, run_main
+from edgecls_testing import EXPERIMENTS, load_recipe, run_main
 
 FAST_CLI = ["--trainer.enable_progress_bar", "false"]
 
@@ -132,7 +132,7 @@ def shrunk_recipe(tmp_path: Path, name: str, changes: dict, callbacks: dict[str,
     """experiments/<name>.yaml with `changes` merged in (nested dicts) and the init_args of the listed callbacks
     (by class_path) updated, written to tmp_path: a callback's setting in a list cannot be overridden on the
     command line."""
-    config = yaml.safe_load((EXPERIMENTS / name).read_text())
+    config = load_recipe(EXPERIMENTS / name)
 
     def merge(into: dict, new: dict) -> None:
         for key, value in new.items():
@@ -176,7 +176,7 @@ MADE_BY = {
 def asked_for(recipe: Path) -> tuple[list[tuple], list[str], dict[str, str]]:
     """From the recipe as run: the ONNX artifacts its steps make, the TensorRT precisions it asks for, and each
     quantization step's calibration method (the step's default, minmax, where the YAML gives none)."""
-    callbacks = yaml.safe_load(recipe.read_text())["trainer"]["callbacks"]
+    callbacks = load_recipe(recipe)["trainer"]["callbacks"]
     made = [MADE_BY[c["class_path"]] for c in callbacks if c["class_path"] in MADE_BY]
     engines = [p for c in callbacks if c["class_path"] == "callbacks.TensorRTBuild"
                for p in (c.get("init_args") or {}).get("precisions", ["fp16", "int8"])]
@@ -221,7 +221,7 @@ def check_bundle(run: Path, recipe: Path, classes: list[str], input_hw: list[int
 def measured_quickly(recipe: Path) -> Path:
     """DeployBundle times each artifact with 100 batch-1 calls and 10 of 32: on 2 shared cores 10 and 2 say
     as much about whether the measurement works, in a tenth of the time."""
-    config = yaml.safe_load(recipe.read_text())
+    config = load_recipe(recipe)
     for c in config["trainer"]["callbacks"]:
         if c["class_path"] == "callbacks.DeployBundle":
             c["init_args"] = {**(c.get("init_args") or {}), "latency_iterations": 10, "throughput_iterations": 2}
