@@ -337,6 +337,8 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[Edg
 
     run=False parses and instantiates only and returns the EdgeCLI, errors raised as they are (for benchmarks
     and notebooks)."""
+    # A user's own classes (data.source: {class_path: my_sources.MySource}) from the folder the command runs in.
+    sys.path[1:1] = [] if os.getcwd() in sys.path else [os.getcwd()]
     # jsonargparse would print its usage and exit; raised instead, its error becomes our one line.
     parser_kwargs: dict[str, Any] = {"exit_on_error": False, **{c: {"exit_on_error": False} for c in SUBCOMMANDS}}
     kwargs = dict(seed_everything_default=42, save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs, args=args)

@@ -1,4 +1,4 @@
-"""Images/s of the train pipeline: decode + the s2 preset + normalize + collate, albumentations vs torchvision v2.
+"""Images/s of the train pipeline: decode + the rrc_affine_dropout preset + normalize + collate, albumentations vs torchvision v2.
 
 Both sides decode through ``deploy.images.read_image`` (what training and the device use), so the comparison is the
 augmentation library. The albumentations side is the real DataModule loader (imagefolder source, epoch-seeded
@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datamodules import ImageClassificationDataModule  # noqa: E402
+from datamodules.sources import ImageFolderSource  # noqa: E402
 from datamodules.datamodule import init_loader_worker  # noqa: E402
 from datamodules.presets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from deploy.images import read_image  # noqa: E402
@@ -48,7 +49,7 @@ def write_jpegs(root: str, count: int, classes: int = 2, size=(375, 500), seed: 
 
 
 class TorchvisionS2(Dataset):
-    """The same decode and the s2 operations in torchvision.transforms.v2."""
+    """The same decode and the rrc_affine_dropout operations in torchvision.transforms.v2."""
 
     def __init__(self, paths: list[str], size: int = 224):
         from torchvision.transforms import v2
@@ -105,7 +106,7 @@ def main() -> None:
 
     rows = []
     for workers in args.workers:
-        dm = ImageClassificationDataModule(source="imagefolder", root=root, image_size=224, augment="s2",
+        dm = ImageClassificationDataModule(source=ImageFolderSource(root), image_size=224, augment="rrc_affine_dropout",
                                            mean_std="imagenet", split=[0.9, 0.05, 0.05], batch_size=args.batch_size,
                                            num_workers=workers, persistent_workers=True, cache_dir=cache,
                                            decoded_cache=False)  # decode every epoch, as the torchvision side does
@@ -117,7 +118,7 @@ def main() -> None:
         tv = images_per_second(tv_loader)
         rows.append((workers, len(paths), albu, tv))
 
-    print(f"train pipeline: decode (read_image) + s2 + normalize + collate, {args.images} JPEGs 500x375 -> 224x224, "
+    print(f"train pipeline: decode (read_image) + rrc_affine_dropout + normalize + collate, {args.images} JPEGs 500x375 -> 224x224, "
           f"batch {args.batch_size}, torch {torch.__version__}, {os.cpu_count()} CPUs")
     print(f"{'workers':>7} | {'albumentations img/s':>20} | {'torchvision v2 img/s':>20} | {'ratio':>6} | target 1.3x")
     print("-" * 78)

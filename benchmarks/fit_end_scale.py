@@ -78,6 +78,7 @@ def child(args: argparse.Namespace) -> int:
     from callbacks import DeployBundle, Int8Quantization, ONNXExport, TensorRTBuild
     from callbacks.fit_end import fit_end_record
     from datamodules import ImageClassificationDataModule
+    from datamodules.sources import SyntheticSource
     from lightning_modules import ImageClassifier
 
     trace = None
@@ -122,7 +123,7 @@ def child(args: argparse.Namespace) -> int:
     tmp = Path(args.workdir)
     count, fractions = split_fractions(args.train, args.val, args.size)
     pl.seed_everything(42, verbose=False)
-    data = ImageClassificationDataModule(source="synthetic", image_size=IMAGE, synthetic={"count": count, "classes": CLASSES},
+    data = ImageClassificationDataModule(source=SyntheticSource(count=count, classes=CLASSES), image_size=IMAGE,
                                          split=fractions, batch_size=BATCH, num_workers=0, mean_std="auto",
                                          cache_dir=str(tmp / "cache"))
     model = ImageClassifier(num_classes=CLASSES, backbone="mobilenet_v2", backbone_args={"weights": None},

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datamodules import ImageClassificationDataModule  # noqa: E402
+from datamodules.sources import ImageFolderSource  # noqa: E402
 from datamodules.workers import auto_workers  # noqa: E402
 from lightning_modules.backbones import build_backbone  # noqa: E402
 
@@ -74,8 +75,8 @@ def network_alone(size: int, batch: int, channels_last: bool, steps: int) -> flo
 
 
 def data(root: str, size: int, batch: int, workers: int, cache: str, decoded: bool) -> ImageClassificationDataModule:
-    dm = ImageClassificationDataModule(source="imagefolder", root=root, image_size=size, interpolation="area",
-                                       augment="light", batch_size=batch, num_workers=workers, persistent_workers=True,
+    dm = ImageClassificationDataModule(source=ImageFolderSource(root), image_size=size, interpolation="area",
+                                       augment="pad_crop_flip", batch_size=batch, num_workers=workers, persistent_workers=True,
                                        pin_memory=GPU, cache_dir=cache, decoded_cache=decoded)
     dm.setup("fit")
     return dm
@@ -137,7 +138,7 @@ def fit(root: str, size: int, batch: int, workers: int, cache: str, batches: int
             self.seconds.append(time.perf_counter() - self.start)
             self.images.append(self.count)
 
-    args = ["fit", "--config", "experiments/imagefolder_gpu.yaml", "--data.root", root, "--data.image_size", str(size),
+    args = ["fit", "--config", "experiments/imagefolder_gpu.yaml", "--data.source.root", root, "--data.image_size", str(size),
             "--data.batch_size", str(batch), "--data.num_workers", str(workers), "--data.cache_dir", cache,
             "--trainer.callbacks", "[]", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
             "--trainer.max_epochs", str(epochs), "--trainer.limit_train_batches", str(batches),

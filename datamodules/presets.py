@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence, Union
 
 import cv2
 import numpy as np
 
-from deploy.preprocess import INTERPOLATIONS  # one table of interpolation names, shared with the device
+from deploy.preprocessing_rules import (IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS,  # noqa: F401 (re-exported)
+                                        check_preprocessing, cv2_flag)
 
 
 class _OnFirstUse:
@@ -45,12 +47,7 @@ class Preprocessing:
     color: str = "RGB"
 
     def __post_init__(self) -> None:
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation {self.interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError(f"mean and std need 3 values (RGB), got mean={self.mean} std={self.std}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std values must be positive, got {self.std}")
+        check_preprocessing(self.to_dict())  # the rules the bundle manifest is read with on the device
 
     @property
     def output_size(self) -> list[int]:
@@ -70,7 +67,7 @@ def normalize_to_tensor(mean: Sequence[float], std: Sequence[float], normalize: 
 
 def resize_step(pre: Preprocessing) -> A.Resize:
     """The first step of the eval transform, and what the decoded store holds of each file."""
-    return A.Resize(*pre.resize, interpolation=INTERPOLATIONS[pre.interpolation])
+    return A.Resize(*pre.resize, interpolation=cv2_flag(pre.interpolation))
 
 
 def build_eval_transform(pre: Preprocessing, normalize: bool = True) -> A.Compose:
@@ -111,10 +108,6 @@ class BatchNormalizer:
 # Each preset maps (Preprocessing) -> the random steps that replace the eval transform's Resize/CenterCrop; every
 # train pipeline ends with the same Normalize + ToTensorV2 as eval, so only the geometry/color jitter differs.
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
 def _resize_steps(pre: Preprocessing) -> list[A.BasicTransform]:
     steps: list[A.BasicTransform] = [resize_step(pre)]
     if pre.crop:
@@ -122,7 +115,7 @@ def _resize_steps(pre: Preprocessing) -> list[A.BasicTransform]:
     return steps
 
 
-def _light(pre: Preprocessing) -> list[A.BasicTransform]:
+def _pad_crop_flip(pre: Preprocessing) -> list[A.BasicTransform]:
     """CIFAR-style pad + random crop + flip: for small images, where a RandomResizedCrop destroys the object."""
     h, w = pre.output_size
     pad = max(2, round(min(h, w) / 8))  # 4 px at 32 px, the classic CIFAR recipe
@@ -145,17 +138,19 @@ def _shift_color(pre: Preprocessing) -> list[A.BasicTransform]:
     ]
 
 
-def _s1(pre: Preprocessing) -> list[A.BasicTransform]:
-    """Seed 1's recipe: torchvision's RandomResizedCrop + flip + ColorJitter(brightness, contrast) on every image."""
+def _rrc_flip_jitter(pre: Preprocessing) -> list[A.BasicTransform]:
+    """torchvision's ImageNet training crop: RandomResizedCrop + flip + ColorJitter(brightness, contrast) on every
+    image."""
     return [
-        A.RandomResizedCrop(size=tuple(pre.output_size), interpolation=INTERPOLATIONS[pre.interpolation]),
+        A.RandomResizedCrop(size=tuple(pre.output_size), interpolation=cv2_flag(pre.interpolation)),
         A.HorizontalFlip(p=0.5),
         A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.0, hue=0.0, p=1.0),
     ]
 
 
-def _s2(pre: Preprocessing) -> list[A.BasicTransform]:
-    """Seed 2's recipe with albumentations 2.x names.
+def _rrc_affine_dropout(pre: Preprocessing) -> list[A.BasicTransform]:
+    """RandomResizedCrop, transpose and both flips, a shift/scale/rotate, hue/saturation/brightness/contrast jitter
+    and coarse dropout: strong augmentation for photos whose classes a turn or a mirror does not change.
 
     ShiftScaleRotate's defaults (shift 0.0625, scale 0.1, rotate 45) become Affine. The seed's HSV limits (0.2)
     were torchvision-style fractions that are no-ops on albumentations' 0-180/0-255 scales, so the library
@@ -163,12 +158,12 @@ def _s2(pre: Preprocessing) -> list[A.BasicTransform]:
     """
     h, w = pre.output_size
     return [
-        A.RandomResizedCrop(size=(h, w), interpolation=INTERPOLATIONS[pre.interpolation]),
+        A.RandomResizedCrop(size=(h, w), interpolation=cv2_flag(pre.interpolation)),
         A.Transpose(p=0.5) if h == w else A.NoOp(),  # a transpose of a non-square crop would change the shape
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
         A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-45, 45),
-                 interpolation=INTERPOLATIONS[pre.interpolation], border_mode=cv2.BORDER_CONSTANT, p=0.5),
+                 interpolation=cv2_flag(pre.interpolation), border_mode=cv2.BORDER_CONSTANT, p=0.5),
         A.HueSaturationValue(hue_shift_limit=20, sat_shift_limit=30, val_shift_limit=20, p=0.5),
         A.RandomBrightnessContrast(brightness_limit=(-0.1, 0.1), contrast_limit=(-0.1, 0.1), p=0.5),
         A.CoarseDropout(num_holes_range=(1, 8), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15),
@@ -176,7 +171,22 @@ def _s2(pre: Preprocessing) -> list[A.BasicTransform]:
     ]
 
 
-TRAIN_PRESETS = {"none": _resize_steps, "light": _light, "shift_color": _shift_color, "s1": _s1, "s2": _s2}
+TRAIN_PRESETS = {"none": _resize_steps, "pad_crop_flip": _pad_crop_flip, "shift_color": _shift_color,
+                 "rrc_flip_jitter": _rrc_flip_jitter, "rrc_affine_dropout": _rrc_affine_dropout}
+PRESET_ALIASES = {"light": "pad_crop_flip", "s1": "rrc_flip_jitter", "s2": "rrc_affine_dropout"}  # earlier names
+
+
+def preset_name(name: str) -> str:
+    """A preset name, or an earlier alias of one (warned about once), -> the preset's name; else one sentence."""
+    if name in PRESET_ALIASES:
+        new = PRESET_ALIASES[name]
+        warnings.warn(f"augment preset {name!r} is now called {new!r}; the old name still works but will go, so "
+                      f"write augment: {new}", FutureWarning, stacklevel=2)
+        return new
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"augment preset {name!r} is not one of {list(TRAIN_PRESETS)}; or give a list of "
+                         "albumentations transforms")
+    return name
 
 
 def _as_tuples(value: Any) -> Any:
@@ -214,22 +224,19 @@ def transform_from_spec(spec: dict[str, Any]) -> A.BasicTransform:
                          f"valid arguments: {[p for p in params if p not in ('self', 'args', 'kwargs')]}")
     if name in ("Resize", "RandomResizedCrop", "Affine", "Rotate", "SafeRotate", "LongestMaxSize",
                 "SmallestMaxSize") and isinstance(args.get("interpolation"), str):
-        args["interpolation"] = INTERPOLATIONS[args["interpolation"]]
+        args["interpolation"] = cv2_flag(args["interpolation"])
     return cls(**_as_tuples(args))
 
 
 def build_train_transform(augment: Union[str, Sequence[dict[str, Any]]], pre: Preprocessing,
                           normalize: bool = True) -> A.Compose:
-    """A named preset (``none``, ``light``, ``shift_color``, ``s1``, ``s2``) or a YAML list of transforms, then normalize.
+    """A named preset (one of ``TRAIN_PRESETS``) or a YAML list of transforms, then normalize.
 
     A list is used as written; it must turn an image of any size into ``pre.output_size`` (checked here on two
     blank images, so a wrong list fails at setup, not in a worker).
     """
     if isinstance(augment, str):
-        if augment not in TRAIN_PRESETS:
-            raise ValueError(f"augment preset {augment!r} is not one of {sorted(TRAIN_PRESETS)}; "
-                             "or give a list of albumentations transforms")
-        steps = TRAIN_PRESETS[augment](pre)
+        steps = TRAIN_PRESETS[preset_name(augment)](pre)
     else:
         steps = [transform_from_spec(s) for s in augment]
         h, w = pre.resize

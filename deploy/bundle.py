@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from deploy.atomic import atomic_write_bytes, atomic_write_json  # noqa: F401 (re-exported: deploy.bundle's writers)
+from deploy.preprocessing_rules import PreprocessingError, check_preprocessing
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 FORMATS = ("onnx", "onnx-int8", "tensorrt")
-INTERPOLATION_NAMES = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 _REBUILD_HINT = "re-create the bundle with the training run's fit-end callbacks or fix the file by hand"
 
 
@@ -41,38 +41,12 @@ def _fail(where: str, message: str) -> BundleError:
     return BundleError(f"{where}: {message}")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _positive_int_pair(value: Any) -> bool:
-    return (isinstance(value, list) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
-
-
 def validate_preprocessing(pre: Any, where: str = MANIFEST) -> dict:
     """Check a ``preprocessing`` block (datamodules.presets.Preprocessing.to_dict()) and return it."""
-    if not isinstance(pre, dict):
-        raise _fail(where, f"'preprocessing' must be an object, got {type(pre).__name__}; {_REBUILD_HINT}")
-    if not _positive_int_pair(pre.get("resize")):
-        raise _fail(where, f"'preprocessing.resize' must be [height, width] of positive integers, got {pre.get('resize')!r}")
-    crop = pre.get("crop")
-    if crop is not None:
-        if not _positive_int_pair(crop):
-            raise _fail(where, f"'preprocessing.crop' must be null or [height, width] of positive integers, got {crop!r}")
-        if crop[0] > pre["resize"][0] or crop[1] > pre["resize"][1]:
-            raise _fail(where, f"'preprocessing.crop' {crop} is larger than 'preprocessing.resize' {pre['resize']}; the crop is taken from the resized image")
-    if pre.get("interpolation", "bilinear") not in INTERPOLATION_NAMES:
-        raise _fail(where, f"'preprocessing.interpolation' must be one of {list(INTERPOLATION_NAMES)}, got {pre.get('interpolation')!r}")
-    for key in ("mean", "std"):
-        value = pre.get(key)
-        if not (isinstance(value, list) and len(value) == 3 and all(_is_number(v) for v in value)):
-            raise _fail(where, f"'preprocessing.{key}' must be 3 numbers (R, G, B on the 0-1 scale), got {value!r}")
-    if any(v <= 0 for v in pre["std"]):
-        raise _fail(where, f"'preprocessing.std' values must be positive, got {pre['std']}")
-    if pre.get("color", "RGB") not in ("RGB", "BGR"):
-        raise _fail(where, f"'preprocessing.color' must be 'RGB' or 'BGR', got {pre.get('color')!r}")
-    return pre
+    try:
+        return check_preprocessing(pre)
+    except PreprocessingError as exc:
+        raise _fail(where, f"{exc}; {_REBUILD_HINT}") from None
 
 
 STATUSES = ("ok", "skipped", "failed")

@@ -14,14 +14,7 @@ import numpy as np
 
 from deploy.bundle import validate_preprocessing
 from deploy.images import ImageDecodeError, ImageSource, read_image
-
-INTERPOLATIONS = {
-    "nearest": cv2.INTER_NEAREST,
-    "bilinear": cv2.INTER_LINEAR,
-    "bicubic": cv2.INTER_CUBIC,
-    "area": cv2.INTER_AREA,
-    "lanczos": cv2.INTER_LANCZOS4,
-}
+from deploy.preprocessing_rules import cv2_flag
 
 
 class Preprocessor:
@@ -31,7 +24,7 @@ class Preprocessor:
         pre = validate_preprocessing(dict(preprocessing), "preprocessing")
         self.resize = tuple(pre["resize"])
         self.crop = tuple(pre["crop"]) if pre.get("crop") else None
-        self.interpolation = INTERPOLATIONS[pre.get("interpolation", "bilinear")]
+        self.interpolation = cv2_flag(pre.get("interpolation", "bilinear"))
         self.bgr = pre.get("color", "RGB") == "BGR"
         mean = np.asarray(pre["mean"], dtype=np.float64) * 255.0
         scale = 1.0 / (np.asarray(pre["std"], dtype=np.float64) * 255.0)

@@ -26,8 +26,8 @@ def image_folder_with_an_empty_class(root):
 # (what the user typed, what the one sentence must name)
 MISTAKES = {
     "unknown backbone": (["--model.backbone", "resnet_50"], ["'resnet_50'", "model.backbone", "did you mean resnet50"]),
-    "missing imagefolder root": (["--data.source", "imagefolder", "--data.root", "{tmp}/no_such_folder"], ["{tmp}/no_such_folder"]),
-    "empty class folder": (["--data.source", "imagefolder", "--data.root", "{tmp}/images"], ["'emptyclass'"]),
+    "missing imagefolder root": (["--data.source", "ImageFolderSource", "--data.source.root", "{tmp}/no_such_folder"], ["{tmp}/no_such_folder"]),
+    "empty class folder": (["--data.source", "ImageFolderSource", "--data.source.root", "{tmp}/images"], ["'emptyclass'"]),
     "offline ImageNet weights": (["--model.backbone", "mobilenet_v2", "--model.backbone_args", '{"weights": "IMAGENET1K_V1"}'],
                                  ["IMAGENET1K_V1", "weights_path"]),
     "image size 0": (["--data.image_size", "0"], ["image_size", "0"]),

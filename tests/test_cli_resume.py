@@ -61,7 +61,7 @@ def test_a_checkpoint_from_another_experiment_is_refused_naming_what_differs(qui
     here.mkdir()
     cases = [
         (["fit", "--model.backbone", "mobilenet_v3_small", "--model.backbone_args", "{}"], ["model.backbone"]),
-        (["fit", "--data.source", "synthetic", "--data.synthetic", '{"classes": 3, "count": 60}'],
+        (["fit", "--data.source", "SyntheticSource", "--data.source.classes", "3", "--data.source.count", "60"],
          ["model.num_classes (10 in the checkpoint, 3 here)", "data.source"]),
         (["test", "--data.image_size", "24"], ["data.image_size"]),
     ]

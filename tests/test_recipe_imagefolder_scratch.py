@@ -40,7 +40,7 @@ def write_digit_folder(root, per_class: int = 30) -> dict[str, str]:
 def test_scratch_recipe_trains_a_folder_of_real_scans_skips_broken_files_and_beats_chance(tmp_path):
     root = tmp_path / "my_images"
     broken = write_digit_folder(root)
-    proc = run_main(["fit", "--config", RECIPE, "--data.root", root, "--data.image_size", "32",
+    proc = run_main(["fit", "--config", RECIPE, "--data.source.root", root, "--data.image_size", "32",
                      "--data.batch_size", "16", "--trainer.max_epochs", "6", "--trainer.enable_progress_bar", "false",
                      "--data.cache_dir", tmp_path / "cache"], tmp_path, timeout=600)
 

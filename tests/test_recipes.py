@@ -246,7 +246,8 @@ def test_imagefolder_recipe_on_real_scans_and_photos_with_percentile_calibration
         # ImageNet weights cannot be downloaded here: the same network from a local file (random values)
         "model": {"T_max": 1, "backbone_args": {"weights": None, "weights_path": str(weights)}},
         # 32x32 crops of a 40x40 resize instead of 224 of 256: the same transforms on 50x fewer pixels
-        "data": {"root": str(root), "image_size": 40, "crop_size": 32, "cache_dir": str(tmp_path / "cache"),
+        "data": {"source": {"init_args": {"root": str(root)}}, "image_size": 40, "crop_size": 32,
+                 "cache_dir": str(tmp_path / "cache"),
                  **NO_WORKERS},
     }))
     run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
@@ -275,7 +276,8 @@ def test_imagefolder_gpu_recipe_runs_on_a_cpu_with_its_workers_store_bf16_and_ch
     recipe = measured_quickly(shrunk_recipe(tmp_path, "imagefolder_gpu.yaml", {
         "trainer": {"max_epochs": 2},  # 30 epochs of 224x224 is hours on 2 cores
         # 32x32 instead of 224x224 and batch 32 instead of 128: the same pipeline on 49x fewer pixels
-        "data": {"root": str(root), "image_size": 32, "batch_size": 32, "cache_dir": str(tmp_path / "cache")},
+        "data": {"source": {"init_args": {"root": str(root)}}, "image_size": 32, "batch_size": 32,
+                 "cache_dir": str(tmp_path / "cache")},
     }))
     assert yaml.safe_load(recipe.read_text())["data"]["num_workers"] == "auto"
     proc = run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
@@ -301,7 +303,7 @@ def test_resnet_cifar10_recipe_prunes_channels_mid_fit_calibrates_with_entropy_a
         # width 16 instead of 64 (16x fewer MACs); pruning 30 % at round_to 8 (rounded down) leaves 8 channels
         "model": {"backbone_args": {"num_blocks": [2, 2, 2, 2], "width": 16}},
         # 16x16 instead of 32x32 inputs: 4x fewer MACs again; batch 32 instead of 128, so 600 images make 18 steps
-        "data": {"root": str(tmp_path / "data"), "image_size": 16, "batch_size": 32,
+        "data": {"source": {"init_args": {"root": str(tmp_path / "data")}}, "image_size": 16, "batch_size": 32,
                  "cache_dir": str(tmp_path / "cache"), **NO_WORKERS},
     }, callbacks={"callbacks.StructuredPruning": {"at_epoch": 1}}))  # pruned at the start of epoch 1 of 3, not 20 of 30
     proc = run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
@@ -357,7 +359,8 @@ def test_mobilenetv2_cifar100_recipe_with_local_weights_and_percentile_calibrati
         # ImageNet weights cannot be downloaded here: the same network from a local file (random values)
         "model": {"T_max": 1, "backbone_args": {"weights": None, "weights_path": str(weights)}},
         # 32x32 (CIFAR's own size) instead of the 224 upscale: 49x fewer pixels through the same network
-        "data": {"root": str(tmp_path / "data"), "image_size": 32, "cache_dir": str(tmp_path / "cache"), **NO_WORKERS},
+        "data": {"source": {"init_args": {"root": str(tmp_path / "data")}}, "image_size": 32,
+                 "cache_dir": str(tmp_path / "cache"), **NO_WORKERS},
     }))
     run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
 

@@ -68,7 +68,7 @@ def test_report_rows_match_an_independent_evaluation_on_the_test_split(fitted):
     assert [r["label"] for r in onnxruntime_rows] == ["PyTorch FP32", "ONNX FP32", "ONNX INT8", "ONNX INT8 (CPU)"]
     assert [r["label"] for r in report["rows"] if r["runtime"] == "openvino"] == [
         "ONNX FP32 · openvino", "ONNX INT8 · openvino", "ONNX INT8 (CPU) · openvino"]
-    data = ImageClassificationDataModule(source="digits", image_size=16)
+    data = ImageClassificationDataModule(image_size=16)
     data.setup("test")
     x = torch.cat([data.normalize(b[0]) for b in data.test_dataloader()]).numpy()
     y = torch.cat([b[1] for b in data.test_dataloader()]).numpy()
@@ -88,7 +88,7 @@ def test_onnx_matches_the_best_checkpoint_at_batch_1_and_n(fitted):
     run, _ = fitted
     best = next((run / "checkpoints").glob("epoch*.ckpt"))
     model = ImageClassifier.load_from_checkpoint(best, map_location="cpu").eval()
-    data = ImageClassificationDataModule(source="digits", image_size=16)
+    data = ImageClassificationDataModule(image_size=16)
     data.setup("fit")
     x = data.normalize(next(iter(data.val_dataloader()))[0][:7])
     runner = OnnxRuntimeRunner(str(run / "bundle" / "model.onnx"))
@@ -152,7 +152,7 @@ def test_gate_keeps_the_most_harmful_nodes_in_fp32(capsys, tmp_path):
                          callbacks=[before, ONNXExport(exporter="torchscript"), quant,
                                     DeployBundle(latency_iterations=5, throughput_iterations=2)])
     model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
-    trainer.fit(model, datamodule=ImageClassificationDataModule(source="digits", image_size=16))
+    trainer.fit(model, datamodule=ImageClassificationDataModule(image_size=16))
     # the miss is said once, after the table (DeployBundle prints it here, with no CLI to defer it), and labelled
     missed = capsys.readouterr().out
     assert "INT8 gate not met: ONNX INT8 loses" in missed and "more than the -100.0 pt allowed" in missed
@@ -197,7 +197,7 @@ def test_a_missing_or_misplaced_step_is_one_sentence_at_fit_start(callbacks, mes
                          enable_progress_bar=False)
     model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
     with pytest.raises(ValueError, match=message):
-        trainer.fit(model, datamodule=ImageClassificationDataModule(source="digits", image_size=16))
+        trainer.fit(model, datamodule=ImageClassificationDataModule(image_size=16))
     assert trainer.global_step == 0  # refused before any training
 
 

@@ -27,7 +27,7 @@ def cpu_fit(tmp_path_factory):
                                     CpuInt8Quantization(num_samples=128, max_drop=1.0),
                                     DeployBundle(latency_iterations=5, throughput_iterations=2)])
     model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
-    trainer.fit(model, datamodule=ImageClassificationDataModule(source="digits", image_size=16))
+    trainer.fit(model, datamodule=ImageClassificationDataModule(image_size=16))
     return root / "bundle", trainer
 
 
@@ -55,7 +55,7 @@ def test_both_int8_files_pass_their_gate_and_are_scored_in_the_manifest_with_the
     assert q["activations"] == ("QUInt8" if cpu_family() == "x86_64" else "QInt8") and q["quant_format"] == "QDQ"
     assert -q["delta_pts"] <= 1.0
     # the manifest's test top-1 is what ONNX Runtime gives on the test split, file by file
-    data = ImageClassificationDataModule(source="digits", image_size=16)
+    data = ImageClassificationDataModule(image_size=16)
     data.setup("test")
     x = np.concatenate([data.normalize(b[0]).numpy() for b in data.test_dataloader()])
     y = np.concatenate([b[1].numpy() for b in data.test_dataloader()])

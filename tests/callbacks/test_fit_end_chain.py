@@ -63,7 +63,7 @@ def tiny_fit(tmp_path, steps):
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, limit_val_batches=2,
                          enable_progress_bar=False, logger=False, default_root_dir=tmp_path, callbacks=steps)
     model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
-    trainer.fit(model, datamodule=ImageClassificationDataModule(source="digits", image_size=16))
+    trainer.fit(model, datamodule=ImageClassificationDataModule(image_size=16))
     return trainer
 
 

@@ -31,7 +31,7 @@ def tiny_model() -> ImageClassifier:
 
 
 def digits() -> ImageClassificationDataModule:
-    return ImageClassificationDataModule(source="digits", image_size=16, batch_size=64)
+    return ImageClassificationDataModule(image_size=16, batch_size=64)
 
 
 def fit(model, tmp_path, callbacks, max_epochs=3):

@@ -84,7 +84,7 @@ def qat_fit(tmp_path_factory):
                                     QuantizationAwareTraining(epochs=1, num_samples=64, lr=1e-4),
                                     DeployBundle(latency_iterations=5, throughput_iterations=2)])
     model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
-    trainer.fit(model, datamodule=ImageClassificationDataModule(source="digits", image_size=16))
+    trainer.fit(model, datamodule=ImageClassificationDataModule(image_size=16))
     return root / "bundle"
 
 

@@ -13,6 +13,7 @@ from pytorch_lightning import Callback
 from sklearn.datasets import load_digits, load_sample_images
 
 from datamodules import ImageClassificationDataModule
+from datamodules.sources import ImageFolderSource
 from datamodules.datasets import FileImages, ImageDataset
 from deploy.images import ImageDecodeError, read_image
 
@@ -87,7 +88,7 @@ def test_folder_with_every_kind_of_bad_file_sets_up_trains_and_lists_each_with_i
     root = str(tmp_path / "photos")
     good = real_image_folder(root)
     bad = add_every_bad_file(os.path.join(root, "train", "china"))
-    dm = ImageClassificationDataModule(source="imagefolder", root=root, image_size=24, batch_size=8, augment="light",
+    dm = ImageClassificationDataModule(source=ImageFolderSource(root), image_size=24, batch_size=8, augment="pad_crop_flip",
                                        cache_dir=str(tmp_path / "cache"))
     trainer = tiny_trainer(tmp_path, max_epochs=1, limit_val_batches=1)
     with warnings.catch_warnings():
@@ -152,7 +153,7 @@ def test_a_file_that_goes_bad_mid_fit_is_read_as_its_classmate_and_listed_once(t
     root = str(tmp_path / "photos")
     real_image_folder(root)
     # decoded_cache off: the files are read every epoch (from the decoded store, a file that breaks is not read again)
-    dm = ImageClassificationDataModule(source="imagefolder", root=root, image_size=24, batch_size=8, augment="light",
+    dm = ImageClassificationDataModule(source=ImageFolderSource(root), image_size=24, batch_size=8, augment="pad_crop_flip",
                                        cache_dir=str(tmp_path / "cache"), decoded_cache=False)
     dm.setup("fit")
     train = dm._datasets["train"]

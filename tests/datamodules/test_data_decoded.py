@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from datamodules import ImageClassificationDataModule
+from datamodules.sources import ImageFolderSource
 from deploy.preprocess import preprocess
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -42,7 +43,7 @@ def photos(tmp_path_factory):
 
 
 def _dm(root, cache, **kwargs):
-    args = dict(source="imagefolder", root=root, image_size=[40, 48], crop_size=[36, 44], interpolation="area",
+    args = dict(source=ImageFolderSource(root), image_size=[40, 48], crop_size=[36, 44], interpolation="area",
                 batch_size=8, cache_dir=str(cache))
     args.update(kwargs)
     dm = ImageClassificationDataModule(**args)

@@ -9,6 +9,7 @@ from PIL import Image
 from data_factory import CLASSES, TinyClassifier, chmod_blocks_reads, make_folder, tiny_trainer
 
 from datamodules import ImageClassificationDataModule
+from datamodules.sources import ImageFolderSource
 
 
 def _all_names(dm):
@@ -17,7 +18,7 @@ def _all_names(dm):
 
 def test_dirty_folder_trains_through_fit_and_lists_each_bad_file(dirty_folder, tmp_path):
     root, bad = dirty_folder
-    dm = ImageClassificationDataModule(source="imagefolder", root=root, image_size=16, batch_size=4, augment="s2",
+    dm = ImageClassificationDataModule(source=ImageFolderSource(root), image_size=16, batch_size=4, augment="rrc_affine_dropout",
                                        cache_dir=str(tmp_path / "cache"))
     assert dm.num_classes == 3 and dm.class_names == CLASSES
     trainer = tiny_trainer(tmp_path, fast_dev_run=True)
@@ -38,7 +39,7 @@ def test_dirty_folder_trains_through_fit_and_lists_each_bad_file(dirty_folder, t
 
 def test_run_directory_gets_split_lists_excluded_images_and_a_grid(dirty_folder, tmp_path):
     root, bad = dirty_folder
-    dm = ImageClassificationDataModule(source="imagefolder", root=root, image_size=16, batch_size=4, augment="light",
+    dm = ImageClassificationDataModule(source=ImageFolderSource(root), image_size=16, batch_size=4, augment="pad_crop_flip",
                                        cache_dir=str(tmp_path / "cache"))
     trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(TinyClassifier(), dm)
@@ -65,13 +66,13 @@ def test_run_directory_gets_split_lists_excluded_images_and_a_grid(dirty_folder,
                     reason="running as root: chmod 000 does not stop reads, so an unreadable file cannot be made")
 def test_unreadable_file_is_excluded(dirty_folder, tmp_path):
     root, _ = dirty_folder
-    dm = ImageClassificationDataModule(source="imagefolder", root=root, image_size=16, cache_dir=str(tmp_path))
+    dm = ImageClassificationDataModule(source=ImageFolderSource(root), image_size=16, cache_dir=str(tmp_path))
     dm.setup("fit")
     assert "not readable" in dict(dm.excluded)["dog/unreadable.jpg"]
 
 
 def test_every_mode_becomes_rgb(image_folder, tmp_path):
-    dm = ImageClassificationDataModule(source="imagefolder", root=image_folder, image_size=16, mean_std="imagenet",
+    dm = ImageClassificationDataModule(source=ImageFolderSource(image_folder), image_size=16, mean_std="imagenet",
                                        cache_dir=str(tmp_path))
     dm.setup("fit")
     ds = dm._datasets["train"]
@@ -89,7 +90,7 @@ def test_empty_class_folder_and_single_class_are_errors(tmp_path):
     (root / "zebra").mkdir()
     (root / "zebra" / "readme.txt").write_text("no images here")
     with pytest.raises(ValueError, match="zebra"):
-        ImageClassificationDataModule(source="imagefolder", root=str(root), cache_dir=str(tmp_path)).setup("fit")
+        ImageClassificationDataModule(source=ImageFolderSource(str(root)), cache_dir=str(tmp_path)).setup("fit")
 
     one = tmp_path / "one"
     make_folder(str(one), per_class=2)
@@ -98,9 +99,9 @@ def test_empty_class_folder_and_single_class_are_errors(tmp_path):
             f.unlink()
         (one / name).rmdir()
     with pytest.raises(ValueError, match="at least 2"):
-        ImageClassificationDataModule(source="imagefolder", root=str(one))
+        ImageClassificationDataModule(source=ImageFolderSource(str(one)))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        ImageClassificationDataModule(source="imagefolder", root=str(tmp_path / "missing"))
+        ImageClassificationDataModule(source=ImageFolderSource(str(tmp_path / "missing")))
 
 
 def test_class_whose_files_are_all_broken_is_named(tmp_path):
@@ -109,7 +110,7 @@ def test_class_whose_files_are_all_broken_is_named(tmp_path):
     for f in (root / "dog").iterdir():
         f.write_bytes(b"")
     with pytest.raises(ValueError, match="dog"):
-        ImageClassificationDataModule(source="imagefolder", root=str(root), cache_dir=str(tmp_path)).setup("fit")
+        ImageClassificationDataModule(source=ImageFolderSource(str(root)), cache_dir=str(tmp_path)).setup("fit")
 
 
 def test_split_lists_keep_file_names_with_a_tab_or_a_newline_and_old_lists_still_read(tmp_path):
@@ -123,7 +124,7 @@ def test_split_lists_keep_file_names_with_a_tab_or_a_newline_and_old_lists_still
         (root / cls).mkdir(parents=True)
         for f in files:
             Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / cls / f)
-    dm = ImageClassificationDataModule(source="imagefolder", root=str(root), image_size=8, batch_size=2,
+    dm = ImageClassificationDataModule(source=ImageFolderSource(str(root)), image_size=8, batch_size=2,
                                        cache_dir=str(tmp_path / "cache"))
     trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
     trainer.fit(TinyClassifier(num_classes=2), dm)

@@ -6,10 +6,11 @@ import torch
 from data_factory import TinyClassifier, tiny_trainer
 
 from datamodules import ImageClassificationDataModule
+from datamodules.sources import SyntheticSource
 
 
 def _first_batch(**kwargs):
-    dm = ImageClassificationDataModule(augment="s2", image_size=16, batch_size=16, **kwargs)
+    dm = ImageClassificationDataModule(augment="rrc_affine_dropout", image_size=16, batch_size=16, **kwargs)
     dm.setup("fit")
     return next(iter(dm.train_dataloader()))
 
@@ -26,14 +27,14 @@ def test_same_seed_same_first_augmented_batch_also_with_workers(tmp_path):
 
 def test_epoch_batches_depend_only_on_seed_and_epoch(tmp_path):
     """What a resumed fit relies on: epoch 2's batches are a function of (seed, epoch), not of the past."""
-    dm = ImageClassificationDataModule(augment="light", image_size=16, batch_size=32, cache_dir=str(tmp_path))
+    dm = ImageClassificationDataModule(augment="pad_crop_flip", image_size=16, batch_size=32, cache_dir=str(tmp_path))
     dm.setup("fit")
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(0)
     epoch0 = next(iter(loader))
     loader.sampler.set_epoch(1)
     epoch1 = next(iter(loader))
-    fresh = ImageClassificationDataModule(augment="light", image_size=16, batch_size=32, cache_dir=str(tmp_path))
+    fresh = ImageClassificationDataModule(augment="pad_crop_flip", image_size=16, batch_size=32, cache_dir=str(tmp_path))
     fresh.setup("fit")
     resumed = fresh.train_dataloader()
     resumed.sampler.set_epoch(1)  # what Lightning does after restoring a checkpoint saved at the end of epoch 0
@@ -44,8 +45,8 @@ def test_epoch_batches_depend_only_on_seed_and_epoch(tmp_path):
 
 def test_fit_sees_the_same_labels_as_an_uninterrupted_fit_after_resume(tmp_path):
     def fit(max_epochs, ckpt=None, **kw):
-        dm = ImageClassificationDataModule(source="synthetic", synthetic={"count": 60, "classes": 3}, image_size=8,
-                                           batch_size=12, augment="light", cache_dir=str(tmp_path / "c"))
+        dm = ImageClassificationDataModule(source=SyntheticSource(count=60, classes=3), image_size=8,
+                                           batch_size=12, augment="pad_crop_flip", cache_dir=str(tmp_path / "c"))
         model = TinyClassifier()
         trainer = tiny_trainer(tmp_path, max_epochs=max_epochs, limit_val_batches=0, enable_checkpointing=True,
                                num_sanity_val_steps=0, **kw)
@@ -64,7 +65,7 @@ def test_fit_sees_the_same_labels_as_an_uninterrupted_fit_after_resume(tmp_path)
 def test_synthetic_source_and_batch_size_finder(tmp_path):
     from pytorch_lightning.callbacks import BatchSizeFinder
 
-    dm = ImageClassificationDataModule(source="synthetic", synthetic={"count": 200, "classes": 4, "size": [20, 24]},
+    dm = ImageClassificationDataModule(source=SyntheticSource(count=200, classes=4, size=[20, 24]),
                                        image_size=12, batch_size=2, cache_dir=str(tmp_path))
     assert dm.num_classes == 4
     finder = BatchSizeFinder(mode="power", init_val=2, max_trials=3, steps_per_trial=1)
@@ -76,7 +77,7 @@ def test_synthetic_source_and_batch_size_finder(tmp_path):
 
 
 def test_calibration_loader_uses_the_eval_transform_on_a_fixed_subset(tmp_path):
-    dm = ImageClassificationDataModule(augment="s2", image_size=16, cache_dir=str(tmp_path))
+    dm = ImageClassificationDataModule(augment="rrc_affine_dropout", image_size=16, cache_dir=str(tmp_path))
     dm.setup("fit")
     a = torch.cat([x for x, _ in dm.calibration_dataloader(num_samples=40, batch_size=16)])
     b = torch.cat([x for x, _ in dm.calibration_dataloader(num_samples=40, batch_size=8)])

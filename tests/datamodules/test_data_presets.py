@@ -41,7 +41,7 @@ def test_bad_augment_is_one_clear_error(spec, words):
 
 
 def test_eval_transform_is_deterministic_and_described(tmp_path):
-    dm = ImageClassificationDataModule(image_size=24, crop_size=20, interpolation="bicubic", augment="s2",
+    dm = ImageClassificationDataModule(image_size=24, crop_size=20, interpolation="bicubic", augment="rrc_affine_dropout",
                                        cache_dir=str(tmp_path))
     assert dm.input_size == [20, 20]
     dm.setup("fit")
@@ -55,7 +55,7 @@ def test_eval_transform_is_deterministic_and_described(tmp_path):
     assert x.shape[1:] == (3, 20, 20) and x.dtype == torch.uint8 and y.dtype == torch.int64
 
 
-@pytest.mark.parametrize("preset, mirrors", [("shift_color", False), ("light", True)])
+@pytest.mark.parametrize("preset, mirrors", [("shift_color", False), ("pad_crop_flip", True)])
 def test_shift_color_never_mirrors_a_left_to_right_image(preset, mirrors):
     from datamodules.datasets import seed_transform
 
@@ -68,3 +68,19 @@ def test_shift_color_never_mirrors_a_left_to_right_image(preset, mirrors):
         x = transform(image=ramp)["image"]
         flipped += bool(x[:, :, :8].mean() > x[:, :, -8:].mean())
     assert (flipped > 0) == mirrors
+
+
+@pytest.mark.parametrize("old, new", [("light", "pad_crop_flip"), ("s1", "rrc_flip_jitter"),
+                                      ("s2", "rrc_affine_dropout")])
+def test_earlier_preset_names_still_work_with_a_one_line_warning(old, new):
+    with pytest.warns(FutureWarning, match=rf"^augment preset '{old}' is now called '{new}'; .* write augment: {new}$"):
+        dm = ImageClassificationDataModule(augment=old, image_size=16)
+    assert dm.augment == dm.hparams.augment == new  # the run's records say the new name
+    pre = Preprocessing(resize=[16, 16], mean=[0.5] * 3, std=[0.25] * 3)
+    image = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    with pytest.warns(FutureWarning):
+        old_transform = build_train_transform(old, pre)
+    a, b = old_transform, build_train_transform(new, pre)
+    a.set_random_seed(7)
+    b.set_random_seed(7)
+    assert torch.equal(a(image=image)["image"], b(image=image)["image"])

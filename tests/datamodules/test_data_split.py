@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from datamodules import ImageClassificationDataModule
+from datamodules.sources import ImageFolderSource
 from datamodules.split import stratified_split
 
 
@@ -35,7 +36,7 @@ def test_bad_split_ratios_are_one_clear_error(ratios):
 def test_imagefolder_split_files_are_disjoint_stratified_and_reproducible(image_folder, tmp_path):
     lists = []
     for run in range(2):
-        dm = ImageClassificationDataModule(source="imagefolder", root=image_folder, image_size=16,
+        dm = ImageClassificationDataModule(source=ImageFolderSource(image_folder), image_size=16,
                                            cache_dir=str(tmp_path / "cache"))
         dm.setup("fit")
         lists.append({s: [dm._datasets[s].images.name(i) for i in range(len(dm._datasets[s]))]
@@ -56,7 +57,7 @@ def test_presplit_folders_are_used_as_given(tmp_path):
     root = tmp_path / "pre"
     make_folder(str(root / "train"), per_class=4, seed=1)
     make_folder(str(root / "val"), per_class=2, seed=2)
-    dm = ImageClassificationDataModule(source="imagefolder", root=str(root), image_size=16, cache_dir=str(tmp_path / "c"))
+    dm = ImageClassificationDataModule(source=ImageFolderSource(str(root)), image_size=16, cache_dir=str(tmp_path / "c"))
     assert dm.class_names == ["bird", "cat", "dog"]
     dm.setup("fit")
     assert len(dm._datasets["train"]) == 12 and len(dm._datasets["val"]) == 6

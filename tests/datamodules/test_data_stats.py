@@ -7,6 +7,7 @@ import pytest
 import datamodules.datasets
 import datamodules.imagefolder
 from datamodules import ImageClassificationDataModule
+from datamodules.sources import ImageFolderSource
 from datamodules.presets import IMAGENET_MEAN, IMAGENET_STD
 from deploy.images import read_image
 
@@ -17,7 +18,7 @@ def _numpy_mean_std(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_digits_mean_std_equals_numpy_over_the_train_split(tmp_path):
-    dm = ImageClassificationDataModule(source="digits", image_size=24, cache_dir=str(tmp_path))
+    dm = ImageClassificationDataModule(image_size=24, cache_dir=str(tmp_path))
     dm.setup("fit")
     train = dm._datasets["train"].images
     mean, std = _numpy_mean_std(train.array[train.indices])
@@ -26,7 +27,7 @@ def test_digits_mean_std_equals_numpy_over_the_train_split(tmp_path):
 
 
 def test_imagefolder_mean_std_equals_numpy_after_resize(image_folder, tmp_path):
-    dm = ImageClassificationDataModule(source="imagefolder", root=image_folder, image_size=[16, 20],
+    dm = ImageClassificationDataModule(source=ImageFolderSource(image_folder), image_size=[16, 20],
                                        cache_dir=str(tmp_path))
     dm.setup("fit")
     assert dm.stats_origin == "computed"
@@ -39,7 +40,7 @@ def test_imagefolder_mean_std_equals_numpy_after_resize(image_folder, tmp_path):
 
 def test_second_fit_hits_the_cache_and_decodes_nothing(image_folder, tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
-    first = ImageClassificationDataModule(source="imagefolder", root=image_folder, image_size=16, cache_dir=cache)
+    first = ImageClassificationDataModule(source=ImageFolderSource(image_folder), image_size=16, cache_dir=cache)
     first.setup("fit")
     assert first.stats_origin == "computed"
 
@@ -51,14 +52,14 @@ def test_second_fit_hits_the_cache_and_decodes_nothing(image_folder, tmp_path, m
 
     monkeypatch.setattr(datamodules.imagefolder, "read_image", counting_read)
     monkeypatch.setattr(datamodules.datasets, "read_image", counting_read)
-    second = ImageClassificationDataModule(source="imagefolder", root=image_folder, image_size=16, cache_dir=cache)
+    second = ImageClassificationDataModule(source=ImageFolderSource(image_folder), image_size=16, cache_dir=cache)
     second.setup("fit")
     assert decodes == []  # neither the image check nor the mean/std pass decoded a file
     assert second.stats_origin == "cache"
     assert second.preprocessing.mean == first.preprocessing.mean and second.preprocessing.std == first.preprocessing.std
 
     # a different resize is a different fingerprint: computed again
-    third = ImageClassificationDataModule(source="imagefolder", root=image_folder, image_size=12, cache_dir=cache)
+    third = ImageClassificationDataModule(source=ImageFolderSource(image_folder), image_size=12, cache_dir=cache)
     third.setup("fit")
     assert third.stats_origin == "computed" and decodes
 

@@ -25,6 +25,7 @@ APP = textwrap.dedent("""
     import multiprocessing.process
     import pytorch_lightning  # noqa: F401 (an application importing Lightning, as main.py does)
     from datamodules import ImageClassificationDataModule
+    from datamodules.sources import ImageFolderSource
 
     STARTS = []  # seconds each worker's start() took: until it is forked and has its start-up message
     _start = multiprocessing.process.BaseProcess.start
@@ -38,7 +39,7 @@ APP = textwrap.dedent("""
 
     if __name__ == "__main__":
         root, cache, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
-        kwargs = dict(source="imagefolder", root=root, image_size=8, batch_size=4, cache_dir=cache,
+        kwargs = dict(source=ImageFolderSource(root), image_size=8, batch_size=4, cache_dir=cache,
                       mean_std=[[0.5] * 3, [0.25] * 3])
         if "decoded_cache" in inspect.signature(ImageClassificationDataModule).parameters:
             kwargs["decoded_cache"] = False  # file paths in the dataset: the largest pickle a folder makes

@@ -43,7 +43,7 @@ def fit(model, max_epochs=1, logger=False, **trainer_kwargs):
     snapshots = WeightsAt()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=logger, enable_checkpointing=False,
                          enable_progress_bar=False, limit_val_batches=2, callbacks=[snapshots], **trainer_kwargs)
-    data = ImageClassificationDataModule(source="digits", image_size=16, batch_size=64)
+    data = ImageClassificationDataModule(image_size=16, batch_size=64)
     trainer.fit(model, datamodule=data)
     return trainer, snapshots
 
@@ -120,7 +120,7 @@ def test_two_process_cpu_ddp_fit_writes_one_run_one_bundle_and_synced_metrics(qu
 
     # The two processes each tested half of the split; the synced metric is the whole split's.
     model = ImageClassifier.load_from_checkpoint(runs / "version_0" / "checkpoints" / "epoch000.ckpt")
-    data = ImageClassificationDataModule(source="digits", image_size=16, batch_size=64)
+    data = ImageClassificationDataModule(image_size=16, batch_size=64)
     single = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False).test(model, datamodule=data, verbose=False)
     # Each of the 359 test images is scored once (no padded repeat from a DistributedSampler): the same figure.
     assert printed[0] == pytest.approx(single[0]["test/top1"], abs=5e-5 + 1e-7)  # printed with 4 decimals
