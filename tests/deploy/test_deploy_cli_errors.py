@@ -172,8 +172,8 @@ def test_bench_at_a_batch_no_machine_can_hold_is_a_sentence_not_a_crash(digits_b
                         "--iterations", "2", "--warmup", "0", "--no-progress")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    header, rule, row = result.stdout.strip().splitlines()
-    assert row.split()[:5] == ["model.onnx", "onnx", "fp32", "onnxruntime", "1"]
+    caption, header, rule, row = result.stdout.strip().splitlines()
+    assert caption.startswith("Measured here on ") and row.split()[:5] == ["model.onnx", "FP32", "ONNX", "Runtime", "1"]
     assert result.stderr.splitlines() == [f"error: out of memory running model.onnx at batch size {huge}; try a "
                                           "smaller one, e.g. --batch 1"]
 
