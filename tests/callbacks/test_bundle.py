@@ -171,7 +171,7 @@ def test_gate_keeps_the_most_harmful_nodes_in_fp32(capsys, tmp_path):
     trainer.fit(model, datamodule=ImageClassificationDataModule(source="digits", image_size=16))
     # the miss is said once, after the table (DeployBundle prints it here, with no CLI to defer it), and labelled
     missed = capsys.readouterr().out
-    assert "INT8 gate not met: ONNX INT8 loses" in missed and "more than the -100.0 pt allowed" in missed
+    assert "INT8 gate not met: model.int8.onnx (INT8 TensorRT-form) loses" in missed and "more than the -100.0 pt allowed" in missed
     int8 = next(a for a in load_bundle(tmp_path / "bundle").artifacts if a["format"] == "onnx-int8")
     assert int8["gate"] == "not met"
 
