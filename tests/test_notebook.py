@@ -69,7 +69,7 @@ def test_walkthrough_runs_end_to_end(tmp_path, monkeypatch):
     assert shipped == ["onnx", "onnx-int8", "onnx-int8"]
     for name in ("model.onnx", "model.int8.onnx", "model.int8-cpu.onnx"):
         assert f"{name} " in shown
-    assert "| ONNX INT8 |" in shown and "deploy bundle report" in shown
+    assert "| INT8 TensorRT-form | model.int8.onnx | ONNX Runtime |" in shown and "deploy bundle report" in shown
 
     # 4. infer: one JSON line per image, mostly right; the Python API reproduces the report's top-1 exactly
     lines = [json.loads(line) for line in shown.splitlines() if line.startswith('{"file"')]
