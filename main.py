@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pytorch_lightning import Callback, Trainer
-from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.utilities import rank_zero_info
@@ -232,6 +232,8 @@ class EdgeCLI(LightningCLI):
             else:
                 kwargs["enable_progress_bar"] = False
                 callbacks.insert(0, EpochLines())  # first: it prints before LearningRateMonitor logs the next epoch's rate
+        if trainer_config.get("enable_model_summary", True) is not False and not _has(callbacks, ModelSummary):
+            callbacks.append(ModelSummary(max_depth=1))  # plain text: Rich's table cut type names to fit 80 columns
         if self.subcommand == "predict" and not _has(callbacks, BasePredictionWriter):
             callbacks.append(PredictionsCSV())
         if self._bundle_checkpoint is not None:

@@ -25,8 +25,9 @@ from deploy.benchmark import measure
 from deploy.bundle import artifact_entry, atomic_write_bytes, atomic_write_json, new_manifest, write_labels, write_manifest
 from deploy.errors import debug_mode
 from deploy.errors import first_line as one_sentence
+from deploy.forms import artifact_form
 from deploy.install import COMPANIONS
-from deploy.runners import RUNTIMES, Runner, runner_for_file
+from deploy.runners import DEFAULT_RUNTIME, RUNTIMES, Runner, runner_for_file
 
 
 class TorchRunner(Runner):
@@ -117,7 +118,8 @@ class DeployBundle(FitEndStep):
 
         self._confusion = None
         reference = self.measure_one("PyTorch FP32", TorchRunner(model, shape), test_batches)
-        reference.update(format="pytorch", precision="fp32", runtime="pytorch", device=device,
+        reference.update(format="pytorch", precision="fp32", runtime="pytorch", device=device, form="FP32 checkpoint",
+                         file=os.path.basename(checkpoint),
                          size_mb=_state_dict_bytes(model) / 1e6, delta_pts=0.0)
         rows, entries = [reference], []
         for art in list(record.artifacts):
@@ -138,8 +140,8 @@ class DeployBundle(FitEndStep):
                     art.file.unlink(missing_ok=True)
                     print(f"fit-end step {self.name}: {sentence}; left out of the bundle", file=sys.stderr, flush=True)
                 else:
-                    row.update(format=art.format, precision=art.precision, runtime=art.runtime,
-                               device=gpu_name if art.format == "tensorrt" else device,
+                    row.update(format=art.format, precision=art.precision, runtime=DEFAULT_RUNTIME[art.format],
+                               form=form_of(art), file=art.file.name, device=gpu_name if art.format == "tensorrt" else device,
                                size_mb=os.path.getsize(art.file) / 1e6,
                                delta_pts=100 * (row["top1"] - reference["top1"]), gate=gate_verdict(art))
                     rows.append(row)
@@ -170,7 +172,8 @@ class DeployBundle(FitEndStep):
                     raise
                 record.note(self.name, f"{art.label} in {name}", f"not measured: {one_sentence(exc)}")
                 continue
-            row.update(format=art.format, precision=art.precision, runtime=name, device=device,
+            row.update(format=art.format, precision=art.precision, runtime=name, device=device, form=form_of(art),
+                       file=art.file.name,
                        size_mb=os.path.getsize(art.file) / 1e6, delta_pts=100 * (row["top1"] - reference["top1"]))
             rows.append(row)
         return rows
@@ -184,7 +187,7 @@ class DeployBundle(FitEndStep):
     def manifest_entry(self, art: ArtifactRecord, row: Optional[dict]) -> dict[str, Any]:
         facts = dict(art.facts)
         quantization = facts.pop("quantization", None)
-        extra = {"runtime": art.runtime, "step": art.step, "label": art.label}
+        extra = {"runtime": art.runtime, "form": form_of(art), "step": art.step, "label": art.label}
         if quantization is not None:
             extra["quantization"] = quantization
         if facts:
@@ -208,6 +211,7 @@ class DeployBundle(FitEndStep):
                        for a in record.artifacts if not a.ok]
         params = sum(p.numel() for p in trainer.lightning_module.parameters())
         return {"name": self.experiment_name(trainer), "device": device, "throughput_batch": self.throughput_batch,
+                "latency_iterations": self.latency_iterations,
                 "test_samples": n_test, "params": params, "rows": rows, "notes": [list(n) for n in record.notes],
                 "unavailable": unavailable, "failures": [f"{f.step}: {f.sentence}" for f in record.failures],
                 "steps": record.facts, "int8": record.topics.get("int8", {})}
@@ -263,11 +267,10 @@ class DeployBundle(FitEndStep):
             trainer.logger.log_metrics(values, step=trainer.global_step)  # the HPARAMS tab reads these tags
             trainer.logger.experiment.flush()
         rank_zero_info(f"deploy bundle: {self.bundle_dir}")
-        lines = [f"\n{table}"]
+        lines = [f"\n{report_format.caption(self.report)}", table]
         for item in self.report["unavailable"]:
             lines.append(f"{item['label']}: {item['status']}: {item['reason']}")
-        lines.append(f"top-1 on the test split ({self.report['test_samples']} images), each artifact in its own precision, "
-                     f"PyTorch in fp32; {self.report['device']}; bundle: {self.bundle_dir}")
+        lines.append(f"bundle: {self.bundle_dir}")
         lines += gate_misses(record)
         lines[-1] += "\n"
         self.chain.publish_summary("\n".join(lines))
@@ -286,6 +289,13 @@ def _state_dict_bytes(model: torch.nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
+def form_of(art: ArtifactRecord) -> str:
+    """What the file was made for, as every table names it ("INT8 TensorRT-form", "INT8 CPU-form", "FP32")."""
+    quantization = art.facts.get("quantization") or {}
+    method = "dynamic" if quantization.get("mode") == "dynamic" else quantization.get("method")
+    return artifact_form(art.format, art.precision, art.runtime, method)
+
+
 def gate_verdict(art: ArtifactRecord) -> Optional[str]:
     """"met" or "not met" for an INT8 file behind an accuracy gate (its step's facts), None for any other file."""
     quantization = art.facts.get("quantization") or {}
@@ -300,7 +310,7 @@ def gate_misses(record: FitEndRecord) -> list[str]:
     for art in record.artifacts:
         if art.ok and gate_verdict(art) == "not met":
             q = art.facts["quantization"]
-            lines.append(f"INT8 gate not met: {art.label} loses {-q['delta_pts']:.2f} pt top-1 on the validation split, "
+            lines.append(f"INT8 gate not met: {art.file.name} ({form_of(art)}) loses {-q['delta_pts']:.2f} pt top-1 on the validation split, "
                          f"more than the {q['max_drop_pts']} pt allowed (max_drop); it ships labelled so and `deploy "
                          "--runtime auto` never picks it; try QuantizationAwareTraining, method: entropy or percentile, "
                          "or a larger max_excluded")

@@ -13,15 +13,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLUMNS = ("artifact", "runtime", "size MB", "latency ms", "throughput img/s", "top-1 %", "Δtop-1 pt", "INT8 gate")
+from deploy.forms import runtime_name
+
+COLUMNS = ("artifact", "file", "runtime", "size MB", "latency ms", "img/s", "top-1 %", "Δtop-1 pt", "INT8 gate")
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """One row per file × runtime: the file's form (what it was made for), the file, and the runtime that measured it
+    here (a report written before rows had a form shows its label)."""
     out = []
     for i, r in enumerate(rows):
         out.append([
-            r["label"],
-            r.get("runtime", ""),
+            r.get("form") or r["label"],
+            r.get("file", ""),
+            runtime_name(r.get("runtime", "")),
             f"{r['size_mb']:.2f}",
             f"{r['latency_ms']:.2f}",
             f"{r['throughput']:.0f}",
@@ -48,12 +53,21 @@ def leaderboard_values(report: dict[str, Any]) -> dict[str, float]:
     return values
 
 
+def caption(report: dict[str, Any]) -> str:
+    """The one line that says what the table's columns mean."""
+    others = sorted({r["device"] for r in report["rows"] if r.get("device") and r["device"] != report["device"]})
+    where = f"Measured on {report['device']}" + (f" (TensorRT rows on {', '.join(others)})" if others else "")
+    latency = report.get("latency_iterations")
+    return (f"{where}, each row by the runtime it names; artifact = the file's form (what it was made for); "
+            f"latency ms = p50 of {f'{latency} ' if latency else ''}batch-1 calls; img/s at batch "
+            f"{report['throughput_batch']}; top-1 on the test split ({report['test_samples']} images), each file in its "
+            "own precision; Δtop-1 = row − PyTorch FP32 in points (negative = lost); INT8 gate = the file's Δ on the "
+            "validation split within max_drop; MB = 10⁶ bytes.")
+
+
 def markdown(report: dict[str, Any]) -> str:
     rows = table_rows(report["rows"])
-    lines = [f"# {report['name']}: deploy bundle report", "",
-             f"Measured on {report['device']}; latency is batch 1 (p50), throughput batch {report['throughput_batch']}; "
-             f"top-1 on the test split ({report['test_samples']} images); Δtop-1 = artifact − PyTorch FP32 in points "
-             "(negative = lost); MB = 10⁶ bytes.", "",
+    lines = [f"# {report['name']}: deploy bundle report", "", caption(report), "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     for title, body in report.get("notes", []):
@@ -68,7 +82,7 @@ def markdown(report: dict[str, Any]) -> str:
 def plain_table(report: dict[str, Any]) -> str:
     rows = [list(COLUMNS)] + table_rows(report["rows"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    fmt = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     return "\n".join([fmt(rows[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows[1:]])
 
 

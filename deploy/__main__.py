@@ -319,9 +319,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_list)
 
-    for command in [parser, *sub.choices.values()]:  # every command exits with the same codes
-        command.epilog, command.formatter_class = EXIT_STATUS, argparse.RawDescriptionHelpFormatter
+    parser.epilog, parser.formatter_class = EXIT_STATUS, argparse.RawDescriptionHelpFormatter
+    for name, command in sub.choices.items():  # each command lists only the statuses it returns
+        command.epilog, command.formatter_class = exit_statuses(name), argparse.RawDescriptionHelpFormatter
     return parser
+
+
+_STATUS_1 = {
+    "infer": "some inputs failed: one `error: <file>: <why>` line each on stderr, every other input printed",
+    "bench": "--soak: an artifact whose resident memory grew past the bound (one `error:` line each)",
+    "check-tensorrt": "the file breaks a rule: one line per node",
+}
+
+
+def exit_statuses(command: str) -> str:
+    """The exit-status block of one command's --help: 0, 1 where the command can return it, 2 and 141."""
+    lines = ["exit status:", "  0    done" + (" (an artifact that cannot run here is skipped with a warning line)"
+                                             if command == "bench" else "")]
+    if command in _STATUS_1:
+        lines.append(f"  1    {_STATUS_1[command]}")
+    lines += ["  2    a bad argument, an unusable bundle or artifact" + (", too little memory for the batch size"
+                                                                           if command in ("infer", "bench") else "")
+              + " or an unexpected error; one `error:` line on stderr (EDGECLS_DEBUG=1: the traceback)",
+              "  141  stdout was closed early (`... | head -1`): the command stops quietly"]
+    return "\n".join(lines)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -11,6 +11,7 @@ from typing import Optional
 from deploy.bundle import BundleError, load_bundle, verify_artifact
 from deploy.cli_common import (EXIT_INPUTS_FAILED, EXIT_OK, UsageError, _error, _out_of_memory, _providers, _warning,
                                is_allocation_failure)
+from deploy.forms import entry_form, runtime_name
 from deploy.install import resolve_bundle_dir
 
 def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dict], Optional[UsageError]]:
@@ -47,7 +48,8 @@ def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dic
                         fitting = ",".join(str(b) for b in batches if b < batch) or str(max(1, batch // 2))
                         return rows, _out_of_memory(entry["file"], batch, "--batch", fitting)
                     top1 = (entry.get("metrics") or {}).get("top1")
-                    rows.append({"artifact": entry["file"], "format": entry["format"], "precision": entry["precision"],
+                    rows.append({"artifact": entry["file"], "form": entry_form(entry), "format": entry["format"],
+                                 "precision": entry["precision"],
                                  "runtime": cand.runtime, "size_mb": entry["bytes"] / 1e6,
                                  "test_top1": None if top1 is None else 100 * top1, "gate": entry.get("gate"),
                                  "chosen": False, **result})
@@ -74,13 +76,13 @@ def _progress_bar(total: int, disable: bool = False):
                     console=Console(stderr=True), transient=True)
 
 
-COLUMNS = [("artifact", "{}", "artifact"), ("format", "{}", "format"), ("precision", "{}", "precision"),
-           ("runtime", "{}", "runtime"), ("batch", "{}", "batch"), ("p50 ms", "{:.3f}", "p50_ms"),
+COLUMNS = [("artifact", "{}", "artifact"), ("form", "{}", "form"), ("runtime", "{}", "runtime_name"),
+           ("batch", "{}", "batch"), ("p50 ms", "{:.3f}", "p50_ms"),
            ("p90 ms", "{:.3f}", "p90_ms"), ("p99 ms", "{:.3f}", "p99_ms"), ("img/s", "{:.1f}", "throughput"),
            ("size MB", "{:.2f}", "size_mb"), ("test top-1 %", "{:.2f}", "test_top1"), ("INT8 gate", "{}", "gate"),
            ("peak RSS MB", "{:.1f}", "peak_rss_mb"), ("RSS growth MB", "{:+.2f}", "rss_growth_mb"),
-           ("memory", "{}", "memory"), ("auto", "{}", "auto")]
-_LEFT = 4  # the first columns are names, left-aligned; numbers right-aligned
+           ("memory", "{}", "memory"), ("auto picks", "{}", "auto")]
+_LEFT = 3  # the first columns are names, left-aligned; numbers right-aligned
 
 
 def format_table(rows: list[dict], columns=COLUMNS, left: int = _LEFT) -> str:
@@ -88,13 +90,30 @@ def format_table(rows: list[dict], columns=COLUMNS, left: int = _LEFT) -> str:
     does not have (a test top-1 of an engine built here) prints as "-"."""
     cells = [[title for title, _, _ in columns]]
     for row in rows:
-        row = dict(row, memory="ok" if row.get("memory_ok", True) else "LEAK?", auto="<-" if row.get("chosen") else "-")
+        row = dict(row, memory="ok" if row.get("memory_ok", True) else "LEAK?", auto="yes" if row.get("chosen") else "",
+                   runtime_name=runtime_name(row.get("runtime", "")))
         cells.append(["-" if row.get(key) is None else fmt.format(row[key]) for _, fmt, key in columns])
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = ["  ".join(c.rjust(w) if i >= left else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def bench_caption(args: argparse.Namespace, rows: list[dict]) -> str:
+    """The one line that says what the bench table's columns mean."""
+    from deploy.selection import cpu_model
+
+    n = args.threads or os.cpu_count()
+    where = f"{cpu_model()} ({n} {'thread' if args.threads else 'core'}{'s' if n != 1 else ''})"
+    if any(r["runtime"] == "tensorrt" for r in rows):
+        where += ", TensorRT rows on the GPU"
+    return (f"Measured here on {where}, each row by the runtime it names; form = what the file was made for; "
+            f"p50/p90/p99 ms = one call of `batch` images ({args.iterations} timed calls; per image: divide by batch); "
+            "img/s = batch × calls / time; test top-1 % and INT8 gate: the manifest's, measured at fit end on the test "
+            "and validation splits, not here; peak RSS MB = the whole bench process's resident memory at its highest "
+            "during the row (Python and every runtime loaded so far, not the file's own footprint); RSS growth MB = "
+            "during this row's timed calls (memory LEAK? past 8 MB); auto picks = the row `--runtime auto` runs here.")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -116,7 +135,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for row in rows:
             row["chosen"] = (row["runtime"], row["artifact"]) == (choice.runtime, choice.entry["file"])
     if rows:
-        print(json.dumps(rows, indent=2) if args.json else format_table(rows), flush=True)
+        print(json.dumps(rows, indent=2) if args.json else f"{bench_caption(args, rows)}\n{format_table(rows)}", flush=True)
     if out_of_memory:
         raise out_of_memory
     if not rows:

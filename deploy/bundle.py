@@ -79,6 +79,9 @@ def validate_artifact(entry: Any, where: str = MANIFEST) -> dict:
         raise _fail(where, f"artifact {name}: 'bytes' must be a non-negative integer, got {entry.get('bytes')!r}")
     if "metrics" in entry and not isinstance(entry["metrics"], dict):
         raise _fail(where, f"artifact {name}: 'metrics' must be an object")
+    if "form" in entry and not (isinstance(entry["form"], str) and entry["form"]):
+        raise _fail(where, f"artifact {name}: 'form' must be a non-empty string such as \"INT8 CPU-form\", got "
+                           f"{entry['form']!r}")
     if entry.get("gate", "met") not in ("met", "not met"):
         raise _fail(where, f"artifact {name}: 'gate' must be \"met\" or \"not met\", got {entry.get('gate')!r}")
     return entry

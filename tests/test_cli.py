@@ -73,6 +73,13 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     # their total before the per-parameter charts; nothing from Lightning (epoch, lr-AdamW) above them
     sections = sorted({t.split("/")[0] for t in scalars})
     assert sections == ["test", "train", "val", "weights"], sections
+    # CUSTOM SCALARS: the total gradient norm has a chart, the per-parameter norms (hundreds of lines) have none
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert charts["gradient norm (all parameters)"] == ["weights/grad_norm$"]
+    assert not [title for title, tags in charts.items() if any(t.startswith("weights/grad_norm/") for t in tags)]
     norms = sorted(t for t in scalars if t.startswith("weights/"))
     assert norms[0] == "weights/grad_norm" and len(norms) > 10
     assert acc.Scalars("val/best_top1")[-1].value == max(e.value for e in acc.Scalars("val/top1"))
@@ -80,7 +87,8 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
 
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert [m.name.tag for m in experiment.metric_infos][:2] == ["val/best_top1", "test/top1"]
+    assert [m.name.tag for m in experiment.metric_infos][:5] == [  # the most wanted first
+        "test/top1", "bundle/int8_delta_top1_pt", "bundle/cpu_latency_ms", "bundle/size_mb", "val/best_top1"]
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert session.hparams["lr"].number_value == pytest.approx(0.01)  # the command-line override
     assert session.hparams["backbone"].string_value == "resnet"

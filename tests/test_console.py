@@ -20,6 +20,10 @@ def test_a_log_file_gets_one_line_per_epoch_with_its_split_and_precision(tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     epochs = re.findall(r"^epoch (\d)/3 \(32-true\): .*val/top1=([0-9.]+)", proc.stdout, re.M)
     assert [e for e, _ in epochs] == ["1", "2", "3"]
+    # the model summary prints every type name whole
+    shown = proc.stdout + proc.stderr
+    assert re.search(r"\bnet\s+\| CifarResNet\s+\|", shown) and "MulticlassConfusionMatrix" in shown, shown[:3000]
+    assert "…" not in shown
     assert "Epoch 0" not in proc.stdout + proc.stderr  # no progress bar, so no redraws
     first = next(line for line in proc.stdout.splitlines() if line.startswith("epoch 1/3"))
     assert "train/top1=" in first  # the epoch's own, logged after the callbacks' epoch end

@@ -49,6 +49,10 @@ def _run(*args, cwd):
     return proc.stdout + proc.stderr
 
 
+def _git(*args, cwd):
+    return _run("git", "-c", "user.name=edgecls", "-c", "user.email=edgecls@localhost", *args, cwd=cwd)
+
+
 @pytest.mark.slow
 def test_dvc_repro_publishes_the_quickstart_bundle_once_and_push_pull_restore_it(tmp_path):
     repo = tmp_path / "clone"
@@ -56,14 +60,20 @@ def test_dvc_repro_publishes_the_quickstart_bundle_once_and_push_pull_restore_it
     _tiny(repo / "experiments" / "quickstart.yaml")
     dvc = [sys.executable, "-m", "dvc"]
     _run("git", "init", "-q", cwd=repo)  # .dvc/ is committed: a clone needs no `dvc init`
+    _git("add", "-A", cwd=repo)
+    _git("commit", "-qm", "the project", cwd=repo)
 
     _run(*dvc, "repro", "quickstart", cwd=repo)
     bundle = repo / "models" / "quickstart" / "bundle"
     assert (bundle / "manifest.json").is_file() and (bundle / "model.onnx").is_file()
-    assert (repo / "models" / "quickstart" / "report.json").is_file()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["quickstart"]
-    assert lock["params"]["experiments/quickstart.yaml"]["model"]["backbone_args"]["width"] == 4
+    assert lock["params"]["experiments/quickstart.yaml"] == {"model.lr": 0.003, "trainer.max_epochs": 1,
+                                                             "model.backbone_args.width": 4}
     published = file_hashes(bundle)
+    # what the README says to commit: the bundle is ignored (.gitignore's bundle/), the metrics git must keep
+    status = _run("git", "status", "--porcelain", "--untracked-files=all", cwd=repo).split()
+    assert {"dvc.lock", "models/quickstart/metrics.json"} <= set(status)
+    assert not [name for name in status if "/bundle" in name]
 
     again = _run(*dvc, "repro", "quickstart", cwd=repo)
     assert "didn't change" in again or "up to date" in again, again
@@ -72,12 +82,39 @@ def test_dvc_repro_publishes_the_quickstart_bundle_once_and_push_pull_restore_it
     metrics = json.loads(subprocess.run([*dvc, "metrics", "show", "--json"], cwd=repo, capture_output=True,
                                         text=True, check=True).stdout)
     shown = metrics[""]["data"]["models/quickstart/metrics.json"]["data"]
-    assert 0 <= shown["onnx_fp32"]["top1"] <= 1 and shown["onnx_fp32"]["latency_ms"] > 0
+    assert set(shown) == {"top1", "int8_trt", "int8_cpu", "cpu_ms", "mb", "params"}
+    report = json.loads((bundle / "report.json").read_text())
+    onnx_fp32 = next(r for r in report["rows"] if (r["format"], r["runtime"]) == ("onnx", "onnxruntime"))
+    assert shown["top1"] == round(100 * onnx_fp32["top1"], 2) and shown["params"] == report["params"]
+    assert shown["cpu_ms"] == round(min(r["latency_ms"] for r in report["rows"][1:]), 3)
+    assert shown["mb"] == round(sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 1e6, 2)
 
+    # a variant beside the committed baseline: the table fits 120 columns, top-1 and latency in it, whole
+    _git("add", "-A", cwd=repo)
+    _git("commit", "-qm", "quickstart baseline", cwd=repo)
+    _run(*dvc, "exp", "run", "--temp", "quickstart", "-S", "experiments/quickstart.yaml:model.lr=0.01", cwd=repo)
+    env = dict(os.environ, COLUMNS="120", DVC_NO_ANALYTICS="1")
+    table = subprocess.run([*dvc, "exp", "show", "--no-pager"], cwd=repo, env=env, capture_output=True, text=True,
+                           check=True).stdout
+    lines = [line for line in table.splitlines() if line.strip()]
+    assert max(len(line) for line in lines) <= 120, table
+    header = lines[1].split()
+    assert {"top1", "int8_trt", "int8_cpu", "cpu_ms", "model.lr"} <= set(header), table
+    rows = [line for line in lines[3:] if not set(line.strip()) <= {"─"}]
+    lrs = [line.split()[header.index("model.lr") - len(header)] for line in rows]
+    assert sorted(lrs) == ["0.003", "0.003", "0.01"], table  # the workspace, the baseline and its variant
+    for line in rows:  # every top-1 and latency cell is a number, not an ellipsis
+        float(line.split()[header.index("top1") - len(header)]), float(line.split()[header.index("cpu_ms") - len(header)])
+    assert file_hashes(bundle) == published  # --temp left the workspace as it was
+
+    # push from here, pull in a fresh clone of what the README says to commit (dvc.lock, .dvc/config)
     remote = tmp_path / "remote"
     _run(*dvc, "remote", "add", "-d", "local", str(remote), cwd=repo)
     _run(*dvc, "push", "quickstart", cwd=repo)
-    shutil.rmtree(bundle)
-    shutil.rmtree(repo / ".dvc" / "cache")
-    _run(*dvc, "pull", "quickstart", cwd=repo)
-    assert file_hashes(bundle) == published
+    _git("add", "dvc.lock", ".dvc/config", cwd=repo)
+    _git("commit", "-qm", "the local remote", cwd=repo)
+    fresh = tmp_path / "fresh"
+    _run("git", "clone", "-q", str(repo), str(fresh), cwd=tmp_path)
+    assert not (fresh / "models" / "quickstart" / "bundle").exists()
+    _run(*dvc, "pull", "quickstart", cwd=fresh)
+    assert file_hashes(fresh / "models" / "quickstart" / "bundle") == published

@@ -69,7 +69,7 @@ def test_walkthrough_runs_end_to_end(tmp_path, monkeypatch):
     assert shipped == ["onnx", "onnx-int8", "onnx-int8"]
     for name in ("model.onnx", "model.int8.onnx", "model.int8-cpu.onnx"):
         assert f"{name} " in shown
-    assert "| ONNX INT8 |" in shown and "deploy bundle report" in shown
+    assert "| INT8 TensorRT-form | model.int8.onnx | ONNX Runtime |" in shown and "deploy bundle report" in shown
 
     # 4. infer: one JSON line per image, mostly right; the Python API reproduces the report's top-1 exactly
     lines = [json.loads(line) for line in shown.splitlines() if line.startswith('{"file"')]
@@ -82,13 +82,15 @@ def test_walkthrough_runs_end_to_end(tmp_path, monkeypatch):
     assert "torch imported in this kernel: False" in shown
 
     # bench: every artifact in every CPU runtime here at batch 1 and 8, the one `--runtime auto` takes marked
-    rows = re.findall(r"^(model\S*\.onnx)\s+\S+\s+\S+\s+(\S+)\s+(\d+)\s", shown, re.M)
+    names = {"ONNX Runtime": "onnxruntime", "OpenVINO": "openvino"}
+    rows = [(a, names[r], b) for a, r, b in re.findall(r"^(model\S*\.onnx)\s+(?:FP32|INT8 \S+)\s+(ONNX Runtime|OpenVINO)\s+"
+                                                     r"(\d+)\s", shown, re.M)]
     from deploy.selection import available_runtimes
 
     runtimes = [r for r in available_runtimes() if r != "tensorrt"]
     assert sorted(rows) == sorted([(a, r, b) for a in ("model.onnx", "model.int8.onnx", "model.int8-cpu.onnx")
                                    for r in runtimes for b in ("1", "8")])
-    assert len(re.findall(r"^model\S*\.onnx\s.*<-$", shown, re.M)) == 2  # the chosen pair, at both batch sizes
+    assert len(re.findall(r"^model\S*\.onnx\s.*\byes$", shown, re.M)) == 2  # the chosen pair, at both batch sizes
 
     # 5. Triton repository
     config = tmp_path / "runs" / "triton" / "quickstart" / "config.pbtxt"

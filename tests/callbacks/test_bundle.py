@@ -38,6 +38,7 @@ def test_fit_writes_a_bundle_whose_manifest_validates_and_sha256s_match(fitted):
     assert not (run / ".bundle-staging").exists()
     assert [(a["format"], a["precision"], a["runtime"]) for a in bundle.artifacts] == [
         ("onnx", "fp32", "any"), ("onnx-int8", "int8", "tensorrt"), ("onnx-int8", "int8", "cpu")]
+    assert [a["form"] for a in bundle.artifacts] == ["FP32", "INT8 TensorRT-form", "INT8 CPU-form"]
     assert bundle.classes == [str(i) for i in range(10)]
     assert bundle.manifest["task"]["input"]["shape"] == [3, 16, 16]
     assert bundle.manifest["preprocessing"]["resize"] == [16, 16]
@@ -55,8 +56,21 @@ def test_fit_writes_a_bundle_whose_manifest_validates_and_sha256s_match(fitted):
     assert bundle.artifact("onnx-int8")["quantization"]["method"] == "ptq"
     for a in bundle.artifacts:
         assert 0.0 <= a["metrics"]["top1"] <= 1.0 and a["metrics"]["latency_ms"] > 0 and a["metrics"]["throughput"] > 0
-    # the table is printed at the end of the fit
-    assert "artifact" in proc.stdout and "ONNX INT8" in proc.stdout and "Δtop-1 pt" in proc.stdout
+    # the table is printed at the end of the fit, after one caption line saying what its columns mean; each row
+    # names the file's form and the runtime that measured it here, never a runtime it did not run on
+    out = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(out) if line.startswith("artifact  "))
+    caption = out[header - 1]
+    assert caption.startswith("Measured on CPU ") and "each row by the runtime it names" in caption
+    assert "latency ms = p50 of 100 batch-1 calls; img/s at batch 32; top-1 on the test split (" in caption
+    assert "INT8 gate = the file's Δ on the validation split within max_drop" in caption
+    assert out[header].split() == ["artifact", "file", "runtime", "size", "MB", "latency", "ms", "img/s", "top-1",
+                                   "%", "Δtop-1", "pt", "INT8", "gate"]
+    table = out[header + 2:header + 2 + len(bundle.artifacts) * 2 + 1]
+    assert table[0].startswith("FP32 checkpoint ") and " PyTorch " in table[0]
+    assert any(line.startswith("INT8 TensorRT-form  model.int8.onnx      ONNX Runtime") for line in table), table
+    assert any(line.startswith("INT8 CPU-form       model.int8-cpu.onnx  OpenVINO") for line in table), table
+    assert not any(f" {word} " in line for line in table for word in ("any", "tensorrt", "cpu", "TensorRT"))
     assert "TensorRT FP16: skipped: " in proc.stdout
 
 
@@ -78,7 +92,9 @@ def test_report_rows_match_an_independent_evaluation_on_the_test_split(fitted):
     for row, name in zip(onnxruntime_rows[1:], ["model.onnx", "model.int8.onnx", "model.int8-cpu.onnx"], strict=True):
         logits = OnnxRuntimeRunner(str(run / "bundle" / name)).infer(x)
         assert row["top1"] == pytest.approx(float((logits.argmax(1) == y).mean()))
-    assert "| ONNX INT8 |" in (run / "bundle" / "report.md").read_text()
+    markdown = (run / "bundle" / "report.md").read_text()
+    assert "| INT8 TensorRT-form | model.int8.onnx | ONNX Runtime |" in markdown
+    assert "\nMeasured on CPU " in markdown and "img/s at batch 32" in markdown
     acc = EventAccumulator(str(run), size_guidance={"tensors": 0, "images": 0})
     acc.Reload()
     assert "bundle/report/text_summary" in acc.Tags()["tensors"] and "bundle/report" in acc.Tags()["images"]
@@ -155,7 +171,7 @@ def test_gate_keeps_the_most_harmful_nodes_in_fp32(capsys, tmp_path):
     trainer.fit(model, datamodule=ImageClassificationDataModule(image_size=16))
     # the miss is said once, after the table (DeployBundle prints it here, with no CLI to defer it), and labelled
     missed = capsys.readouterr().out
-    assert "INT8 gate not met: ONNX INT8 loses" in missed and "more than the -100.0 pt allowed" in missed
+    assert "INT8 gate not met: model.int8.onnx (INT8 TensorRT-form) loses" in missed and "more than the -100.0 pt allowed" in missed
     int8 = next(a for a in load_bundle(tmp_path / "bundle").artifacts if a["format"] == "onnx-int8")
     assert int8["gate"] == "not met"
 

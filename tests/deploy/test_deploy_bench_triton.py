@@ -10,8 +10,17 @@ from deploy.benchmark import measure
 from deploy.bundle import load_bundle, sha256_file
 from deploy.runners import OnnxRuntimeRunner
 
-COLUMNS = ["artifact", "format", "precision", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "size MB",
-           "test top-1 %", "INT8 gate", "peak RSS MB", "RSS growth MB", "memory", "auto"]
+COLUMNS = ["artifact", "form", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "size MB", "test top-1 %",
+           "INT8 gate", "peak RSS MB", "RSS growth MB", "memory", "auto picks"]
+
+
+def table_cells(line: str, rule: str) -> list[str]:
+    """A table line cut at its rule's dashes: cells may hold spaces ("ONNX Runtime", "INT8 TensorRT-form")."""
+    spans, start = [], 0
+    for dashes in rule.split("  "):
+        spans.append((start, start + len(dashes)))
+        start += len(dashes) + 2
+    return [line[a:b].strip() for a, b in spans]
 
 
 def test_bench_table_has_a_row_per_runtime_artifact_and_batch_and_marks_the_auto_choice(digits_bundle, run_cli):
@@ -20,30 +29,40 @@ def test_bench_table_has_a_row_per_runtime_artifact_and_batch_and_marks_the_auto
     code, out, err = run_cli("bench", "--bundle", digits_bundle.path, "--batch", "1,4", "--iterations", "30",
                              "--warmup", "3", "--threads", "1")
     assert code == 0, err
-    header, rule, *rows = out.strip().splitlines()
-    assert header.split("  ") and all(col in header for col in COLUMNS)
+    caption, header, rule, *rows = out.strip().splitlines()
+    # one caption line says what the columns mean: where, per call of `batch` images, where top-1 comes from,
+    # what peak RSS counts, what auto picks means
+    assert caption.startswith("Measured here on ") and "(1 thread)" in caption
+    assert "one call of `batch` images (30 timed calls; per image: divide by batch)" in caption
+    assert "test top-1 % and INT8 gate: the manifest's, measured at fit end" in caption
+    assert "the whole bench process's resident memory" in caption and "auto picks = the row `--runtime auto` runs here" in caption
+    assert "<-" not in out
+    assert table_cells(header, rule) == COLUMNS
     assert set(rule.replace(" ", "")) == {"-"}
     runtimes = [r for r in available_runtimes() if r != "tensorrt"]
-    expected = [(artifact, runtime, batch) for artifact in ("model.onnx", "model.int8.onnx") for runtime in runtimes
-                for batch in (1, 4)]
+    names = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+    forms = {"model.onnx": "FP32", "model.int8.onnx": "INT8 TensorRT-form"}
+    expected = [(artifact, names[runtime], batch) for artifact in ("model.onnx", "model.int8.onnx")
+                for runtime in runtimes for batch in (1, 4)]
     assert len(rows) == len(expected)
-    marked = set()
+    marked, batch1 = set(), {}
     for row, (artifact, runtime, batch) in zip(rows, expected):
-        cells = row.split()
-        assert len(cells) == len(COLUMNS)
-        assert cells[0] == artifact and cells[3] == runtime and int(cells[4]) == batch
-        assert cells[9] == f"{os.path.getsize(os.path.join(digits_bundle.path, artifact)) / 1e6:.2f}"
-        p50, p90, p99, throughput = map(float, cells[5:9])
+        cells = table_cells(row, rule)
+        assert cells[:4] == [artifact, forms[artifact], runtime, str(batch)]
+        assert cells[8] == f"{os.path.getsize(os.path.join(digits_bundle.path, artifact)) / 1e6:.2f}"
+        p50, p90, p99, throughput = map(float, cells[4:8])
         assert 0 < p50 <= p90 <= p99 and throughput > 0
-        assert cells[10] == "-"  # this bundle's manifest has no test metrics
-        assert cells[11] == "-"  # nor a gate verdict (a gate missed would read "not met", two words)
-        assert float(cells[12]) > 10  # the process's resident memory: interpreter, runtime and model
-        assert cells[14] == "ok"
-        if cells[15] == "<-":
+        assert cells[9] == "-"  # this bundle's manifest has no test metrics
+        assert cells[10] == "-"  # nor a gate verdict
+        assert float(cells[11]) > 10  # the process's resident memory: interpreter, runtime and model
+        assert cells[13] == "ok"
+        assert cells[14] in ("yes", "")
+        if cells[14] == "yes":
             marked.add((artifact, runtime))
+        if batch == 1:
+            batch1[(artifact, runtime)] = p50
     # Without test metrics INT8 is outside the accuracy budget: auto picks the FP32 file in the runtime with the
     # lowest batch-1 p50 of this very run
-    batch1 = {(r.split()[0], r.split()[3]): float(r.split()[5]) for r in rows if r.split()[4] == "1"}
     best = min(v for k, v in batch1.items() if k[0] == "model.onnx")
     assert len(marked) == 1 and batch1[next(iter(marked))] == best and next(iter(marked))[0] == "model.onnx"
 
@@ -55,6 +74,7 @@ def test_bench_json_is_machine_readable(digits_bundle, run_cli):
     assert code == 0
     (row,) = json.loads(out)
     assert row["artifact"] == "model.int8.onnx" and row["batch"] == 2 and row["iterations"] == 10
+    assert (row["form"], row["runtime"]) == ("INT8 TensorRT-form", "onnxruntime")
     assert {"p50_ms", "p90_ms", "p99_ms", "throughput", "size_mb", "rss_growth_mb", "memory_ok"} <= set(row)
     # MB is 10^6 bytes here as everywhere in the project (the report's size column too)
     assert row["size_mb"] == pytest.approx(os.path.getsize(os.path.join(digits_bundle.path, "model.int8.onnx")) / 1e6)

@@ -77,6 +77,7 @@ def test_truncated_artifact_reports_the_sizes(bundle_copy):
     (lambda m: m["artifacts"][0].update(format="pt"), "artifact model.onnx: 'format' must be one of"),
     (lambda m: m["artifacts"][0].update(sha256="abc"), "artifact model.onnx: 'sha256' must be 64"),
     (lambda m: m["artifacts"][1].update(file="../model.onnx"), "artifact 'file' must be a path relative"),
+    (lambda m: m["artifacts"][1].update(form=""), "artifact model.int8.onnx: 'form' must be a non-empty string"),
 ])
 def test_bad_manifest_field_is_named(digits_bundle, edit, message):
     manifest = json.load(open(os.path.join(digits_bundle.path, MANIFEST)))
@@ -85,6 +86,19 @@ def test_bad_manifest_field_is_named(digits_bundle, edit, message):
         validate_manifest(manifest)
     assert message in str(info.value)
     assert _one_sentence(str(info.value))
+
+
+def test_an_entry_names_its_form_and_an_older_entry_without_one_still_loads_with_the_form_derived(digits_bundle):
+    from deploy.forms import entry_form
+
+    manifest = json.load(open(os.path.join(digits_bundle.path, MANIFEST)))
+    assert "form" not in manifest["artifacts"][1]  # written as bundles were before entries had a form
+    validate_manifest(manifest)
+    assert [entry_form(e) for e in manifest["artifacts"]] == ["FP32", "INT8 TensorRT-form"]
+    manifest["artifacts"][1].update(runtime="cpu")
+    assert entry_form(manifest["artifacts"][1]) == "INT8 CPU-form"
+    manifest["artifacts"][1].update(form="INT8 TensorRT-form, QAT")
+    assert validate_manifest(manifest) and entry_form(manifest["artifacts"][1]) == "INT8 TensorRT-form, QAT"
 
 
 def test_labels_file_must_agree_with_manifest(bundle_copy):
