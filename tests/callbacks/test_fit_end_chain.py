@@ -52,7 +52,7 @@ def test_a_failing_step_costs_only_itself_and_the_fit_exits_non_zero(tmp_path):
     int8 = next(a for a in bundle.unavailable if a["format"] == "onnx-int8")
     assert int8["status"] == "failed" and "injected fault" in int8["reason"] and int8["step"] == "Int8Quantization"
     # the table was printed, and the report names the failure
-    assert "ONNX FP32" in proc.stdout and "ONNX INT8: failed: injected fault" in proc.stdout
+    assert " model.onnx " in proc.stdout and "ONNX INT8: failed: injected fault" in proc.stdout
     report = (run / "bundle" / "report.md").read_text()
     assert "## Not in this bundle" in report and "injected fault" in report
     assert json.loads((run / "bundle" / "report.json").read_text())["failures"] == [
