@@ -31,10 +31,11 @@ def test_every_experiment_parses(config, capsys):
         cli_main(["fit", "--config", str(EXPERIMENTS / config), "--print_config"])
     assert done.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    from lightning_modules.backbones import BACKBONES, TIMM_PREFIX, torchvision_names
+    from lightning_modules.backbones import BACKBONES, available_backbones
+    from lightning_modules.backbones.torchvision_zoo import torchvision_names
 
     name = printed["model"]["backbone"]
-    assert name in BACKBONES or name in torchvision_names() or name.startswith(TIMM_PREFIX), name
+    assert name in available_backbones() and name in BACKBONES or name in torchvision_names() or name.startswith("timm:"), name
     assert printed["data"]["source"]
 
 
