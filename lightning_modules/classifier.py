@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from lightning_modules import schedules
 from lightning_modules.architecture import apply_layer_shapes, layer_shapes
-from lightning_modules.backbones import build_backbone
+from lightning_modules.backbones import PretrainedInput, build_backbone, pretrained_input
 from lightning_modules.figures import confusion_matrix_figure
 from lightning_modules.leaderboard import leaderboard_hparams, write_leaderboard_end, write_leaderboard_session
 
@@ -113,6 +113,12 @@ class ImageClassifier(pl.LightningModule):
         # compute_groups=False: top-1 and top-5 have the same state layout, and torchmetrics would merge them
         # whenever their states coincide after the first batch (then top-5 reports top-1).
         return MetricCollection(metrics, prefix=prefix, compute_groups=False)
+
+    @property
+    def pretrained_input(self) -> Optional[PretrainedInput]:
+        """The input the backbone's pretrained weights expect (mean, std, size, from the weights' own config), or
+        None when it starts from random values: the DataModule normalizes with it where data.mean_std is auto."""
+        return pretrained_input(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
