@@ -86,7 +86,11 @@ class ImageClassifier(pl.LightningModule):
         # Built outside LightningCLI (a test, a notebook) the callables are recorded as LightningCLI records them.
         self.hparams.optimizer = schedules.as_config(self.hparams.optimizer)
         self.hparams.lr_scheduler = schedules.as_config(self.hparams.lr_scheduler)
-        self.optimizer, self.lr_scheduler = schedules.from_config(optimizer), schedules.from_config(lr_scheduler)
+        # Rebuilt from that plain record: LightningCLI's own callables hold its parser, which a deepcopy (the
+        # fit-end steps' copy of the model) cannot copy under DDP.
+        hp = self.hparams
+        self.optimizer = schedules.from_config(hp.optimizer) if isinstance(hp.optimizer, dict) else optimizer
+        self.lr_scheduler = schedules.from_config(hp.lr_scheduler) if isinstance(hp.lr_scheduler, dict) else lr_scheduler
         self._check_optimization()
         self.net = build_backbone(backbone, num_classes, **(backbone_args or {}))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
