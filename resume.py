@@ -87,7 +87,8 @@ def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
         raise UserError(f"cannot resume {where}: {shown} differ from its config.yaml; resume with the run's own "
                         "values, or start a new run without --ckpt_path")
 
-    if (saved.get("model") or {}).get("scheduler") == "onecycle":
+    schedule = (saved.get("model") or {}).get("lr_scheduler") or {}
+    if str(schedule.get("class_path", "") if isinstance(schedule, dict) else schedule).endswith("OneCycleLR"):
         changed = [k for k in ONECYCLE_LENGTH_KEYS if trainer_saved.get(k) != trainer_now.get(k)]
         if changed:
             flags = " ".join(f"--trainer.{k} {trainer_saved.get(k)}" for k in changed)

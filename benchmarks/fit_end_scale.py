@@ -127,7 +127,7 @@ def child(args: argparse.Namespace) -> int:
                                          split=fractions, batch_size=BATCH, num_workers=0, mean_std="auto",
                                          cache_dir=str(tmp / "cache"))
     model = ImageClassifier(num_classes=CLASSES, backbone="mobilenet_v2", backbone_args={"weights": None},
-                            input_size=(IMAGE, IMAGE), lr=1e-3, scheduler="none", log_confusion_matrix=False)
+                            input_size=(IMAGE, IMAGE), optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}}, log_confusion_matrix=False)
     callbacks = [
         ModelCheckpoint(monitor="val/top1", mode="max", save_last=False),
         PhaseMark("train"),  # on_fit_end start: everything before it was set-up and training

@@ -69,8 +69,8 @@ def plain_loop(epochs: int, workdir: str) -> float:
     data = cli.datamodule
     data.setup("fit")
     loader = data.train_dataloader()
-    opt = torch.optim.AdamW(net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=epochs * len(loader))
+    opt = cli.model.optimizer(net.parameters())  # the recipe's AdamW and its settings
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opt.param_groups[0]["lr"], total_steps=epochs * len(loader))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     seconds, images = [], []
     for epoch in range(epochs):

@@ -46,7 +46,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         interpolation: resize interpolation: nearest, bilinear, bicubic, area or lanczos.
         augment: train augmentation: a preset (none, pad_crop_flip, shift_color, rrc_flip_jitter,
             rrc_affine_dropout) or a list of {name: <albumentations transform>, ...args}.
-        mean_std: normalization: auto (exact statistics of the train split, cached), imagenet, or [[r, g, b], [r, g, b]].
+        mean_std: normalization: auto (the pretrained weights' own mean/std where the model has such weights, else
+            exact statistics of the train split, cached), imagenet, or [[r, g, b], [r, g, b]].
         split: [train, val, test] fractions for sources without a fixed split (stratified, seeded).
         batch_size: train batch size (Lightning's BatchSizeFinder may change it).
         eval_batch_size: val/test/predict batch size; defaults to batch_size.
@@ -183,6 +184,11 @@ class ImageClassificationDataModule(pl.LightningDataModule):
                                         load=lambda key: load_cached_mean_std(self.cache_dir, key))
 
     def _resolve_mean_std(self, data: SourceData) -> tuple[list[float], list[float]]:
+        # the model's `pretrained_input` (mean, std, source of its pretrained weights), where it has one
+        weights = getattr(getattr(self.trainer, "lightning_module", None), "pretrained_input", None)
+        if self.mean_std == "auto" and weights is not None:
+            self.stats_origin = f"the weights' own, {weights.source}"
+            return [float(v) for v in weights.mean], [float(v) for v in weights.std]
         if self.mean_std == "imagenet":
             self.stats_origin = "imagenet"
             return list(IMAGENET_MEAN), list(IMAGENET_STD)

@@ -1,6 +1,6 @@
 """LightningModules and the networks they wrap."""
 
-from lightning_modules.backbones import BACKBONES, build_backbone, classifier_layer
+from lightning_modules.backbones import BACKBONES, build_backbone, classifier_layer, register_backbone
 from lightning_modules.classifier import ImageClassifier
 
-__all__ = ["BACKBONES", "ImageClassifier", "build_backbone", "classifier_layer"]
+__all__ = ["BACKBONES", "ImageClassifier", "build_backbone", "classifier_layer", "register_backbone"]

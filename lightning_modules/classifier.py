@@ -3,18 +3,21 @@ gradient-norm monitoring and a guard against non-finite steps."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Sequence
+from types import SimpleNamespace
+from typing import Any, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import grad_norm, rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import AttributeDict, grad_norm, rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from lightning_modules import schedules
 from lightning_modules.architecture import apply_layer_shapes, layer_shapes
-from lightning_modules.backbones import build_backbone
+from lightning_modules.backbones import PretrainedInput, build_backbone, pretrained_input
 from lightning_modules.figures import confusion_matrix_figure
 from lightning_modules.leaderboard import leaderboard_hparams, write_leaderboard_end, write_leaderboard_session
 
@@ -48,15 +51,12 @@ class ImageClassifier(pl.LightningModule):
             dropout, freeze_features, weights, weights_path; torchvision and timm models: weights, weights_path,
             dropout, freeze_features, bn_momentum and the model's own constructor arguments).
         input_size: [H, W] the network sees (linked from data.input_size); used for the model summary.
-        optimizer: adamw | sgd.
-        lr: learning rate (the peak rate for onecycle).
-        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
-        betas: AdamW betas.
-        momentum: SGD momentum (Nesterov).
-        scheduler: cosine (per epoch, T_max epochs) | onecycle (per step, over the whole fit) | none.
-        T_max: cosine period in epochs; defaults to trainer.max_epochs.
-        eta_min: cosine floor.
-        pct_start: onecycle warm-up fraction.
+        optimizer: any torch optimizer, as LightningCLI's callable ({class_path: torch.optim.AdamW, init_args:
+            {lr: 0.001, weight_decay: 0.0001}}); it gets the trainable parameters.
+        lr_scheduler: any torch LR scheduler, as a callable that gets the optimizer (unset: a constant rate).
+            Arguments that are a length of the fit are filled in where unset: total_steps (optimizer steps left;
+            stepped every step) and T_max (epochs left; stepped every epoch). lightning_modules.schedules holds
+            OneCycleLR and CosineAnnealingLR with those lengths and the peak rate left to the fit and the optimizer.
         label_smoothing: cross-entropy label smoothing.
         log_grad_norm_every: log per-parameter and total gradient L2 norms every N optimizer steps (0: never).
         max_bad_steps: stop the fit after this many non-finite steps in a row.
@@ -71,15 +71,8 @@ class ImageClassifier(pl.LightningModule):
         backbone: str = "resnet",
         backbone_args: Optional[dict[str, Any]] = None,
         input_size: Sequence[int] = (32, 32),
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        momentum: float = 0.9,
-        scheduler: Literal["cosine", "onecycle", "none"] = "cosine",
-        T_max: Optional[int] = None,
-        eta_min: float = 0.0,
-        pct_start: float = 0.3,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
         label_smoothing: float = 0.1,
         log_grad_norm_every: int = 50,
         max_bad_steps: int = 5,
@@ -87,11 +80,18 @@ class ImageClassifier(pl.LightningModule):
         channels_last: Optional[bool] = None,
     ) -> None:
         super().__init__()
-        check_settings(lr=lr, weight_decay=weight_decay, momentum=momentum, T_max=T_max, eta_min=eta_min,
-                       pct_start=pct_start, label_smoothing=label_smoothing, log_grad_norm_every=log_grad_norm_every,
-                       max_bad_steps=max_bad_steps, betas=betas)
+        check_settings(label_smoothing=label_smoothing, log_grad_norm_every=log_grad_norm_every, max_bad_steps=max_bad_steps)
         # logger=False: hparams go to TensorBoard once, together with the data's and a real metric (on_fit_start)
         self.save_hyperparameters(logger=False)
+        # Built outside LightningCLI (a test, a notebook) the callables are recorded as LightningCLI records them.
+        self.hparams.optimizer = schedules.as_config(self.hparams.optimizer)
+        self.hparams.lr_scheduler = schedules.as_config(self.hparams.lr_scheduler)
+        # Rebuilt from that plain record: LightningCLI's own callables hold its parser, which a deepcopy (the
+        # fit-end steps' copy of the model) cannot copy under DDP.
+        hp = self.hparams
+        self.optimizer = schedules.from_config(hp.optimizer) if isinstance(hp.optimizer, dict) else optimizer
+        self.lr_scheduler = schedules.from_config(hp.lr_scheduler) if isinstance(hp.lr_scheduler, dict) else lr_scheduler
+        self._check_optimization()
         self.net = build_backbone(backbone, num_classes, **(backbone_args or {}))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.example_input_array = torch.zeros(1, 3, *input_size)
@@ -117,6 +117,12 @@ class ImageClassifier(pl.LightningModule):
         # compute_groups=False: top-1 and top-5 have the same state layout, and torchmetrics would merge them
         # whenever their states coincide after the first batch (then top-5 reports top-1).
         return MetricCollection(metrics, prefix=prefix, compute_groups=False)
+
+    @property
+    def pretrained_input(self) -> Optional[PretrainedInput]:
+        """The input the backbone's pretrained weights expect (mean, std, size, from the weights' own config), or
+        None when it starts from random values: the DataModule normalizes with it where data.mean_std is auto."""
+        return pretrained_input(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -271,7 +277,9 @@ class ImageClassifier(pl.LightningModule):
     def on_fit_start(self) -> None:
         self._set_memory_format()
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
-            params = leaderboard_hparams(self, self.trainer)
+            # The leaderboard reads flat settings (optimizer and scheduler by name, lr, weight_decay).
+            flat = SimpleNamespace(hparams=AttributeDict({**self.hparams, **self.optimization_settings()}))
+            params = leaderboard_hparams(flat, self.trainer)
             self.logger.log_hyperparams(params)  # hparams.yaml; with no metrics Lightning writes no events
             write_leaderboard_session(self.logger, params)
             self.logger.experiment.add_custom_scalars(READING_ORDER)
@@ -305,41 +313,48 @@ class ImageClassifier(pl.LightningModule):
         if "layer_shapes" in checkpoint and apply_layer_shapes(self.net, checkpoint["layer_shapes"]):
             rank_zero_info(f"rebuilt the pruned architecture from the checkpoint: {sum(p.numel() for p in self.parameters()):,} parameters")
 
+    def _check_optimization(self) -> None:
+        """Settings the optimizer or the schedule refuse, refused now, before a run folder is written."""
+        probe = schedules.build(self.optimizer, [nn.Parameter(torch.zeros(1))], {}, "optimizer")
+        if self.lr_scheduler is not None:
+            fill = {k: 1 for k, v in schedules.fit_lengths(self.lr_scheduler).items() if v is None}
+            schedules.build(self.lr_scheduler, probe, fill, "lr_scheduler")
+
+    def optimization_settings(self) -> dict[str, Any]:
+        """What the HPARAMS tab shows of the optimization: the optimizer's and the schedule's class names, lr and
+        weight decay (as given, or the optimizer's defaults)."""
+        opt = schedules.describe(self.optimizer)
+        return {"optimizer": opt["name"], "lr": opt.get("lr"), "weight_decay": opt.get("weight_decay"),
+                "scheduler": schedules.describe(self.lr_scheduler)["name"]}
+
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        if hp.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        else:
-            optimizer = torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum, nesterov=hp.momentum > 0)
-        if hp.scheduler == "none":
+        optimizer = schedules.build(self.optimizer, params, {}, "optimizer")
+        if self.lr_scheduler is None:
             return optimizer
-        if hp.scheduler == "cosine":
-            # Rebuilt mid-fit (after structured pruning), the schedule covers the epochs that are left.
-            period = hp.T_max or self.trainer.max_epochs
+        # Lengths of the fit the YAML left unset, counted from where the fit is: rebuilt mid-fit (after structured
+        # pruning), the schedule covers what is left.
+        lengths = schedules.fit_lengths(self.lr_scheduler)
+        fill: dict[str, Any] = {}
+        if "T_max" in lengths:
+            period = lengths["T_max"] or self.trainer.max_epochs
             if not period or period < 1:
-                raise ValueError("scheduler 'cosine' needs model.T_max or trainer.max_epochs to be set")
-            t_max = max(1, period - self.trainer.current_epoch)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=hp.eta_min)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        total = max(1, int(self.trainer.estimated_stepping_batches) - self.trainer.global_step)
-        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total, pct_start=hp.pct_start)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+                raise ValueError(f"model.lr_scheduler {schedules.describe(self.lr_scheduler)['name']} needs T_max "
+                                 "(model.lr_scheduler.init_args.T_max) or trainer.max_epochs to be set")
+            fill["T_max"] = max(1, period - self.trainer.current_epoch)
+        if "total_steps" in lengths and lengths["total_steps"] is None:
+            fill["total_steps"] = max(1, int(self.trainer.estimated_stepping_batches) - self.trainer.global_step)
+        sched = schedules.build(self.lr_scheduler, optimizer, fill, "lr_scheduler")
+        interval = getattr(sched, "interval", "step" if "total_steps" in lengths else "epoch")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": interval}}
 
 
 def check_settings(**values: Any) -> None:
     """Each numeric model setting in its valid range, or one sentence naming it (model.<name>) and the range."""
     rules = {
-        "lr": (lambda v: v > 0, "> 0"),
-        "weight_decay": (lambda v: v >= 0, ">= 0"),
-        "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-        "T_max": (lambda v: v is None or v >= 1, ">= 1 (or unset: trainer.max_epochs)"),
-        "eta_min": (lambda v: v >= 0, ">= 0"),
-        "pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
         "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
         "log_grad_norm_every": (lambda v: v >= 0, ">= 0 (0: never)"),
         "max_bad_steps": (lambda v: v >= 1, ">= 1"),
-        "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values in [0, 1)"),
     }
     for name, value in values.items():
         ok, wanted = rules[name]

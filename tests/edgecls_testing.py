@@ -13,7 +13,7 @@ EXPERIMENTS = REPO / "experiments"
 # Small, fast fit settings shared by the CLI tests (digits, a width-4 ResNet, a few batches an epoch).
 TINY = [
     "--model.backbone_args", '{"num_blocks": [1, 1, 1, 1], "width": 4}',
-    "--model.lr", "0.01",
+    "--model.optimizer.lr", "0.01",
     "--trainer.limit_train_batches", "8",
     "--trainer.limit_val_batches", "2",
     "--trainer.enable_progress_bar", "false",

@@ -31,18 +31,19 @@ def test_every_experiment_parses(config, capsys):
         cli_main(["fit", "--config", str(EXPERIMENTS / config), "--print_config"])
     assert done.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    from lightning_modules.backbones import BACKBONES, TIMM_PREFIX, torchvision_names
+    from lightning_modules.backbones import BACKBONES, available_backbones
+    from lightning_modules.backbones.torchvision_zoo import torchvision_names
 
     name = printed["model"]["backbone"]
-    assert name in BACKBONES or name in torchvision_names() or name.startswith(TIMM_PREFIX), name
+    assert name in available_backbones() and name in BACKBONES or name in torchvision_names() or name.startswith("timm:"), name
     assert printed["data"]["source"]
 
 
 def test_command_line_overrides_reach_the_config(quickstart, capsys):
     with pytest.raises(SystemExit):
-        cli_main(["fit", "--config", quickstart, "--model.lr", "0.02", "--trainer.max_epochs", "3", "--print_config"])
+        cli_main(["fit", "--config", quickstart, "--model.optimizer.lr", "0.02", "--trainer.max_epochs", "3", "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["lr"] == 0.02 and printed["trainer"]["max_epochs"] == 3
+    assert printed["model"]["optimizer"]["init_args"]["lr"] == 0.02 and printed["trainer"]["max_epochs"] == 3
 
 
 def test_quickstart_fast_dev_run(quickstart, tmp_path, cli):
@@ -113,7 +114,7 @@ def test_predict_writes_class_probabilities_for_the_test_split_into_the_checkpoi
 def test_resumed_fit_ends_where_an_uninterrupted_fit_ends(quickstart, tmp_path, cli):
     whole, split = tmp_path / "whole", tmp_path / "split"
     whole.mkdir(), split.mkdir()
-    common = ["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--model.scheduler", "cosine"]
+    common = ["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--model.lr_scheduler", "lightning_modules.schedules.CosineAnnealingLR"]
     straight = cli([*common, "--trainer.max_epochs", "2"], whole)
     # killed after its first epoch: the schedule still spans two epochs, as in the fit it interrupts
     cli([*common, "--trainer.max_epochs", "2", "--trainer.max_steps", "8"], split)

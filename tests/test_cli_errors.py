@@ -33,7 +33,7 @@ MISTAKES = {
     "image size 0": (["--data.image_size", "0"], ["image_size", "0"]),
     "unknown augment preset": (["--data.augment", "s9"], ["'s9'"]),
     "misspelt key": (["--model.lrr", "0.1"], ["--model.lrr"]),
-    "value of the wrong type": (["--model.lr", "fast"], ["model.lr", "'fast'", "float"]),
+    "value of the wrong type": (["--model.label_smoothing", "fast"], ["model.label_smoothing", "'fast'", "float"]),
     "unknown key in a YAML file": (["--config", "{tmp}/extra.yaml"], ["model.dropout_rate"]),
     "YAML that does not parse": (["--config", "{tmp}/broken.yaml"], ["{tmp}/broken.yaml", "line 2"]),
     "missing checkpoint": (["--ckpt_path", "{tmp}/nothing.ckpt"], ["{tmp}/nothing.ckpt", "--ckpt_path"]),
@@ -75,7 +75,7 @@ def test_a_fit_that_fails_in_set_up_leaves_no_run_folder_and_keeps_older_runs(qu
     import main
 
     # cosine without max_epochs fails in configure_optimizers: after config.yaml and the split lists are written
-    fails_late = ["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--model.scheduler", "cosine", "--trainer.max_epochs", "-1"]
+    fails_late = ["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--model.lr_scheduler", "lightning_modules.schedules.CosineAnnealingLR", "--trainer.max_epochs", "-1"]
     with monkeypatch.context() as patched:
         patched.setattr(main.Invocation, "discard_new_run", lambda self: None)  # to see what a failed set-up wrote
         kept = cli(fails_late, tmp_path, expect_ok=False)
@@ -85,7 +85,7 @@ def test_a_fit_that_fails_in_set_up_leaves_no_run_folder_and_keeps_older_runs(qu
 
     proc = cli(fails_late, tmp_path, expect_ok=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert error_lines(proc.stderr) == ["error: scheduler 'cosine' needs model.T_max or trainer.max_epochs to be set"]
+    assert error_lines(proc.stderr) == ["error: model.lr_scheduler CosineAnnealingLR needs T_max (model.lr_scheduler.init_args.T_max) or trainer.max_epochs to be set"]
     # its own version_1 is gone; the folder that was there before is untouched
     assert sorted(p.name for p in (tmp_path / "runs" / "quickstart").iterdir()) == ["version_0"]
     assert file_hashes(older) == before
@@ -148,9 +148,9 @@ def test_16_mixed_on_the_cpu_trains_in_32_true_and_says_so(quickstart, tmp_path,
 
 @pytest.mark.parametrize("args, words", [
     (["--trainer.max_epochs", "0"], ["trainer.max_epochs 0 trains nothing"]),
-    (["--model.lr", "-1"], ["model.lr must be > 0", "-1"]),
+    (["--model.optimizer.lr", "-1"], ["model.optimizer (AdamW) refused its settings", "Invalid learning rate: -1"]),
     (["--model.label_smoothing", "1.5"], ["model.label_smoothing must be in [0, 1)"]),
-    (["--model.momentum", "1"], ["model.momentum"]),
+    (["--model.optimizer.betas", "[0.9, 1.5]"], ["model.optimizer (AdamW)", "beta"]),
 ])
 def test_a_setting_that_cannot_train_is_refused_naming_it(args, words, quickstart, tmp_path, cli):
     proc = cli(["fit", "--config", quickstart, *TINY, *args], tmp_path, expect_ok=False)

@@ -35,9 +35,9 @@ def test_an_interrupted_run_refuses_other_settings_or_a_stretched_one_cycle_and_
     run = tmp_path / "runs" / "quickstart" / "version_0"
     before = file_hashes(run)
 
-    other_settings = cli([*interrupted, "--model.lr", "0.05", "--data.batch_size", "32", "--ckpt_path", "last"],
+    other_settings = cli([*interrupted, "--model.optimizer.lr", "0.05", "--data.batch_size", "32", "--ckpt_path", "last"],
                               tmp_path, expect_ok=False)
-    sentence = refused(other_settings, "model.lr", "data.batch_size")
+    sentence = refused(other_settings, "model.optimizer.init_args.lr", "data.batch_size")
     assert "model.backbone" not in sentence  # only what differs is named
     assert file_hashes(run) == before
 

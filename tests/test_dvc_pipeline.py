@@ -67,7 +67,7 @@ def test_dvc_repro_publishes_the_quickstart_bundle_once_and_push_pull_restore_it
     bundle = repo / "models" / "quickstart" / "bundle"
     assert (bundle / "manifest.json").is_file() and (bundle / "model.onnx").is_file()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["quickstart"]
-    assert lock["params"]["experiments/quickstart.yaml"] == {"model.lr": 0.003, "trainer.max_epochs": 1,
+    assert lock["params"]["experiments/quickstart.yaml"] == {"model.optimizer.init_args.lr": 0.003, "trainer.max_epochs": 1,
                                                              "model.backbone_args.width": 4}
     published = file_hashes(bundle)
     # what the README says to commit: the bundle is ignored (.gitignore's bundle/), the metrics git must keep
@@ -92,16 +92,16 @@ def test_dvc_repro_publishes_the_quickstart_bundle_once_and_push_pull_restore_it
     # a variant beside the committed baseline: the table fits 120 columns, top-1 and latency in it, whole
     _git("add", "-A", cwd=repo)
     _git("commit", "-qm", "quickstart baseline", cwd=repo)
-    _run(*dvc, "exp", "run", "--temp", "quickstart", "-S", "experiments/quickstart.yaml:model.lr=0.01", cwd=repo)
+    _run(*dvc, "exp", "run", "--temp", "quickstart", "-S", "experiments/quickstart.yaml:model.optimizer.init_args.lr=0.01", cwd=repo)
     env = dict(os.environ, COLUMNS="120", DVC_NO_ANALYTICS="1")
     table = subprocess.run([*dvc, "exp", "show", "--no-pager"], cwd=repo, env=env, capture_output=True, text=True,
                            check=True).stdout
     lines = [line for line in table.splitlines() if line.strip()]
     assert max(len(line) for line in lines) <= 120, table
     header = lines[1].split()
-    assert {"top1", "int8_trt", "int8_cpu", "cpu_ms", "model.lr"} <= set(header), table
+    assert {"top1", "int8_trt", "int8_cpu", "cpu_ms", "model.optimizer.init_args.lr"} <= set(header), table
     rows = [line for line in lines[3:] if not set(line.strip()) <= {"─"}]
-    lrs = [line.split()[header.index("model.lr") - len(header)] for line in rows]
+    lrs = [line.split()[header.index("model.optimizer.init_args.lr") - len(header)] for line in rows]
     assert sorted(lrs) == ["0.003", "0.003", "0.01"], table  # the workspace, the baseline and its variant
     for line in rows:  # every top-1 and latency cell is a number, not an ellipsis
         float(line.split()[header.index("top1") - len(header)]), float(line.split()[header.index("cpu_ms") - len(header)])

@@ -244,7 +244,7 @@ def test_imagefolder_recipe_on_real_scans_and_photos_with_percentile_calibration
     recipe = measured_quickly(shrunk_recipe(tmp_path, "imagefolder.yaml", {
         "trainer": {"max_epochs": 1},  # 50 epochs of 224x224 is hours on 2 cores
         # ImageNet weights cannot be downloaded here: the same network from a local file (random values)
-        "model": {"T_max": 1, "backbone_args": {"weights": None, "weights_path": str(weights)}},
+        "model": {"lr_scheduler": {"init_args": {"T_max": 1}}, "backbone_args": {"weights": None, "weights_path": str(weights)}},
         # 32x32 crops of a 40x40 resize instead of 224 of 256: the same transforms on 50x fewer pixels
         "data": {"source": {"init_args": {"root": str(root)}}, "image_size": 40, "crop_size": 32,
                  "cache_dir": str(tmp_path / "cache"),
@@ -357,7 +357,7 @@ def test_mobilenetv2_cifar100_recipe_with_local_weights_and_percentile_calibrati
     recipe = measured_quickly(shrunk_recipe(tmp_path, "mobilenetv2_cifar100.yaml", {
         "trainer": {"max_epochs": 1},  # 100 epochs of 224x224 CIFAR-100 is days on 2 cores
         # ImageNet weights cannot be downloaded here: the same network from a local file (random values)
-        "model": {"T_max": 1, "backbone_args": {"weights": None, "weights_path": str(weights)}},
+        "model": {"lr_scheduler": {"init_args": {"T_max": 1}}, "backbone_args": {"weights": None, "weights_path": str(weights)}},
         # 32x32 (CIFAR's own size) instead of the 224 upscale: 49x fewer pixels through the same network
         "data": {"source": {"init_args": {"root": str(tmp_path / "data")}}, "image_size": 32,
                  "cache_dir": str(tmp_path / "cache"), **NO_WORKERS},
@@ -367,6 +367,9 @@ def test_mobilenetv2_cifar100_recipe_with_local_weights_and_percentile_calibrati
     run = tmp_path / "runs" / "mobilenetv2_cifar100" / "version_0"
     report = check_bundle(run, recipe, names, [32, 32])
     assert all("top5" in r for r in report["rows"])  # 100 classes: top-5 is scored too
+    # mean_std auto with MobileNetV2 weights: the weights' own ImageNet statistics, not the digit pairs'
+    preprocessing = load_bundle(run / "bundle").manifest["preprocessing"]
+    assert preprocessing["mean"] == pytest.approx([0.485, 0.456, 0.406]) and preprocessing["std"] == pytest.approx([0.229, 0.224, 0.225])
     # No accuracy bar: frozen random features and one epoch (see the imagefolder test).
 
 

@@ -29,8 +29,8 @@ def two_runs(tmp_path_factory):
     """Two quickstart runs that differ in lr and epochs; the first goes through the fit-end chain to its bundle."""
     cwd = tmp_path_factory.mktemp("runs")
     quickstart = str(EXPERIMENTS / "quickstart.yaml")
-    run_main(["fit", "--config", quickstart, *TINY, "--trainer.max_epochs", "1", "--model.lr", "0.01"], cwd, timeout=400)
-    run_main(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "2", "--model.lr", "0.003"], cwd)
+    run_main(["fit", "--config", quickstart, *TINY, "--trainer.max_epochs", "1", "--model.optimizer.lr", "0.01"], cwd, timeout=400)
+    run_main(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "2", "--model.optimizer.lr", "0.003"], cwd)
     return cwd / "runs"
 
 

@@ -2,6 +2,7 @@
 fit going on to its last epoch, a best checkpoint that reloads pruned, a pruned ONNX that is smaller and runs,
 a resume that does not prune twice; and Lightning's mask-only pruning, for contrast."""
 
+import functools
 import re
 from types import SimpleNamespace
 
@@ -21,13 +22,14 @@ from edgecls_testing import EXPERIMENTS, TINY, run_main
 from datamodules import ImageClassificationDataModule
 from deploy.runners import OnnxRuntimeRunner
 from lightning_modules import ImageClassifier, build_backbone, classifier_layer
+from lightning_modules.schedules import OneCycleLR
 
 BACKBONE_ARGS = {"num_blocks": [1, 1, 1, 1], "width": 16}  # widths 16..128: round_to 8 can halve every one
 
 
 def tiny_model() -> ImageClassifier:
     return ImageClassifier(num_classes=10, backbone="resnet", backbone_args=BACKBONE_ARGS, input_size=(16, 16),
-                           lr=0.01, scheduler="onecycle", log_confusion_matrix=False)
+                           optimizer=functools.partial(torch.optim.AdamW, lr=0.01), lr_scheduler=OneCycleLR, log_confusion_matrix=False)
 
 
 def digits() -> ImageClassificationDataModule:
@@ -142,7 +144,7 @@ def test_a_pruned_run_resumes_from_last_without_pruning_again(tmp_path):
     path = tmp_path / "quickstart_pruned.yaml"
     path.write_text(yaml.safe_dump(config))
     # cosine: a OneCycle schedule cannot be stretched over epochs added on resume (pruned or not)
-    tiny = [*TINY[:1], yaml.safe_dump(BACKBONE_ARGS, default_flow_style=True).strip(), *TINY[2:], "--model.scheduler", "cosine"]
+    tiny = [*TINY[:1], yaml.safe_dump(BACKBONE_ARGS, default_flow_style=True).strip(), *TINY[2:], "--model.lr_scheduler", "lightning_modules.schedules.CosineAnnealingLR"]
 
     # interrupted after 2 of its 3 epochs (8 batches an epoch): a finished run is not resumable
     first = run_main(["fit", "--config", path, *tiny, "--trainer.max_epochs", "3", "--trainer.max_steps", "16"], tmp_path)

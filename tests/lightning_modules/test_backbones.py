@@ -4,7 +4,7 @@ from torch import nn
 from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 
 from lightning_modules import ImageClassifier, build_backbone, classifier_layer
-from lightning_modules.backbones import BasicBlock
+from lightning_modules.backbones.resnet import BasicBlock
 
 
 def n_params(model: nn.Module) -> int:

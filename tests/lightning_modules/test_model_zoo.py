@@ -81,7 +81,7 @@ def batch():
 def test_one_step_onnx_parity_tensorrt_check_and_both_int8_flavours(name, batch, tmp_path):
     x, y = batch
     torch.manual_seed(0)
-    module = ImageClassifier(num_classes=10, backbone=name, backbone_args={}, input_size=SIZE, lr=0.01,
+    module = ImageClassifier(num_classes=10, backbone=name, backbone_args={}, input_size=SIZE,
                              log_confusion_matrix=False)
     opt = torch.optim.AdamW(module.parameters(), lr=0.01)
     before = classifier_layer(module.net).weight.detach().clone()

@@ -1,6 +1,7 @@
 """Training behaviour a user relies on: non-finite steps are skipped (and stop the fit when they persist),
 and the same YAML trains with two DDP processes on the CPU."""
 
+import functools
 import re
 
 import pytest
@@ -50,7 +51,7 @@ def fit(model, max_epochs=1, logger=False, **trainer_kwargs):
 
 def tiny_model(**kwargs):
     return ImageClassifier(num_classes=10, backbone="resnet", backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4},
-                           input_size=(16, 16), lr=0.01, scheduler="none", log_confusion_matrix=False, **kwargs)
+                           input_size=(16, 16), optimizer=functools.partial(torch.optim.AdamW, lr=0.01), log_confusion_matrix=False, **kwargs)
 
 
 def test_a_nan_loss_is_skipped_logged_and_the_fit_goes_on():
