@@ -130,6 +130,19 @@ class OpenVinoRunner(Runner):
             request.wait()
         return np.concatenate([np.array(r.get_output_tensor(0).data, dtype=np.float32, copy=True) for r in used])
 
+    def compiled_settings(self) -> list[dict]:
+        """What the plugin compiled, read back from it: one dict per compiled model (batch: its static batch
+        size, None where dynamic; hint; threads; precision)."""
+        compiled = [(n, r.get_compiled_model()) for n, r in self._latency.items()]
+        if self._throughput is not None:
+            compiled.append((None, self._throughput[0]))
+        static = self.max_batch is None and all(self.input_shape)  # see _latency_request
+        return [{"batch": n if static else None,
+                 "hint": str(c.get_property("PERFORMANCE_HINT")).split(".")[-1].lower(),
+                 "threads": int(c.get_property("INFERENCE_NUM_THREADS")),
+                 "streams": int(c.get_property("NUM_STREAMS")),
+                 "precision": c.get_property("INFERENCE_PRECISION_HINT").to_string()} for n, c in compiled]
+
     def close(self) -> None:
         self._latency.clear()
         self._throughput = None
