@@ -10,7 +10,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -28,6 +28,8 @@ from deploy.errors import first_line as one_sentence
 from deploy.forms import artifact_form
 from deploy.install import COMPANIONS
 from deploy.runners import DEFAULT_RUNTIME, RUNTIMES, Runner, runner_for_file
+
+METRIC_KEYS = ("top1", "top5", "delta_pts", "latency_ms", "throughput", "device")  # a row's, kept in the manifest
 
 
 class TorchRunner(Runner):
@@ -123,6 +125,7 @@ class DeployBundle(FitEndStep):
                          size_mb=_state_dict_bytes(model) / 1e6, delta_pts=0.0)
         rows, entries = [reference], []
         for art in list(record.artifacts):
+            others = []
             if art.ok:
                 try:
                     first_onnx = art.format == "onnx" and self._confusion is None
@@ -145,9 +148,9 @@ class DeployBundle(FitEndStep):
                                size_mb=os.path.getsize(art.file) / 1e6,
                                delta_pts=100 * (row["top1"] - reference["top1"]), gate=gate_verdict(art))
                     rows.append(row)
-                    rows.extend(dict(r, gate=row["gate"])
-                                for r in self.other_runtime_rows(art, test_batches, reference, device, record))
-            entries.append(self.manifest_entry(art, row if art.ok else None))
+                    others = self.other_runtime_rows(art, test_batches, reference, device, record)
+                    rows.extend(dict(r, gate=row["gate"]) for r in others)
+            entries.append(self.manifest_entry(art, row if art.ok else None, others))
 
         self.report = self.build_report(trainer, record, rows, device, reference["samples"])
         if self._confusion is not None:
@@ -172,8 +175,8 @@ class DeployBundle(FitEndStep):
                     raise
                 record.note(self.name, f"{art.label} in {name}", f"not measured: {one_sentence(exc)}")
                 continue
-            row.update(format=art.format, precision=art.precision, runtime=name, device=device, form=form_of(art),
-                       file=art.file.name,
+            row.update(format=art.format, precision=spec.precision or art.precision, runtime=name, device=device,
+                       form=form_of(art), file=art.file.name,
                        size_mb=os.path.getsize(art.file) / 1e6, delta_pts=100 * (row["top1"] - reference["top1"]))
             rows.append(row)
         return rows
@@ -184,7 +187,7 @@ class DeployBundle(FitEndStep):
         throughput = measure(runner, self.throughput_batch, iterations=self.throughput_iterations, warmup=2)
         return {"label": label, **scores, "latency_ms": latency["p50_ms"], "throughput": throughput["throughput"]}
 
-    def manifest_entry(self, art: ArtifactRecord, row: Optional[dict]) -> dict[str, Any]:
+    def manifest_entry(self, art: ArtifactRecord, row: Optional[dict], others: Sequence[dict] = ()) -> dict[str, Any]:
         facts = dict(art.facts)
         quantization = facts.pop("quantization", None)
         extra = {"runtime": art.runtime, "form": form_of(art), "step": art.step, "label": art.label}
@@ -195,9 +198,12 @@ class DeployBundle(FitEndStep):
         if not art.ok:
             return {"file": None, "format": art.format, "precision": art.precision, "status": art.status,
                     "reason": art.reason, **extra}
-        metrics = {k: row[k] for k in ("top1", "top5", "delta_pts", "latency_ms", "throughput", "device") if k in row}
+        metrics = {k: row[k] for k in METRIC_KEYS if k in row}
         entry = artifact_entry(art.file, art.format, art.precision, metrics, bundle_dir=str(self.staging))
         entry.update(status=OK, **extra)
+        if others:  # `deploy --runtime auto` judges e.g. the file's bf16 run by its own top-1, not the file's
+            entry["runtime_metrics"] = {r["runtime"]: {k: r[k] for k in ("precision", *METRIC_KEYS) if k in r}
+                                        for r in others}
         if gate_verdict(art) is not None:
             entry["gate"] = gate_verdict(art)  # `deploy` never picks a file that missed its gate by itself
         if art.format in ("onnx", "onnx-int8") and art.runtime in ("any", "tensorrt"):

@@ -242,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accuracy budget of --runtime auto, in top-1 points below the FP32 ONNX (manifest)")
         p.add_argument("--providers", default="cpu", help="ONNX Runtime providers in order: cpu,cuda,tensorrt")
         p.add_argument("--threads", type=_positive, default=None, help="intra-op threads (ONNX Runtime, OpenVINO)")
-        p.add_argument("--hint", choices=("latency", "throughput"), default="latency",
-                       help="OpenVINO PERFORMANCE_HINT: latency (one stream) or throughput (a batch split over streams)")
+        p.add_argument("--hint", choices=("auto", "latency", "throughput"), default="auto",
+                       help="OpenVINO PERFORMANCE_HINT: latency (one stream) or throughput (a batch split over "
+                            "streams); auto: latency at batch 1, throughput for larger batches")
 
     p = sub.add_parser("infer", help=cmd_infer.__doc__)
     common(p, None)

@@ -19,6 +19,7 @@ def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dic
     early (None when none did), so the rows measured before it are still printed."""
     from deploy.benchmark import measure
     from deploy.runners import open_runner
+    from deploy.selection import runtime_scores
 
     batches = args.batch
     total = len(cands) * len(batches) * args.iterations
@@ -47,9 +48,10 @@ def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dic
                             raise
                         fitting = ",".join(str(b) for b in batches if b < batch) or str(max(1, batch // 2))
                         return rows, _out_of_memory(entry["file"], batch, "--batch", fitting)
-                    top1 = (entry.get("metrics") or {}).get("top1")
+                    precision, metrics = runtime_scores(entry, cand.runtime)  # openvino-bf16: bf16, its own top-1
+                    top1 = metrics.get("top1")
                     rows.append({"artifact": entry["file"], "form": entry_form(entry), "format": entry["format"],
-                                 "precision": entry["precision"],
+                                 "precision": precision,
                                  "runtime": cand.runtime, "size_mb": entry["bytes"] / 1e6,
                                  "test_top1": None if top1 is None else 100 * top1, "gate": entry.get("gate"),
                                  "chosen": False, **result})

@@ -54,7 +54,7 @@ STATUSES = ("ok", "skipped", "failed")
 
 def validate_artifact(entry: Any, where: str = MANIFEST) -> dict:
     """Check one ``artifacts`` entry. An ok entry (status "ok" or absent) has file, format, precision, sha256 and
-    bytes (metrics optional); a skipped or failed one has format, precision and its one-sentence reason."""
+    bytes (metrics and runtime_metrics optional); a skipped or failed one has format, precision and its one-sentence reason."""
     if not isinstance(entry, dict):
         raise _fail(where, f"every entry of 'artifacts' must be an object, got {entry!r}")
     status = entry.get("status", "ok")
@@ -82,6 +82,11 @@ def validate_artifact(entry: Any, where: str = MANIFEST) -> dict:
     if "form" in entry and not (isinstance(entry["form"], str) and entry["form"]):
         raise _fail(where, f"artifact {name}: 'form' must be a non-empty string such as \"INT8 CPU-form\", got "
                            f"{entry['form']!r}")
+    # Optional (older bundles have none): the same file measured in other runtimes, e.g. OpenVINO in bf16.
+    by_runtime = entry.get("runtime_metrics", {})
+    if not (isinstance(by_runtime, dict) and all(isinstance(k, str) and isinstance(v, dict)
+                                                 for k, v in by_runtime.items())):
+        raise _fail(where, f"artifact {name}: 'runtime_metrics' must map runtime names to metric objects")
     if entry.get("gate", "met") not in ("met", "not met"):
         raise _fail(where, f"artifact {name}: 'gate' must be \"met\" or \"not met\", got {entry.get('gate')!r}")
     return entry

@@ -7,7 +7,8 @@ column of a table is always the runtime that ran that row here, never the runtim
 
 from __future__ import annotations
 
-RUNTIME_NAMES = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
+RUNTIME_NAMES = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
+                 "openvino-bf16": "OpenVINO bf16", "tensorrt": "TensorRT"}
 
 
 def runtime_name(key: str) -> str:

@@ -81,15 +81,20 @@ def profile_onnxruntime(path: str, out_dir: str, batch: int = 1, iterations: int
 
 
 def profile_openvino(path: str, out_dir: str, batch: int = 1, iterations: int = 20, threads: Optional[int] = None,
-                     providers=("cpu",), hint: Optional[str] = "latency") -> dict:
-    """OpenVINO's per-layer counters (PERF_COUNT) over `iterations` runs after one warm-up run."""
+                     providers=("cpu",), hint: Optional[str] = "auto", precision: str = "f32") -> dict:
+    """OpenVINO's per-layer counters (PERF_COUNT) over `iterations` runs after one warm-up run, compiled as
+    OpenVinoRunner compiles it (its threads, hint and precision)."""
+    from deploy.cpu_features import physical_cores
+
     try:
         import openvino as ov
     except ImportError as exc:
         raise BundleError(f"openvino is not importable ({exc}); install it with pip install openvino") from None
-    config = {"PERF_COUNT": True, "PERFORMANCE_HINT": (hint or "latency").upper(), "INFERENCE_PRECISION_HINT": "f32"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
+    hint = hint or "auto"
+    if hint == "auto":
+        hint = "latency" if batch == 1 else "throughput"
+    config = {"PERF_COUNT": True, "PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": precision,
+              "INFERENCE_NUM_THREADS": int(threads or physical_cores())}
     try:
         compiled = ov.Core().compile_model(path, "CPU", config)
     except Exception as exc:
@@ -114,7 +119,9 @@ def profile_openvino(path: str, out_dir: str, batch: int = 1, iterations: int = 
     return summary
 
 
-PROFILERS: dict[str, Callable[..., dict]] = {"onnxruntime": profile_onnxruntime, "openvino": profile_openvino}
+PROFILERS: dict[str, Callable[..., dict]] = {
+    "onnxruntime": profile_onnxruntime, "openvino": profile_openvino,
+    "openvino-bf16": lambda *args, **kwargs: profile_openvino(*args, **kwargs, precision="bf16")}
 
 
 def format_profile(result: dict, top: int = TOP) -> str:

@@ -243,77 +243,6 @@ class TensorRTRunner(Runner):
             self.memory = None
 
 
-class OpenVinoRunner(Runner):
-    """An ONNX (FP32 or Q/DQ INT8) file compiled by OpenVINO for its CPU plugin, read directly (no IR step).
-
-    `hint` is OpenVINO's PERFORMANCE_HINT: LATENCY (one stream, every thread on one request) or THROUGHPUT
-    (several streams; a batch is split across that many requests run at once). Inference precision is pinned
-    to f32: on CPUs with AVX-512 BF16 or AMX the plugin would otherwise run FP32 models in bf16, and the
-    accuracy the manifest records would no longer be the accuracy the device gets.
-    """
-
-    HINTS = ("latency", "throughput")
-
-    def __init__(self, path: str | os.PathLike, threads: Optional[int] = None, hint: str = "latency",
-                 device: str = "CPU"):
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise BundleError(f"openvino is not importable ({exc}); install it with pip install openvino "
-                              "or pass --runtime onnxruntime") from None
-        path = os.fspath(path)
-        hint = (hint or "latency").lower()
-        if hint not in self.HINTS:
-            raise BundleError(f"OpenVINO performance hint {hint!r} is not one of {list(self.HINTS)}")
-        self.description = f"openvino:{os.path.basename(path)}"
-        config = {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": "f32"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            self.compiled = _openvino_core(ov).compile_model(path, device, config)
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own for unreadable models
-            raise BundleError(f"{path}: OpenVINO cannot compile it ({_first_line(exc)}); re-export the model, "
-                              "copy the bundle again or pass --runtime onnxruntime") from None
-        inp, out = self.compiled.inputs[0], self.compiled.outputs[0]
-        self.input_name, self.output_name = inp.get_any_name(), out.get_any_name()
-        shape = inp.get_partial_shape()
-        dims = [d.get_length() if d.is_static else None for d in shape]
-        self.input_shape = tuple(_static_dim(d) for d in dims[1:])
-        fixed = _static_dim(dims[0])
-        self.min_batch, self.max_batch = (fixed, fixed) if fixed else (1, None)
-        requests = 1
-        if hint == "throughput":
-            requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self.requests = [self.compiled.create_infer_request() for _ in range(requests)]
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        n = batch.shape[0]
-        if len(self.requests) == 1 or n == 1 or self.max_batch is not None:
-            request = self.requests[0]
-            request.infer({0: batch})
-            return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-        chunks = np.array_split(batch, min(n, len(self.requests)))
-        used = self.requests[:len(chunks)]
-        for request, chunk in zip(used, chunks):
-            request.start_async({0: np.ascontiguousarray(chunk)})
-        for request in used:
-            request.wait()
-        return np.concatenate([np.array(r.get_output_tensor(0).data, dtype=np.float32, copy=True) for r in used])
-
-    def close(self) -> None:
-        self.requests, self.compiled = [], None
-
-
-_OV_CORE = None
-
-
-def _openvino_core(ov):
-    global _OV_CORE
-    if _OV_CORE is None:
-        _OV_CORE = ov.Core()  # loading the plugins once per process; every compile_model shares it
-    return _OV_CORE
-
-
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
@@ -335,6 +264,29 @@ def _importable(module: str, package: str, install: str) -> Callable[[], tuple[b
     return status
 
 
+def _bf16_status() -> tuple[bool, str]:
+    from deploy.cpu_features import has_bf16
+
+    ok, what = _importable("openvino", "openvino", "openvino")()
+    if ok and not has_bf16():
+        return False, "this CPU has no native bf16 (AVX512_BF16, AMX or Arm BF16)"
+    return ok, what
+
+
+def _openvino(path, threads, hint, precision) -> Runner:
+    from deploy.openvino_runner import OpenVinoRunner
+
+    return OpenVinoRunner(path, threads, hint or "auto", precision=precision)
+
+
+def __getattr__(name: str):
+    if name == "OpenVinoRunner":  # it lives in deploy.openvino_runner; this name is kept for importers
+        from deploy.openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _tensorrt_status() -> tuple[bool, str]:
     from deploy.engine import tensorrt_status
 
@@ -351,6 +303,7 @@ class RuntimeSpec:
     open: Callable[..., Runner]  # (path, providers=, threads=, hint=) -> Runner
     status: Callable[[], tuple[bool, str]]
     package: str
+    precision: Optional[str] = None  # the precision it computes in whatever the file holds (bf16); None: the file's
 
     def available(self) -> bool:
         return self.status()[0]
@@ -374,8 +327,13 @@ register_runtime(RuntimeSpec(
     _importable("onnxruntime", "onnxruntime", "onnxruntime"), "onnxruntime"))
 register_runtime(RuntimeSpec(
     "openvino", ("onnx", "onnx-int8"),
-    lambda path, providers=("cpu",), threads=None, hint=None: OpenVinoRunner(path, threads, hint or "latency"),
+    lambda path, providers=("cpu",), threads=None, hint=None: _openvino(path, threads, hint, "f32"),
     _importable("openvino", "openvino", "openvino"), "openvino"))
+# The FP32 ONNX file run in bf16 where the CPU computes in bf16 natively: its own row with its own accuracy.
+register_runtime(RuntimeSpec(
+    "openvino-bf16", ("onnx",),
+    lambda path, providers=("cpu",), threads=None, hint=None: _openvino(path, threads, hint, "bf16"),
+    _bf16_status, "openvino", precision="bf16"))
 register_runtime(RuntimeSpec(
     "tensorrt", ("tensorrt",),
     lambda path, providers=("cpu",), threads=None, hint=None: TensorRTRunner(path),

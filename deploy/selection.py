@@ -3,10 +3,12 @@
 Candidates are every artifact the bundle holds times every runtime installed here that reads its format. Those
 whose test top-1 in the manifest is more than `budget_pts` below the FP32 ONNX's are left out (an artifact with
 no test top-1 is kept only at fp32 or fp16: an engine built on the device has no score yet, and fp16 costs a
-classifier no measurable top-1). The rest are timed once at batch 1, interleaved, and the lowest p50 wins. The
-choice is cached in the bundle folder (`.runtime-choice.json`), keyed by this device (CPU model, core count,
-runtime versions, threads, hint) and the candidates' sha256s, so a new engine, a re-quantized file or an
-upgraded runtime measures again; where the bundle folder is read-only the cache lives under ~/.cache/edgecls.
+classifier no measurable top-1). A runtime that computes in its own precision (openvino-bf16 runs the FP32
+file in bf16) is judged by its own test top-1 from the manifest's `runtime_metrics`, and left out without one.
+The rest are timed once at batch 1, interleaved, and the lowest p50 wins. The choice is cached in the bundle
+folder (`.runtime-choice.json`), keyed by this device (CPU model, core count, runtime versions, threads, hint)
+and the candidates' sha256s, so a new engine, a re-quantized file or an upgraded runtime measures again; where
+the bundle folder is read-only the cache lives under ~/.cache/edgecls.
 """
 
 from __future__ import annotations
@@ -101,10 +103,28 @@ def reference_top1(bundle: Bundle) -> Optional[float]:
     return None
 
 
-def within_budget(entry: dict, reference: Optional[float], budget_pts: float) -> bool:
-    top1 = (entry.get("metrics") or {}).get("top1")
+def runtime_scores(entry: dict, runtime: Optional[str] = None) -> tuple[str, dict]:
+    """The precision an artifact computes in within `runtime`, and its manifest metrics there: the entry's
+    `runtime_metrics[runtime]` where the fit-end step measured that pair (OpenVINO's bf16 run of the FP32
+    file has its own top-1), else the file's own. A runtime that computes in another precision than the
+    file and was never scored has no metrics: its accuracy is unknown, not the file's."""
+    from deploy.runners import RUNTIMES
+
+    spec = RUNTIMES.get(runtime) if runtime else None
+    own = (entry.get("runtime_metrics") or {}).get(runtime) if runtime else None
+    precision = (spec.precision if spec is not None else None) or entry["precision"]
+    if isinstance(own, dict):
+        return own.get("precision", precision), own
+    if precision != entry["precision"]:
+        return precision, {}
+    return precision, entry.get("metrics") or {}
+
+
+def within_budget(entry: dict, reference: Optional[float], budget_pts: float, runtime: Optional[str] = None) -> bool:
+    precision, metrics = runtime_scores(entry, runtime)
+    top1 = metrics.get("top1")
     if top1 is None or reference is None:
-        return entry["precision"] in ("fp32", "fp16")
+        return precision in ("fp32", "fp16")
     return 100 * (reference - top1) <= budget_pts + 1e-9
 
 
@@ -113,7 +133,7 @@ def device_identity(threads: Optional[int], hint: Optional[str], providers: Sequ
 
     return {"cpu": cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
             "runtimes": {name: spec.version() for name, spec in RUNTIMES.items() if spec.available()},
-            "threads": threads, "hint": hint or "latency", "providers": list(providers)}
+            "threads": threads, "hint": hint or "auto", "providers": list(providers)}
 
 
 def cache_key(identity: dict, cands: Sequence[Candidate], budget_pts: float) -> str:
@@ -203,7 +223,7 @@ def choose(bundle: Bundle, runtime: Optional[str] = None, format: Optional[str] 
     reference = reference_top1(bundle)
     # An INT8 file that missed its accuracy gate at fit end is never picked on its own (--format/--runtime may name it)
     gated = [c for c in cands if c.entry.get("gate") != "not met"]
-    eligible = [c for c in gated if within_budget(c.entry, reference, budget_pts)]
+    eligible = [c for c in gated if within_budget(c.entry, reference, budget_pts, c.runtime)]
     # Flags that narrow the choice are the user's word: with none of theirs in budget, the fastest of theirs.
     eligible = eligible or gated or cands
     if len(eligible) == 1:

@@ -18,7 +18,7 @@ from callbacks.quantization import asymmetric_zero_points, prepare_for_quantizat
 from edgecls_testing import REPO, TINY, run_main
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import BundleError, load_bundle
-from deploy.runners import OnnxRuntimeRunner
+from deploy.runners import RUNTIMES, OnnxRuntimeRunner
 from lightning_modules import ImageClassifier
 
 
@@ -78,10 +78,19 @@ def test_report_rows_match_an_independent_evaluation_on_the_test_split(fitted):
     run, _ = fitted
     report = json.loads((run / "bundle" / "report.json").read_text())
     # every ONNX file is also measured in OpenVINO where it is installed (it is, in [dev])
-    onnxruntime_rows = [r for r in report["rows"] if r["runtime"] != "openvino"]
+    onnxruntime_rows = [r for r in report["rows"] if not r["runtime"].startswith("openvino")]
     assert [r["label"] for r in onnxruntime_rows] == ["PyTorch FP32", "ONNX FP32", "ONNX INT8", "ONNX INT8 (CPU)"]
     assert [r["label"] for r in report["rows"] if r["runtime"] == "openvino"] == [
         "ONNX FP32 · openvino", "ONNX INT8 · openvino", "ONNX INT8 (CPU) · openvino"]
+    # where the CPU computes in bf16, the FP32 file run in bf16 is its own row, scored, and kept in the manifest
+    bf16_rows = [r for r in report["rows"] if r["runtime"] == "openvino-bf16"]
+    assert [(r["label"], r["precision"]) for r in bf16_rows] == (
+        [("ONNX FP32 · openvino-bf16", "bf16")] if RUNTIMES["openvino-bf16"].available() else [])
+    for row in bf16_rows:
+        assert row["delta_pts"] == pytest.approx(100 * (row["top1"] - report["rows"][0]["top1"]))
+        assert abs(row["top1"] - onnxruntime_rows[1]["top1"]) <= 0.003  # within 0.3 pt of the exact FP32 file
+        fp32_entry = load_bundle(run / "bundle").artifact("onnx", "fp32")
+        assert fp32_entry["runtime_metrics"]["openvino-bf16"]["top1"] == pytest.approx(row["top1"])
     data = ImageClassificationDataModule(image_size=16)
     data.setup("test")
     x = torch.cat([data.normalize(b[0]) for b in data.test_dataloader()]).numpy()

@@ -80,3 +80,23 @@ def test_tensorrt_still_finds_the_symmetric_file_and_cpu_runtimes_the_cpu_one(cp
 def test_a_target_that_is_not_a_cpu_family_is_one_sentence():
     with pytest.raises(ValueError, match="target 'sparc' is not a CPU family it knows; set target to one of"):
         CpuInt8Quantization(target="sparc")
+
+
+def test_every_conv_of_the_cpu_int8_file_runs_as_an_integer_kernel_in_onnx_runtime(cpu_fit, tmp_path):
+    """The Q/DQ pairs around each Conv fuse into QLinearConv: no float Conv is left between a DequantizeLinear
+    and a QuantizeLinear (each such leftover converts a whole activation tensor twice per call)."""
+    import onnx
+    import onnxruntime as ort
+
+    bundle_dir, _ = cpu_fit
+    fp32_convs = sum(n.op_type == "Conv" for n in onnx.load(str(bundle_dir / "model.onnx")).graph.node)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(bundle_dir / "model.int8-cpu.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    kept = json.loads((bundle_dir / "manifest.json").read_text())
+    kept = next(a for a in kept["artifacts"] if a["file"] == "model.int8-cpu.onnx")["quantization"]["excluded_nodes"]
+    assert ops.count("QLinearConv") == fp32_convs - len(kept) > 0
+    assert ops.count("Conv") == len(kept)
+    assert ops.count("QuantizeLinear") + ops.count("DequantizeLinear") <= 2 + 2 * len(kept)  # model input and output

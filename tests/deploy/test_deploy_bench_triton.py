@@ -24,6 +24,7 @@ def table_cells(line: str, rule: str) -> list[str]:
 
 
 def test_bench_table_has_a_row_per_runtime_artifact_and_batch_and_marks_the_auto_choice(digits_bundle, run_cli):
+    from deploy.runners import RUNTIMES
     from deploy.selection import available_runtimes
 
     code, out, err = run_cli("bench", "--bundle", digits_bundle.path, "--batch", "1,4", "--iterations", "30",
@@ -40,10 +41,11 @@ def test_bench_table_has_a_row_per_runtime_artifact_and_batch_and_marks_the_auto
     assert table_cells(header, rule) == COLUMNS
     assert set(rule.replace(" ", "")) == {"-"}
     runtimes = [r for r in available_runtimes() if r != "tensorrt"]
-    names = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+    names = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "openvino-bf16": "OpenVINO bf16"}
     forms = {"model.onnx": "FP32", "model.int8.onnx": "INT8 TensorRT-form"}
-    expected = [(artifact, names[runtime], batch) for artifact in ("model.onnx", "model.int8.onnx")
-                for runtime in runtimes for batch in (1, 4)]
+    formats = {"model.onnx": "onnx", "model.int8.onnx": "onnx-int8"}  # openvino-bf16 reads the FP32 file only
+    expected = [(artifact, names[runtime], batch) for artifact in formats for runtime in runtimes
+                if formats[artifact] in RUNTIMES[runtime].formats for batch in (1, 4)]
     assert len(rows) == len(expected)
     marked, batch1 = set(), {}
     for row, (artifact, runtime, batch) in zip(rows, expected):
