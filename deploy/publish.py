@@ -83,7 +83,9 @@ def short_metrics(report: dict, bundle_bytes: int | None = None) -> dict:
         metrics["mb"] = round(bundle_bytes / 1e6, 2)
     if report.get("params"):
         metrics["params"] = report["params"]
-    return metrics
+    # `dvc exp show` keeps the first columns and folds the rest to "…" at 120 columns: most wanted first
+    order = ("top1", "cpu_ms", "int8_cpu", "int8_trt", "mb", "params")
+    return {key: metrics[key] for key in order if key in metrics}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -109,3 +109,13 @@ def load_recipe(path: Path) -> dict:
     if isinstance(callbacks, str):
         config["trainer"]["callbacks"] = yaml.safe_load((path.parent / callbacks).read_text())
     return config
+
+
+def readme_blocks(section: str) -> dict[str, str]:
+    """The fenced code blocks of one README section (`### <section>`, up to the next heading), by language: the
+    tests of the README's extension examples run exactly what it shows."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    body = re.split(r"\n##+ ", text.split(f"### {section}\n", 1)[1], maxsplit=1)[0]
+    return {lang: code for lang, code in re.findall(r"```(\w+)\n(.*?)```", body, re.S)}

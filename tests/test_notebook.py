@@ -82,14 +82,16 @@ def test_walkthrough_runs_end_to_end(tmp_path, monkeypatch):
     assert "torch imported in this kernel: False" in shown
 
     # bench: every artifact in every CPU runtime here at batch 1 and 8, the one `--runtime auto` takes marked
-    names = {"ONNX Runtime": "onnxruntime", "OpenVINO": "openvino"}
-    rows = [(a, names[r], b) for a, r, b in re.findall(r"^(model\S*\.onnx)\s+(?:FP32|INT8 \S+)\s+(ONNX Runtime|OpenVINO)\s+"
-                                                     r"(\d+)\s", shown, re.M)]
+    names = {"ONNX Runtime": "onnxruntime", "OpenVINO": "openvino", "OpenVINO bf16": "openvino-bf16"}
+    rows = [(a, names[r], b) for a, r, b in re.findall(r"^(model\S*\.onnx)\s+(?:FP32|INT8 \S+)\s+"
+                                                     r"(ONNX Runtime|OpenVINO bf16|OpenVINO)\s+(\d+)\s", shown, re.M)]
+    from deploy.runners import RUNTIMES
     from deploy.selection import available_runtimes
 
+    formats = {"model.onnx": "onnx", "model.int8.onnx": "onnx-int8", "model.int8-cpu.onnx": "onnx-int8"}
     runtimes = [r for r in available_runtimes() if r != "tensorrt"]
-    assert sorted(rows) == sorted([(a, r, b) for a in ("model.onnx", "model.int8.onnx", "model.int8-cpu.onnx")
-                                   for r in runtimes for b in ("1", "8")])
+    assert sorted(rows) == sorted([(a, r, b) for a in formats for r in runtimes if formats[a] in RUNTIMES[r].formats
+                                   for b in ("1", "8")])
     assert len(re.findall(r"^model\S*\.onnx\s.*\byes$", shown, re.M)) == 2  # the chosen pair, at both batch sizes
 
     # 5. Triton repository

@@ -4,18 +4,10 @@ in, `python main.py fit --config ... --config my_stripes.yaml`, no launcher scri
 from __future__ import annotations
 
 import json
-import re
 
 import torch
 
-from edgecls_testing import EXPERIMENTS, NO_FIT_END, REPO, TINY, run_main
-
-
-def readme_blocks(section: str) -> dict[str, str]:
-    """The fenced code blocks of one README section, by language."""
-    text = (REPO / "README.md").read_text()
-    body = text.split(f"### {section}\n", 1)[1].split("\n## ", 1)[0]
-    return {lang: code for lang, code in re.findall(r"```(\w+)\n(.*?)```", body, re.S)}
+from edgecls_testing import EXPERIMENTS, NO_FIT_END, REPO, TINY, readme_blocks, run_main
 
 
 def test_a_users_source_from_the_readme_trains_from_yaml_alone(tmp_path):

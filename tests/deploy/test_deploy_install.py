@@ -96,7 +96,8 @@ def test_publish_copies_the_newest_runs_bundle_and_refuses_a_newest_run_without_
     out = tmp_path / "models" / "digits"
     assert publish([str(runs), str(out)]) == 0
     assert "version_10" in capsys.readouterr().out  # 10 is newer than 9, though it sorts first as text
-    assert (out / "bundle" / "manifest.json").is_file() and (out / "report.json").read_text() == '{"rows": []}\n'
+    assert (out / "bundle" / "manifest.json").is_file() and (out / "bundle" / "report.json").read_text() == '{"rows": []}\n'
+    assert set(json.loads((out / "metrics.json").read_text())) == {"mb"}  # the short metrics beside it (no rows here)
 
     (runs / "version_11").mkdir()  # a fit whose fit-end chain wrote no bundle
     assert publish([str(runs), str(out)]) == 2

@@ -8,14 +8,7 @@ import re
 import torch
 import yaml
 
-from edgecls_testing import REPO, run_main
-
-
-def readme_blocks(section: str) -> dict[str, str]:
-    """The first python and yaml code blocks of a README section, as the user copies them."""
-    text = (REPO / "README.md").read_text()
-    body = text.split(f"### {section}\n", 1)[1].split("\n## ", 1)[0]
-    return {lang: re.search(rf"```{lang}\n(.*?)```", body, re.S).group(1) for lang in ("python", "yaml")}
+from edgecls_testing import REPO, readme_blocks, run_main
 
 
 def test_a_backbone_in_a_file_of_its_own_trains_when_the_yaml_names_it(tmp_path):
@@ -28,7 +21,7 @@ def test_a_backbone_in_a_file_of_its_own_trains_when_the_yaml_names_it(tmp_path)
                     "enable_progress_bar": False, "callbacks": []},  # no fit-end steps: the backbone is the point
         "model": {**yaml.safe_load(blocks["yaml"])["model"], "optimizer": {"class_path": "torch.optim.AdamW",
                                                                          "init_args": {"lr": 0.01}}},
-        "data": {"source": "digits", "image_size": 16, "batch_size": 32, "cache_dir": str(tmp_path / "cache")},
+        "data": {"source": "DigitsSource", "image_size": 16, "batch_size": 32, "cache_dir": str(tmp_path / "cache")},
     }
     recipe = tmp_path / "tiny_cnn.yaml"
     recipe.write_text(yaml.safe_dump(config))

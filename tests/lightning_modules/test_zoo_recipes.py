@@ -42,7 +42,7 @@ def test_mobilenetv3_transfer_recipe_with_local_weights_on_a_folder(tmp_path):
     recipe = measured_quickly(shrunk_recipe(tmp_path, "mobilenetv3_transfer.yaml", {
         "trainer": {"max_epochs": 1},
         "model": {"backbone_args": {"weights": None, "weights_path": str(weights)}},
-        "data": {"root": str(root), "image_size": 40, "crop_size": 32, "cache_dir": str(tmp_path / "cache"),
+        "data": {"source": {"init_args": {"root": str(root)}}, "image_size": 40, "crop_size": 32, "cache_dir": str(tmp_path / "cache"),
                  **NO_WORKERS},
     }, callbacks={
         # minmax, not the recipe's percentile: on random frozen features at 32 px some activation is constant and
