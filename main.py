@@ -61,7 +61,8 @@ class _NoTips(logging.Filter):
     """Lightning advertises cloud services (litlogger, litmodels) on every run: not ours to show."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
+        # and says it skips its own model summary where ours (whole type names) stands: nothing to act on
+        return not str(record.msg).startswith(("💡 Tip:", "Trainer already configured with model summary"))
 
 
 for _name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):

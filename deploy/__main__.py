@@ -26,12 +26,13 @@ import numpy as np
 
 from deploy.bench_command import cmd_bench, format_table
 from deploy.bundle import BundleError, FORMATS, add_artifact, artifact_entry, load_bundle, verify_artifact
-from deploy.cli_common import (EXIT_INPUTS_FAILED, EXIT_OK, EXIT_PIPE_CLOSED, EXIT_USAGE, UsageError, _error,
+from deploy.cli_common import (EXIT_INPUTS_FAILED, EXIT_OK, EXIT_USAGE, UsageError, _error, stdout_closed,
                                _first_line, _providers, _select, _warning, is_allocation_failure, _out_of_memory,
                                softmax)
 from deploy.cuda_memory import CudaUnavailable
 from deploy.errors import debug_mode
 from deploy.install import resolve_bundle_dir
+from deploy.plugins import load_plugins
 from deploy.nvtx_ranges import nvtx_range
 from deploy.runners import RUNTIMES
 from deploy.selection import BUDGET_PTS
@@ -360,18 +361,13 @@ def _user_sentence(exc: BaseException) -> str:
     return _first_line(exc)
 
 
-def _stdout_closed() -> int:
-    # The reader (`| head -1`) has what it wanted. Point stdout at /dev/null so that the interpreter's final
-    # flush does not raise again and print "Exception ignored ... BrokenPipeError" on the way out.
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # an in-process caller's stdout may have no file descriptor
-        pass
-    return EXIT_PIPE_CLOSED
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; returns the exit status of the module docstring (argparse exits 2 itself on bad usage)."""
+    try:
+        load_plugins()  # before the parser: a plugin's formats are --format choices
+    except BundleError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
@@ -380,7 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at interpreter exit
         return status
     except BrokenPipeError:
-        return _stdout_closed()
+        return stdout_closed()
     except (BundleError, UsageError, CudaUnavailable, OSError, MemoryError) as exc:
         _error(_user_sentence(exc))
         return EXIT_USAGE

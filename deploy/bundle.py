@@ -21,7 +21,7 @@ from deploy.preprocessing_rules import PreprocessingError, check_preprocessing
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
-FORMATS = ("onnx", "onnx-int8", "tensorrt")
+FORMATS = ["onnx", "onnx-int8", "tensorrt"]  # and any a plugin adds (deploy.runners.register_format)
 _REBUILD_HINT = "re-create the bundle with the training run's fit-end callbacks or fix the file by hand"
 
 

@@ -4,6 +4,7 @@ out-of-memory sentence, artifact selection."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from typing import Optional
@@ -62,3 +63,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def stdout_closed() -> int:
+    # The reader (`| head -1`) has what it wanted. Point stdout at /dev/null so that the interpreter's final
+    # flush does not raise again and print "Exception ignored ... BrokenPipeError" on the way out.
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # an in-process caller's stdout may have no file descriptor
+        pass
+    return EXIT_PIPE_CLOSED

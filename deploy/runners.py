@@ -317,8 +317,20 @@ DEFAULT_RUNTIME = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime", "tensorrt"
 
 
 def register_runtime(spec: RuntimeSpec) -> RuntimeSpec:
+    """Add a device runtime: `deploy bench` and `--runtime auto` consider it for every file of its formats, and
+    the fit-end table measures each such file in it."""
     RUNTIMES[spec.name] = spec
     return spec
+
+
+def register_format(name: str, default_runtime: str) -> None:
+    """Add an artifact format (the manifest's `format`): bundles may list files of it, and `default_runtime`
+    opens them where no --runtime is given."""
+    from deploy.bundle import FORMATS
+
+    if name not in FORMATS:
+        FORMATS.append(name)
+    DEFAULT_RUNTIME[name] = default_runtime
 
 
 register_runtime(RuntimeSpec(

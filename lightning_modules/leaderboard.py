@@ -57,7 +57,10 @@ def strategy_name(strategy: Any) -> str:
 
 
 def _hparam_value(value: Any) -> Any:
-    if isinstance(value, (bool, int, float, str)):
+    if isinstance(value, int) and not isinstance(value, bool):
+        # the plugin prints every number with three decimals (64.000): a count reads as itself only as text
+        return str(value)
+    if isinstance(value, (bool, float, str)):
         return value
     return json.dumps(value, separators=(",", ":"), default=str)  # a list, or an augment pipeline, as one cell
 

@@ -93,7 +93,7 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert session.hparams["lr"].number_value == pytest.approx(0.01)  # the command-line override
     assert session.hparams["backbone"].string_value == "resnet"
-    assert session.hparams["batch_size"].number_value == 64 and session.hparams["max_epochs"].number_value == 2
+    assert session.hparams["batch_size"].string_value == "64" and session.hparams["max_epochs"].string_value == "2"
 
 
 def test_predict_writes_class_probabilities_for_the_test_split_into_the_checkpoints_run(quickstart, tmp_path, cli):
