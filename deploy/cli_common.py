@@ -13,6 +13,7 @@ import numpy as np
 
 from deploy.bundle import verify_artifact
 
+from deploy.errors import message_line as _first_line  # noqa: F401 (imported from here by other modules)
 from deploy.errors import EXIT_OK, EXIT_PIPE_CLOSED, EXIT_USAGE  # noqa: F401 (the statuses every command shares)
 from deploy.errors import EXIT_PARTLY_FAILED as EXIT_INPUTS_FAILED  # noqa: F401
 
@@ -30,11 +31,6 @@ def _error(message: str) -> None:
 
 def _warning(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def is_allocation_failure(exc: BaseException) -> bool:

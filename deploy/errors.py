@@ -34,3 +34,10 @@ def first_line(exc: BaseException, limit: int = 400) -> str:
     if not text or not isinstance(exc, (ValueError, RuntimeError, OSError)):
         text = f"{type(exc).__name__}: {text}".rstrip(": ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def message_line(exc: BaseException) -> str:
+    """The first line of an exception's message as it is (its type's name where it has none): for sentences that
+    already say what failed around it."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

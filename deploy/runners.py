@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from deploy.bundle import Bundle, BundleError
+from deploy.errors import message_line as _first_line  # noqa: F401 (imported from here by other modules)
 from deploy.nvtx_ranges import nvtx_range
 
 ORT_PROVIDERS = {
@@ -241,11 +242,6 @@ class TensorRTRunner(Runner):
             self.context = self.engine = None
             memory.close()
             self.memory = None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _package_version(name: str) -> Optional[str]:
