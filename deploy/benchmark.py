@@ -10,7 +10,7 @@ import os
 import resource
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -119,3 +119,43 @@ def soak(runner: Runner, batch_size: int, seconds: float, max_growth_mb: float =
             "first_p50_ms": first, "last_p50_ms": last, "latency_drift_pct": 100.0 * (last - first) / first,
             "rss_start_mb": rss_start, "rss_end_mb": rss_end, "peak_rss_mb": peak, "rss_growth_mb": growth,
             "max_growth_mb": max_growth_mb, "memory_ok": growth <= max_growth_mb}
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(median, low, high): the sample median and a distribution-free confidence interval for the true median
+    from order statistics (the k-th smallest and k-th largest value, k the largest rank whose binomial tail
+    stays within (1 - confidence) / 2). Too few values for that confidence give (median, min, max) widened to
+    infinity on both sides, so a verdict built on it stays undecided instead of trusting a handful of rounds."""
+    from math import comb
+
+    ordered = sorted(float(v) for v in values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("median_interval needs at least one value")
+    median = float(np.median(ordered))
+    tail, k = (1.0 - confidence) / 2.0, 0
+    cumulative = 0.0
+    for rank in range(n // 2 + 1):  # P(Binomial(n, 1/2) <= rank)
+        cumulative += comb(n, rank) / 2.0 ** n
+        if cumulative > tail:
+            break
+        k = rank + 1
+    if k == 0:
+        return median, float("-inf"), float("inf")
+    return median, ordered[k - 1], ordered[n - k]
+
+
+def ratio_verdict(numerators: Sequence[float], denominators: Sequence[float], goal: float,
+                  lower_is_better: bool = False, confidence: float = 0.95) -> dict:
+    """A ratio target judged on paired rounds: round i's ratio is numerators[i] / denominators[i] (two
+    runtimes' p50s from the same interleaved round, so load that came and went hit both), and the verdict
+    is on the confidence interval of their median: `met` when the whole interval is on the goal's good
+    side, `NOT met` when it is wholly on the bad side, `undecided` when it straddles the goal."""
+    if len(numerators) != len(denominators) or len(numerators) == 0:
+        raise ValueError(f"paired rounds need equally many values on both sides, got {len(numerators)} and "
+                         f"{len(denominators)}")
+    ratios = [a / b for a, b in zip(numerators, denominators)]
+    median, low, high = median_interval(ratios, confidence)
+    good, bad = (high <= goal, low > goal) if lower_is_better else (low >= goal, high < goal)
+    return {"ratio": median, "low": low, "high": high, "rounds": len(ratios), "goal": goal,
+            "verdict": "met" if good else "NOT met" if bad else "undecided"}
