@@ -2,13 +2,14 @@
 form, OpenVINO FP32 (f32, exact) / bf16 (where the CPU has it) / INT8 (the CPU-form file), batch 1 and 32.
 
     python benchmarks/runtime_latency.py [--quick] [--iterations 300] [--rounds 15] [--threads N]
-                                         [--extra-seconds 60] [--bundle runs/quickstart/version_0/bundle ...]
+                                         [--extra-seconds 90] [--bundle runs/quickstart/version_0/bundle ...]
 
 Random weights are enough for latency (it does not depend on the values), and calibration runs on synthetic
 batches. Every runner, torch included, uses the same thread count (default: the physical cores this process may
 use) and is timed by the same deploy.benchmark.measure the CLI's `bench` uses, interleaved in rounds (A B C ...,
-A B C ...): the table prints each row's pooled p50 and the spread of its per-round p50s. OpenVINO's two
-performance hints are measured both ways (latency vs throughput at batch 1 and at 32).
+B C A ..., rotated each round): the table prints each row's pooled p50 and the spread of its per-round p50s.
+OpenVINO's two performance hints are measured both ways (latency vs throughput at batch 1 and at 32);
+--openvino-variant adds batch-1 rows with further CPU plugin properties, compared paired with the runner's own.
 
 Below the table, the targets. The speed ones (batch 1: ONNX Runtime FP32 >= 2x torch eager; best CPU path >= 10x
 torch eager and >= 2.5x ONNX Runtime FP32; OpenVINO FP32 <= ONNX Runtime FP32; CPU INT8 >= 1.5x FP32 in the same
@@ -61,10 +62,10 @@ def quantize(fp32_path: str, out_path: str, cpu_out_path: str, batches: int = 4)
 
 
 class Rounds:
-    """Runners timed alternately in rounds (A B C ..., A B C ...), each one's samples pooled and each round's
-    p50 kept: on a shared CPU, load that comes and goes lands on all of them alike instead of on whichever ran
-    at the wrong moment, and two runners' p50s from the same round make one paired ratio. `run` can be called
-    again to add rounds."""
+    """Runners timed alternately in rounds (A B C ..., B C A ..., the order rotated each round), each one's
+    samples pooled and each round's p50 kept: on a shared CPU, load that comes and goes lands on all of them
+    alike instead of on whichever ran at the wrong moment, and two runners' p50s from the same round make one
+    paired ratio. `run` can be called again to add rounds."""
 
     def __init__(self, runners: dict, batch: int, per_round: int):
         self.runners, self.batch, self.per_round = runners, batch, max(per_round, 1)
@@ -74,9 +75,12 @@ class Rounds:
             measure(runner, batch, iterations=1, warmup=10 if batch == 1 else 2)
 
     def run(self, rounds: int) -> None:
+        names = list(self.runners)
         for _ in range(rounds):
-            for name, runner in self.runners.items():
-                times = measure(runner, self.batch, iterations=self.per_round, warmup=1, keep_times=True)["times_ms"]
+            start = len(self.round_p50[names[0]]) % len(names)  # each round starts one row later: no row is
+            for name in names[start:] + names[:start]:  # always the one that runs right after another's load
+                times = measure(self.runners[name], self.batch, iterations=self.per_round, warmup=1,
+                                keep_times=True)["times_ms"]
                 self.samples[name] += times
                 self.round_p50[name].append(float(np.median(times)))
 
@@ -99,7 +103,7 @@ def paired_targets(rounds: Rounds) -> list[tuple[str, str, str, float, bool]]:
     the lowest pooled p50."""
     names = rounds.runners
     p50 = {r["runtime"]: r["p50_ms"] for r in rounds.rows()}
-    best = min((name for name in names if name != "torch eager"), key=p50.get)
+    best = min((name for name in names if name != "torch eager" and not is_variant(name)), key=p50.get)
     targets = [("ONNX Runtime FP32 >= 2x torch eager", "torch eager", "ort fp32", 2.0, False),
                (f"best CPU path ({best}) >= 10x torch eager", "torch eager", best, 10.0, False),
                (f"best CPU path ({best}) >= 2.5x ONNX Runtime FP32", "ort fp32", best, 2.5, False)]
@@ -202,6 +206,48 @@ def build_runners(model, fp32: str, int8: str, int8_cpu: str, threads: int) -> t
     return runners, files, other_hint
 
 
+def is_variant(name: str) -> bool:
+    """True for an --openvino-variant row (`v1 openvino fp32`): shown and compared, but not what targets judge."""
+    return name[:1] == "v" and name.split(" ", 1)[0][1:].isdigit()
+
+
+def variant_runners(args, fp32: str, int8_cpu: str, threads: int) -> tuple[dict, list[str]]:
+    """Batch-1 rows for each --openvino-variant (KEY=VALUE,...: CPU plugin properties on top of the runner's
+    own): the FP32 and the CPU-form INT8 file compiled with them, named `vN openvino ...`."""
+    from deploy.openvino_runner import OpenVinoRunner
+
+    runners, legend = {}, []
+    for number, text in enumerate(args.openvino_variant, 1):
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        if not pairs or any(len(pair) != 2 for pair in pairs):
+            raise SystemExit(f"--openvino-variant {text!r} is not KEY=VALUE[,KEY=VALUE...]; e.g. "
+                             "ENABLE_CPU_PINNING=YES,CPU_DENORMALS_OPTIMIZATION=YES")
+        properties = {key.strip(): value.strip() for key, value in pairs}
+        for row, path in (("openvino fp32", fp32), ("openvino int8 cpu-form", int8_cpu)):
+            runners[f"v{number} {row}"] = OpenVinoRunner(path, threads, properties=properties)
+        legend.append(f"v{number}: " + ", ".join(f"{k}={v}" for k, v in properties.items()))
+    return runners, legend
+
+
+def variant_lines(rounds: "Rounds", legend: list[str], confidence: float) -> list[str]:
+    """Each variant row against the same file under the runner's own settings, and against ONNX Runtime FP32,
+    as paired round ratios (informative: the targets judge the runner's own settings)."""
+    lines = []
+    for number, text in enumerate(legend, 1):
+        parts = []
+        for row in ("openvino fp32", "openvino int8 cpu-form"):
+            name = f"v{number} {row}"
+            if row not in rounds.round_p50:
+                continue
+            own = ratio_verdict(rounds.round_p50[name], rounds.round_p50[row], 1.0, True, confidence)
+            ort = ratio_verdict(rounds.round_p50["ort fp32"], rounds.round_p50[name], 1.0, False, confidence)
+            parts.append(f"{row} {own['ratio']:.3f}x the p50 of its own settings "
+                         f"({own['low']:.3f}..{own['high']:.3f}), "
+                         f"ORT FP32 / it {ort['ratio']:.2f}x ({ort['low']:.2f}..{ort['high']:.2f})")
+        lines.append(f"{text}: " + "; ".join(parts))
+    return lines
+
+
 def time_batch1(runners: dict, args) -> tuple[Rounds, float]:
     """--rounds interleaved rounds at batch 1, then --step more at a time while a speed target is undecided,
     up to --max-rounds or --extra-seconds, whichever comes first. Returns the rounds and the seconds added."""
@@ -237,14 +283,17 @@ def main() -> int:
                         help="threads for torch, ONNX Runtime and OpenVINO alike (0: the usable physical cores)")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds the iterations are split into")
     parser.add_argument("--step", type=int, default=5, help="rounds added at a time while a target is undecided")
-    parser.add_argument("--max-rounds", type=int, default=60, help="batch-1 rounds at most")
-    parser.add_argument("--extra-seconds", type=float, default=60.0,
+    parser.add_argument("--max-rounds", type=int, default=120, help="batch-1 rounds at most")
+    parser.add_argument("--extra-seconds", type=float, default=90.0,
                         help="seconds at most spent adding batch-1 rounds while a target is undecided")
     parser.add_argument("--confidence", type=float, default=0.95,
                         help="confidence of the interval each speed target is judged on")
     parser.add_argument("--leak-iterations", type=int, default=1000)
     parser.add_argument("--bundle", action="append", default=[],
                         help="a bundle folder whose fit-end bf16 row is checked against its FP32 top-1 (repeatable)")
+    parser.add_argument("--openvino-variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="extra batch-1 rows: the OpenVINO FP32 and CPU-form INT8 files compiled with these CPU "
+                             "plugin properties too, compared paired with the runner's own settings (repeatable)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few iterations and rounds")
     args = parser.parse_args()
     if args.quick:
@@ -269,6 +318,9 @@ def main() -> int:
             parity = float(np.abs(runners["ort fp32"].infer(probe) - model(torch.from_numpy(probe)).numpy()).max())
 
         batch1 = dict(runners)
+        variants, legend = variant_runners(args, fp32, int8_cpu, threads) if "openvino fp32" in runners else ({}, [])
+        batch1.update(variants)
+        sizes.update({name: sizes[name.split(" ", 1)[1]] for name in variants})
         if 1 in other_hint:
             batch1[other_hint[1][0]] = other_hint[1][1]
         rounds1, extra_s = time_batch1(batch1, args)
@@ -299,6 +351,8 @@ def main() -> int:
                   f"{p50[name1, 1]:.2f} ms; batch 32 throughput {p50['openvino fp32', 32]:.2f} ms vs latency "
                   f"{p50[name32, 32]:.2f} ms")
 
+        for line in variant_lines(rounds1, legend, args.confidence):
+            print(line)
         verdicts = []
 
         def target(text: str, value: float, goal: float, unit: str = "x", lower_is_better: bool = False) -> None:

@@ -41,13 +41,15 @@ class OpenVinoRunner(Runner):
 
     hint: auto (latency at batch 1, throughput above) | latency | throughput. precision: f32 | bf16 (the
     plugin's INFERENCE_PRECISION_HINT). threads: INFERENCE_NUM_THREADS; None = the usable physical cores.
+    properties: further CPU plugin properties for every compile (e.g. {"ENABLE_CPU_PINNING": "YES"}), on top
+    of the hint, threads and precision above; a property the plugin does not know fails at open time.
     """
 
     HINTS = ("auto", "latency", "throughput")
     PRECISIONS = ("f32", "bf16")
 
     def __init__(self, path: str | os.PathLike, threads: Optional[int] = None, hint: str = "auto",
-                 device: str = "CPU", precision: str = "f32"):
+                 device: str = "CPU", precision: str = "f32", properties: Optional[dict] = None):
         try:
             import openvino as ov
         except ImportError as exc:
@@ -60,6 +62,7 @@ class OpenVinoRunner(Runner):
         if precision not in self.PRECISIONS:
             raise BundleError(f"OpenVINO inference precision {precision!r} is not one of {list(self.PRECISIONS)}")
         self.path, self.hint, self.device, self.precision = path, hint, device, precision
+        self.properties = dict(properties or {})
         self.threads = int(threads) if threads else physical_cores()
         self.description = f"openvino:{os.path.basename(path)}" + ("" if precision == "f32" else f" ({precision})")
         self.core = _openvino_core(ov)
@@ -85,7 +88,7 @@ class OpenVinoRunner(Runner):
     def config(self, hint: str) -> dict:
         """The compile settings for one hint: what `bench` and the profiler report as this runner's setup."""
         return {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_NUM_THREADS": self.threads,
-                "INFERENCE_PRECISION_HINT": self.precision}
+                "INFERENCE_PRECISION_HINT": self.precision, **self.properties}
 
     def _compile(self, model, hint: str):
         try:

@@ -51,6 +51,22 @@ def test_openvino_runs_on_the_usable_physical_cores_latency_at_batch_1_throughpu
         assert [(s["hint"], s["threads"]) for s in runner.compiled_settings()] == [("latency", 1), ("latency", 1)]
 
 
+
+def test_further_openvino_properties_reach_every_compile_and_an_unknown_one_fails_at_open(digits_bundle):
+    from deploy.bundle import BundleError
+    from deploy.openvino_runner import OpenVinoRunner
+
+    path = os.path.join(digits_bundle.path, "model.onnx")
+    x = digits_bundle.inputs[:4]
+    plain = OpenVinoRunner(path, threads=1)
+    with OpenVinoRunner(path, threads=1, properties={"ENABLE_CPU_PINNING": "YES"}) as runner:
+        np.testing.assert_allclose(runner.infer(x), plain.infer(x), rtol=1e-5, atol=1e-5)
+        assert runner.compiled_settings()[0]["threads"] == 1
+        assert all(c.get_property("ENABLE_CPU_PINNING") for c in (r.get_compiled_model()
+                                                                 for r in runner._latency.values()))
+    with pytest.raises(BundleError, match="OpenVINO cannot compile it"):
+        OpenVinoRunner(path, properties={"NO_SUCH_PROPERTY": "1"})
+
 @needs_bf16
 def test_the_bf16_runtime_computes_in_bf16_while_openvino_fp32_stays_exact(digits_bundle):
     path, x = os.path.join(digits_bundle.path, "model.onnx"), digits_bundle.inputs
