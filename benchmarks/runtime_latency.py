@@ -8,8 +8,8 @@ Random weights are enough for latency (it does not depend on the values), and ca
 batches. Every runner, torch included, uses the same thread count (default: the physical cores this process may
 use) and is timed by the same deploy.benchmark.measure the CLI's `bench` uses, interleaved in rounds (A B C ...,
 B C A ..., rotated each round): the table prints each row's pooled p50 and the spread of its per-round p50s.
-OpenVINO's two performance hints are measured both ways (latency vs throughput at batch 1 and at 32);
---openvino-variant adds batch-1 rows with further CPU plugin properties, compared paired with the runner's own.
+OpenVINO's two performance hints are measured both ways (latency vs throughput at batch 1 and at 32); each
+--openvino-variant adds batch-1 rows under further CPU plugin properties (or call=async), compared paired.
 
 Below the table, the targets. The speed ones (batch 1: ONNX Runtime FP32 >= 2x torch eager; best CPU path >= 10x
 torch eager and >= 2.5x ONNX Runtime FP32; OpenVINO FP32 <= ONNX Runtime FP32; CPU INT8 >= 1.5x FP32 in the same
@@ -223,9 +223,10 @@ def variant_runners(args, fp32: str, int8_cpu: str, threads: int) -> tuple[dict,
             raise SystemExit(f"--openvino-variant {text!r} is not KEY=VALUE[,KEY=VALUE...]; e.g. "
                              "ENABLE_CPU_PINNING=YES,CPU_DENORMALS_OPTIMIZATION=YES")
         properties = {key.strip(): value.strip() for key, value in pairs}
-        for row, path in (("openvino fp32", fp32), ("openvino int8 cpu-form", int8_cpu)):
-            runners[f"v{number} {row}"] = OpenVinoRunner(path, threads, properties=properties)
         legend.append(f"v{number}: " + ", ".join(f"{k}={v}" for k, v in properties.items()))
+        call = properties.pop("call", "sync")  # call=async: the runner's start_async + wait instead of infer
+        for row, path in (("openvino fp32", fp32), ("openvino int8 cpu-form", int8_cpu)):
+            runners[f"v{number} {row}"] = OpenVinoRunner(path, threads, properties=properties, call=call)
     return runners, legend
 
 
@@ -293,7 +294,8 @@ def main() -> int:
                         help="a bundle folder whose fit-end bf16 row is checked against its FP32 top-1 (repeatable)")
     parser.add_argument("--openvino-variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                         help="extra batch-1 rows: the OpenVINO FP32 and CPU-form INT8 files compiled with these CPU "
-                             "plugin properties too, compared paired with the runner's own settings (repeatable)")
+                             "plugin properties too (call=async: run each request with start_async + wait), "
+                             "compared paired with the runner's own settings (repeatable)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few iterations and rounds")
     args = parser.parse_args()
     if args.quick:

@@ -43,13 +43,17 @@ class OpenVinoRunner(Runner):
     plugin's INFERENCE_PRECISION_HINT). threads: INFERENCE_NUM_THREADS; None = the usable physical cores.
     properties: further CPU plugin properties for every compile (e.g. {"ENABLE_CPU_PINNING": "YES"}), on top
     of the hint, threads and precision above; a property the plugin does not know fails at open time.
+    call: how a static-shape request runs: sync (infer, on the calling thread) | async (start_async + wait,
+    on the plugin's stream thread while the caller waits).
     """
 
     HINTS = ("auto", "latency", "throughput")
     PRECISIONS = ("f32", "bf16")
+    CALLS = ("sync", "async")
 
     def __init__(self, path: str | os.PathLike, threads: Optional[int] = None, hint: str = "auto",
-                 device: str = "CPU", precision: str = "f32", properties: Optional[dict] = None):
+                 device: str = "CPU", precision: str = "f32", properties: Optional[dict] = None,
+                 call: str = "sync"):
         try:
             import openvino as ov
         except ImportError as exc:
@@ -61,7 +65,9 @@ class OpenVinoRunner(Runner):
             raise BundleError(f"OpenVINO performance hint {hint!r} is not one of {list(self.HINTS)}")
         if precision not in self.PRECISIONS:
             raise BundleError(f"OpenVINO inference precision {precision!r} is not one of {list(self.PRECISIONS)}")
-        self.path, self.hint, self.device, self.precision = path, hint, device, precision
+        if call not in self.CALLS:
+            raise BundleError(f"OpenVINO call style {call!r} is not one of {list(self.CALLS)}")
+        self.path, self.hint, self.device, self.precision, self.call = path, hint, device, precision, call
         self.properties = dict(properties or {})
         self.threads = int(threads) if threads else physical_cores()
         self.description = f"openvino:{os.path.basename(path)}" + ("" if precision == "f32" else f" ({precision})")
@@ -122,7 +128,11 @@ class OpenVinoRunner(Runner):
         n = batch.shape[0]
         if self.hint == "latency" or (self.hint == "auto" and n == 1) or self.max_batch is not None:
             request = self._latency_request(n) if self.max_batch is None else self._latency_request(self.max_batch)
-            request.infer({0: batch}, share_inputs=True)
+            if self.call == "async":
+                request.start_async({0: batch}, share_inputs=True)
+                request.wait()
+            else:
+                request.infer({0: batch}, share_inputs=True)
             return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
         requests = self._throughput_requests()
         chunks = np.array_split(batch, min(n, len(requests)))

@@ -52,7 +52,7 @@ def test_openvino_runs_on_the_usable_physical_cores_latency_at_batch_1_throughpu
 
 
 
-def test_further_openvino_properties_reach_every_compile_and_an_unknown_one_fails_at_open(digits_bundle):
+def test_further_openvino_properties_and_the_async_call_give_the_same_logits_and_bad_ones_fail_at_open(digits_bundle):
     from deploy.bundle import BundleError
     from deploy.openvino_runner import OpenVinoRunner
 
@@ -64,8 +64,12 @@ def test_further_openvino_properties_reach_every_compile_and_an_unknown_one_fail
         assert runner.compiled_settings()[0]["threads"] == 1
         assert all(c.get_property("ENABLE_CPU_PINNING") for c in (r.get_compiled_model()
                                                                  for r in runner._latency.values()))
+    with OpenVinoRunner(path, threads=1, call="async") as runner:  # start_async + wait: the same logits
+        np.testing.assert_allclose(runner.infer(x), plain.infer(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(BundleError, match="OpenVINO cannot compile it"):
         OpenVinoRunner(path, properties={"NO_SUCH_PROPERTY": "1"})
+    with pytest.raises(BundleError, match="call style 'later' is not one of"):
+        OpenVinoRunner(path, call="later")
 
 @needs_bf16
 def test_the_bf16_runtime_computes_in_bf16_while_openvino_fp32_stays_exact(digits_bundle):
