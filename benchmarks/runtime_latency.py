@@ -2,7 +2,7 @@
 form, OpenVINO FP32 (f32, exact) / bf16 (where the CPU has it) / INT8 (the CPU-form file), batch 1 and 32.
 
     python benchmarks/runtime_latency.py [--quick] [--iterations 300] [--rounds 15] [--threads N]
-                                         [--extra-seconds 90] [--bundle runs/quickstart/version_0/bundle ...]
+                                         [--extra-seconds 60] [--bundle runs/quickstart/version_0/bundle ...]
 
 Random weights are enough for latency (it does not depend on the values), and calibration runs on synthetic
 batches. Every runner, torch included, uses the same thread count (default: the physical cores this process may
@@ -286,7 +286,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds the iterations are split into")
     parser.add_argument("--step", type=int, default=5, help="rounds added at a time while a target is undecided")
     parser.add_argument("--max-rounds", type=int, default=120, help="batch-1 rounds at most")
-    parser.add_argument("--extra-seconds", type=float, default=90.0,
+    parser.add_argument("--extra-seconds", type=float, default=60.0,
                         help="seconds at most spent adding batch-1 rounds while a target is undecided")
     parser.add_argument("--confidence", type=float, default=0.95,
                         help="confidence of the interval each speed target is judged on")
