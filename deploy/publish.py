@@ -1,9 +1,12 @@
 """Copy the newest run's bundle to a stable path, for the DVC pipeline (dvc.yaml) to track as a stage output.
 
     python -m deploy.publish runs/quickstart models/quickstart
+    python -m deploy.publish runs/quickstart_pruned models/quickstart_pruned --prefix pruned_
 
 writes models/quickstart/bundle/ (verified: manifest and every sha256), and beside it the stage's metrics.json: the
-few numbers `dvc exp show` compares runs by (the bundle's report.json keeps every row). The newest run is the highest version_N; if that run has no bundle (its fit-end chain failed
+few numbers `dvc exp show` compares runs by (the bundle's report.json keeps every row). A second stage names its
+numbers apart (`--prefix pruned_`: pruned_top1, pruned_cpu_ms ...): two files with the same names get their paths
+in every column title. The newest run is the highest version_N; if that run has no bundle (its fit-end chain failed
 before writing one) this fails rather than publish an older run's bundle as the new one.
 """
 
@@ -36,8 +39,9 @@ def newest_bundle(runs_dir: str) -> str:
     return bundle
 
 
-def publish(runs_dir: str, out_dir: str) -> str:
-    """Copy the newest verified bundle to <out_dir>/bundle and write metrics.json beside it; returns the source."""
+def publish(runs_dir: str, out_dir: str, prefix: str = "") -> str:
+    """Copy the newest verified bundle to <out_dir>/bundle and write metrics.json beside it, each name after
+    `prefix`; returns the source."""
     source = newest_bundle(runs_dir)
     load_bundle(source, verify=True)
     os.makedirs(out_dir, exist_ok=True)
@@ -56,7 +60,8 @@ def publish(runs_dir: str, out_dir: str) -> str:
         with open(report, "rb") as handle:
             data = handle.read()
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(target) for f in files)
-        atomic_write_json(os.path.join(out_dir, "metrics.json"), short_metrics(json.loads(data), size))
+        metrics = short_metrics(json.loads(data), size)
+        atomic_write_json(os.path.join(out_dir, "metrics.json"), {prefix + key: value for key, value in metrics.items()})
     return source
 
 
@@ -92,9 +97,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.publish", description=__doc__.splitlines()[0])
     parser.add_argument("runs", help="an experiment's runs folder, e.g. runs/quickstart")
     parser.add_argument("out", help="stable output folder, e.g. models/quickstart")
+    parser.add_argument("--prefix", default="", help="put before every name in metrics.json, e.g. pruned_ "
+                        "(a second stage's names apart from the first's in `dvc exp show`)")
     args = parser.parse_args(argv)
     try:
-        source = publish(args.runs, args.out)
+        source = publish(args.runs, args.out, args.prefix)
     except (BundleError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,24 +20,26 @@ from lightning_modules.architecture import apply_layer_shapes, layer_shapes
 from lightning_modules.backbones import PretrainedInput, build_backbone, pretrained_input
 from lightning_modules.figures import confusion_matrix_figure
 from lightning_modules.leaderboard import leaderboard_hparams, write_leaderboard_end, write_leaderboard_session
+from lightning_modules.run_logger import RunLogger, board_tag
 
-# Gradient L2 norms, one section after the metrics: TensorBoard's Scalars and Time Series tabs sort sections by
-# name (test, train, val, weights) and tags within one, so the total (the section's own name) comes first and the
+# Gradient L2 norms, a section after the metrics (lightning_modules.run_logger: TensorBoard lists sections by name,
+# the splits first) and tags within one by name, so the total (the section's own name) comes first and the
 # per-parameter norms (GRAD_NORM/<parameter>) after it.
 GRAD_NORM = "weights/grad_norm"
 # TensorBoard's CUSTOM SCALARS tab, in reading order: train and val side by side on one chart each, then the
-# optimization. Tags are regular expressions. The per-parameter norms stay out of it (with a dozen runs they drew
-# hundreds of lines on one chart); TIME SERIES and SCALARS keep one chart per parameter under weights/.
+# optimization. Tags are regular expressions, of the names TensorBoard shows (board_tag). The per-parameter norms
+# stay out of it (with a dozen runs they drew hundreds of lines on one chart); TIME SERIES and SCALARS keep one
+# chart per parameter under weights/.
 READING_ORDER = {
     "loss and accuracy": {
-        "loss (train, val)": ["Multiline", ["train/loss_epoch", "val/loss"]],
-        "top-1 (train, val, best val)": ["Multiline", ["train/top1", "val/top1", "val/best_top1"]],
-        "val f1 and top-5": ["Multiline", ["val/f1", "val/top5"]],
+        "loss (train, val)": ["Multiline", [board_tag("train/loss_epoch"), board_tag("val/loss")]],
+        "top-1 (train, val, best val)": ["Multiline", [board_tag(t) for t in ("train/top1", "val/top1", "val/best_top1")]],
+        "val f1 and top-5": ["Multiline", [board_tag("val/f1"), board_tag("val/top5")]],
     },
     "optimization": {
-        "learning rate": ["Multiline", ["train/lr.*"]],
+        "learning rate": ["Multiline", [board_tag("train/lr") + ".*"]],
         "gradient norm (all parameters)": ["Multiline", [f"{GRAD_NORM}$"]],
-        "skipped non-finite steps": ["Multiline", ["train/skipped_steps"]],
+        "skipped non-finite steps": ["Multiline", [board_tag("train/skipped_steps")]],
     },
 }
 class ImageClassifier(pl.LightningModule):
@@ -249,7 +251,7 @@ class ImageClassifier(pl.LightningModule):
         if self.trainer.sanity_checking or not isinstance(self.logger, TensorBoardLogger) or self.global_rank != 0:
             return
         names = getattr(self.trainer.datamodule, "class_names", None)
-        self.logger.experiment.add_figure(f"{stage}/confusion_matrix", confusion_matrix_figure(matrix, names), self.global_step)
+        self.logger.experiment.add_figure(board_tag(f"{stage}/confusion_matrix"), confusion_matrix_figure(matrix, names), self.global_step)
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -281,7 +283,8 @@ class ImageClassifier(pl.LightningModule):
             flat = SimpleNamespace(hparams=AttributeDict({**self.hparams, **self.optimization_settings()}))
             params = leaderboard_hparams(flat, self.trainer)
             self.logger.log_hyperparams(params)  # hparams.yaml; with no metrics Lightning writes no events
-            write_leaderboard_session(self.logger, params)
+            if isinstance(self.logger, RunLogger):
+                write_leaderboard_session(self.logger, params)
             self.logger.experiment.add_custom_scalars(READING_ORDER)
         n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
         rank_zero_info(f"{self.hparams.backbone}: {sum(p.numel() for p in self.parameters()):,} parameters ({n_train:,} trainable)")
@@ -295,7 +298,7 @@ class ImageClassifier(pl.LightningModule):
     def on_fit_end(self) -> None:
         self.net.to(memory_format=torch.contiguous_format)  # what export, pruning and a plain user expect
         self._format = torch.contiguous_format
-        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+        if isinstance(self.logger, RunLogger) and self.trainer.is_global_zero:
             # A fit stopped by persistent non-finite steps is listed as failed (the plugin filters on status).
             write_leaderboard_end(self.logger, failed=self.bad_steps_in_a_row >= self.hparams.max_bad_steps)
 

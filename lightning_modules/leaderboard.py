@@ -11,22 +11,24 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 
-# The HPARAMS tab as the experiment's leaderboard. TensorBoard's hparams plugin shows, without a click, the first
-# five hparam columns flagged `differs` (sorted by name) and the first five metrics in the order the experiment
-# lists them; everything else is one click away under "Hyperparameters"/"Metrics" in its left pane.
-HEADLINE_HPARAMS = ("backbone", "lr", "weight_decay", "batch_size", "max_epochs")
-# (scalar tag, column title): the plugin shows each run's last value of the tag; a run that never logged it shows
-# an empty cell, never a placeholder. The bundle/ tags are logged by callbacks.DeployBundle at fit end.
-# The most wanted first: beside the five headline settings, test top-1 and the INT8 Δ start on screen at 1600 px.
+from lightning_modules.run_logger import RunLogger, board_tag
+
+# The HPARAMS tab as the experiment's leaderboard. TensorBoard's hparams plugin gives every column 10em (160 px),
+# shows the first five hparams the experiment declares and then its first five metrics, and leaves about 6 columns
+# beside the trial name at 1600 px. So the experiment declares the two settings runs are compared by (those `dvc exp
+# run -S` varies); the other settings stay in each run's hparams.yaml and config.yaml.
+HEADLINE_HPARAMS = ("lr", "max_epochs")
+# (scalar tag as TensorBoard shows it, column title): the plugin shows each run's last value of the tag; a run that
+# never logged it shows an empty cell, never a placeholder. The bundle/ tags are logged by callbacks.DeployBundle at
+# fit end. The most wanted first: test top-1, the INT8 loss, CPU latency and size are on screen at 1600 px.
 LEADERBOARD_METRICS = (
-    ("test/top1", "test top-1"),
+    (board_tag("test/top1"), "test top-1"),
     ("bundle/int8_delta_top1_pt", "INT8 Δtop-1 pt"),
-    ("bundle/cpu_latency_ms", "best CPU ms"),
+    ("bundle/cpu_latency_ms", "CPU ms"),
     ("bundle/size_mb", "bundle MB"),
-    ("val/best_top1", "best val top-1"),
+    (board_tag("val/best_top1"), "best val top-1"),
     ("bundle/params", "params"),
 )
-
 
 
 def leaderboard_hparams(module: pl.LightningModule, trainer: pl.Trainer) -> dict[str, Any]:
@@ -65,34 +67,37 @@ def _hparam_value(value: Any) -> Any:
     return json.dumps(value, separators=(",", ":"), default=str)  # a list, or an augment pipeline, as one cell
 
 
-def write_leaderboard_session(logger: TensorBoardLogger, params: dict[str, Any]) -> None:
-    """The hparams plugin's experiment and session-start summaries, as Lightning's `log_hyperparams(params,
-    metrics)` writes them, but without logging a placeholder value for each metric (a run that never finished an
-    epoch would show best top-1 0.0), with column titles, the headline columns, and a trial name that fits its
-    10em column."""
+def write_leaderboard_session(logger: RunLogger, params: dict[str, Any]) -> None:
+    """The hparams plugin's experiment and session-start summaries. Not Lightning's `log_hyperparams(params,
+    metrics)`: it declares every setting a column (the plugin shows five, pushing the metrics off screen), logs a
+    placeholder value for each metric (a run that never finished an epoch would show best top-1 0.0), and has no
+    column titles, trial name or end status."""
     from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
     infos = []
-    for name, value in params.items():
-        kind = api_pb2.DATA_TYPE_BOOL if isinstance(value, bool) else (
-            api_pb2.DATA_TYPE_FLOAT64 if isinstance(value, (int, float)) else api_pb2.DATA_TYPE_STRING)
-        infos.append(api_pb2.HParamInfo(name=name, type=kind, differs=name in HEADLINE_HPARAMS))
+    for name in HEADLINE_HPARAMS:
+        if name in params:
+            value = params[name]
+            kind = api_pb2.DATA_TYPE_BOOL if isinstance(value, bool) else (
+                api_pb2.DATA_TYPE_FLOAT64 if isinstance(value, (int, float)) else api_pb2.DATA_TYPE_STRING)
+            infos.append(api_pb2.HParamInfo(name=name, type=kind, differs=True))
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=title) for tag, title in LEADERBOARD_METRICS]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics, time_created_secs=time.time())
+    # every setting, though only the declared ones are columns: a reader of the events finds them all
     start = plugin_data_pb2.SessionStartInfo(group_name=trial_name(logger), start_time_secs=time.time())
     for name, value in params.items():
         field = "bool_value" if isinstance(value, bool) else "number_value" if isinstance(value, (int, float)) else "string_value"
         setattr(start.hparams[name], field, value)
-    _write_hparams_summary(logger, "experiment", plugin_data_pb2.HParamsPluginData(experiment=experiment))
-    _write_hparams_summary(logger, "session_start_info", plugin_data_pb2.HParamsPluginData(session_start_info=start))
+    logger.log_hparams_plugin(plugin_data_pb2.HParamsPluginData(experiment=experiment))
+    logger.log_hparams_plugin(plugin_data_pb2.HParamsPluginData(session_start_info=start))
 
 
-def write_leaderboard_end(logger: TensorBoardLogger, failed: bool) -> None:
+def write_leaderboard_end(logger: RunLogger, failed: bool) -> None:
     from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
     status = api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS
     end = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
-    _write_hparams_summary(logger, "session_end_info", plugin_data_pb2.HParamsPluginData(session_end_info=end))
+    logger.log_hparams_plugin(plugin_data_pb2.HParamsPluginData(session_end_info=end))
 
 
 def trial_name(logger: TensorBoardLogger) -> str:
@@ -100,11 +105,3 @@ def trial_name(logger: TensorBoardLogger) -> str:
     version = logger.version
     version = f"v{version}" if isinstance(version, int) else str(version).replace("version_", "v")
     return f"{version} {logger.name}"
-
-
-def _write_hparams_summary(logger: TensorBoardLogger, kind: str, data: Any) -> None:
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from tensorboard.plugins.hparams import metadata
-
-    summary = Summary(value=[Summary.Value(tag=f"_hparams_/{kind}", metadata=metadata.create_summary_metadata(data))])
-    logger.experiment._get_file_writer().add_summary(summary)  # the writer Lightning's log_hyperparams uses

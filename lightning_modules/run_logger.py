@@ -1,5 +1,8 @@
-"""The TensorBoard logger every run gets: Lightning's, with its two tags that open the Scalars and Time Series
-tabs moved into the `train` section, so those tabs read test, train, val, then the gradient norms."""
+"""The TensorBoard logger every run gets: Lightning's, with its sections in reading order. TensorBoard's TIME SERIES
+and SCALARS tabs list sections (a tag's part before its first `/`) sorted by name, digits first, and TIME SERIES
+opens only the first two; by name the splits read test, train, val. So the three splits carry their place in the
+reading order (`1 val`, `2 test`, `3 train`) and the sections read once per fit follow by name: `bundle`, `data`,
+`pruning`, `weights`. Lightning's own names (progress bar, checkpoint monitor, console) stay `val/top1` and so on."""
 
 from __future__ import annotations
 
@@ -7,11 +10,13 @@ import re
 from typing import Mapping, Optional
 
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 # LearningRateMonitor names its tags "lr-<Optimizer>" (and "lr-<Optimizer>/pg<N>" per parameter group) unless a
 # scheduler is named; the logger connector adds "epoch" to every logged step. As top-level sections both would
-# sort before test/train/val and open the tabs.
+# sort before the metrics and open the tabs.
 _LR = re.compile(r"^lr-[^/-]+")
+SECTIONS = {"val": "1 val", "test": "2 test", "train": "3 train"}
 
 
 def reading_order_tag(tag: str) -> str:
@@ -21,6 +26,26 @@ def reading_order_tag(tag: str) -> str:
     return _LR.sub("train/lr", tag, count=1)
 
 
+def board_tag(tag: str) -> str:
+    """The tag as TensorBoard shows it: `val/top1` -> `1 val/top1`, `lr-AdamW` -> `3 train/lr`; `bundle/...`,
+    `data/...`, `weights/...` unchanged."""
+    tag = reading_order_tag(tag)
+    section, slash, rest = tag.partition("/")
+    return f"{SECTIONS[section]}/{rest}" if slash and section in SECTIONS else tag
+
+
 class RunLogger(TensorBoardLogger):
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
-        super().log_metrics({reading_order_tag(k): v for k, v in metrics.items()}, step)
+        super().log_metrics({board_tag(k): v for k, v in metrics.items()}, step)
+
+    @rank_zero_only
+    def log_hparams_plugin(self, data) -> None:
+        """One of the hparams plugin's summaries (tensorboard.plugins.hparams.plugin_data_pb2.HParamsPluginData with
+        its experiment, session_start_info or session_end_info set), written as Lightning's log_hyperparams writes
+        its own: lightning_modules.leaderboard says why the project writes these itself."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.plugins.hparams import metadata
+
+        kind = data.WhichOneof("data")
+        summary = Summary(value=[Summary.Value(tag=f"_hparams_/{kind}", metadata=metadata.create_summary_metadata(data))])
+        self.experiment._get_file_writer().add_summary(summary)

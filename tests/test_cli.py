@@ -68,12 +68,13 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     assert any(t.startswith("weights/grad_norm/net.conv1.weight") for t in scalars)
     steps = [e.step for e in acc.Scalars("weights/grad_norm")]
     assert steps == list(range(0, 16, 2))  # every log_grad_norm_every optimizer steps, 2 epochs of 8
-    for tag in ("train/loss_step", "val/top1", "val/top5", "val/f1", "val/best_top1", "test/top1", "train/lr", "train/epoch"):
+    for tag in ("3 train/loss_step", "1 val/top1", "1 val/top5", "1 val/f1", "1 val/best_top1", "2 test/top1", "3 train/lr",
+                "3 train/epoch"):
         assert tag in scalars, tag
-    # TensorBoard's Scalars and Time Series tabs show sections sorted by name: metrics first, gradient norms last,
+    # TensorBoard's Scalars and Time Series tabs show sections sorted by name: val, test, train, gradient norms last,
     # their total before the per-parameter charts; nothing from Lightning (epoch, lr-AdamW) above them
     sections = sorted({t.split("/")[0] for t in scalars})
-    assert sections == ["test", "train", "val", "weights"], sections
+    assert sections == ["1 val", "2 test", "3 train", "weights"], sections
     # CUSTOM SCALARS: the total gradient norm has a chart, the per-parameter norms (hundreds of lines) have none
     from tensorboard.plugins.custom_scalar import layout_pb2
 
@@ -83,13 +84,13 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     assert not [title for title, tags in charts.items() if any(t.startswith("weights/grad_norm/") for t in tags)]
     norms = sorted(t for t in scalars if t.startswith("weights/"))
     assert norms[0] == "weights/grad_norm" and len(norms) > 10
-    assert acc.Scalars("val/best_top1")[-1].value == max(e.value for e in acc.Scalars("val/top1"))
-    assert "val/confusion_matrix" in acc.Tags()["images"]
+    assert acc.Scalars("1 val/best_top1")[-1].value == max(e.value for e in acc.Scalars("1 val/top1"))
+    assert "1 val/confusion_matrix" in acc.Tags()["images"]
 
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert [m.name.tag for m in experiment.metric_infos][:5] == [  # the most wanted first
-        "test/top1", "bundle/int8_delta_top1_pt", "bundle/cpu_latency_ms", "bundle/size_mb", "val/best_top1"]
+        "2 test/top1", "bundle/int8_delta_top1_pt", "bundle/cpu_latency_ms", "bundle/size_mb", "1 val/best_top1"]
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert session.hparams["lr"].number_value == pytest.approx(0.01)  # the command-line override
     assert session.hparams["backbone"].string_value == "resnet"

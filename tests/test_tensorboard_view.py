@@ -58,10 +58,11 @@ def test_hparams_are_the_settings_a_person_varies_under_readable_names(two_runs)
     assert start.group_name == "v0 quickstart"  # the trial name, short enough for its 10em column
 
     experiment = hparams_data(acc, "experiment")
-    # the five columns TensorBoard shows without a click: those flagged `differs`
-    assert sorted(h.name for h in experiment.hparam_infos if h.differs) == ["backbone", "batch_size", "lr", "max_epochs", "weight_decay"]
-    assert [m.name.tag for m in experiment.metric_infos][:5] == [  # the most wanted first
-        "test/top1", "bundle/int8_delta_top1_pt", "bundle/cpu_latency_ms", "bundle/size_mb", "val/best_top1"]
+    # TensorBoard shows the first five declared settings before any metric: only the two runs are compared by
+    assert [h.name for h in experiment.hparam_infos] == ["lr", "max_epochs"]
+    assert [(m.name.tag, m.display_name) for m in experiment.metric_infos][:4] == [  # the most wanted first
+        ("2 test/top1", "test top-1"), ("bundle/int8_delta_top1_pt", "INT8 Δtop-1 pt"),
+        ("bundle/cpu_latency_ms", "CPU ms"), ("bundle/size_mb", "bundle MB")]
     assert hparams_data(acc, "session_end_info").status == api_pb2.STATUS_SUCCESS
 
 
@@ -76,9 +77,9 @@ def test_every_leaderboard_metric_has_a_value_and_none_is_a_placeholder(two_runs
     assert acc.Scalars("bundle/params")[-1].value == bundle["params"] > 1000
 
     trained = events(two_runs / "quickstart" / "version_1")
-    best = trained.Scalars("val/best_top1")
+    best = trained.Scalars("1 val/best_top1")
     # one value per finished epoch, none before the first (a 0.0 there would be a failed run's "best")
-    assert len(best) == 2 and best[0].step > 0 and best[-1].value == max(e.value for e in trained.Scalars("val/top1"))
+    assert len(best) == 2 and best[0].step > 0 and best[-1].value == max(e.value for e in trained.Scalars("1 val/top1"))
     assert not any(t.startswith("bundle/") for t in trained.Tags()["scalars"])  # no bundle: empty cells, not zeros
 
 
@@ -90,9 +91,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def page_text(url: str, wait_for: str, timeout: float = 60.0) -> str:
-    """The rendered text of `url`, shadow roots included (TensorBoard's dashboards live in them, so --dump-dom
-    misses them), read through the DevTools protocol over a pipe: no websocket client needed."""
+def page_text(url: str, wait_for: str, timeout: float = 60.0, measure: str = "", height: int = 1000):
+    """The rendered text of `url` in a 1600 px wide window, shadow roots included (TensorBoard's dashboards live in
+    them, so --dump-dom misses them), read through the DevTools protocol over a pipe: no websocket client needed.
+    With `measure` (a JavaScript expression), returns (text, its value) instead."""
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
 
@@ -104,7 +106,7 @@ def page_text(url: str, wait_for: str, timeout: float = 60.0) -> str:
         proc = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-             "--window-size=1920,1000", "--remote-debugging-pipe", url],
+             f"--window-size=1600,{height}", "--remote-debugging-pipe", url],
             preexec_fn=fds, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_child_r), os.close(from_child_w)
         reader = os.fdopen(from_child_r, "rb")
@@ -140,7 +142,10 @@ def page_text(url: str, wait_for: str, timeout: float = 60.0) -> str:
                 text = call("Runtime.evaluate", session, expression=walk, returnByValue=True)["result"].get("value", "")
                 if wait_for in text:
                     time.sleep(2)  # the table fills row by row
-                    return " ".join(call("Runtime.evaluate", session, expression=walk, returnByValue=True)["result"]["value"].split())
+                    text = " ".join(call("Runtime.evaluate", session, expression=walk, returnByValue=True)["result"]["value"].split())
+                    if not measure:
+                        return text
+                    return text, call("Runtime.evaluate", session, expression=measure, returnByValue=True)["result"].get("value")
                 time.sleep(1)
             return " ".join(text.split())
         finally:
@@ -182,25 +187,35 @@ def board(two_runs):
         proc.wait()
 
 
+# [text, left, right] of every column header of the HPARAMS table, in px of the 1600 px window
+HEADERS = ("(function walk(n,out){if(n.nodeType===1&&n.classList.contains('table-header')){const r=n.getBoundingClientRect();"
+           "out.push([n.textContent.trim(),r.left,r.right]);}if(n.shadowRoot)walk(n.shadowRoot,out);"
+           "for(const c of n.children||[])walk(c,out);return out;})(document,[])")
+
+
 @needs_chromium
-def test_the_hparams_tab_shows_lr_epochs_and_both_runs_best_top1_without_a_click(two_runs, board):
-    text = page_text(f"{board}/#hparams", wait_for="v1 quickstart")
+def test_the_hparams_tab_shows_lr_epochs_top1_and_the_bundle_numbers_on_a_1600_px_screen(two_runs, board):
+    text, headers = page_text(f"{board}/#hparams", wait_for="v1 quickstart", measure=HEADERS)
     table = text[text.index("Trial ID"):]
-    for header in ("lr", "max_epochs", "best val top-1", "test top-1"):
-        assert f" {header} " in table, header
     for version in (0, 1):
-        best = events(two_runs / "quickstart" / f"version_{version}").Scalars("val/best_top1")[-1].value
+        best = events(two_runs / "quickstart" / f"version_{version}").Scalars("1 val/best_top1")[-1].value
         row = table[table.index(f"v{version} quickstart"):]
         shown = f"{best:.{4 - math.floor(math.log10(best))}f}"  # as the table shows it: 5 significant digits
         assert shown in row[:400], (version, shown, row[:400])
+    right_edge = {title: right for title, left, right in headers if right > left}
+    wanted = ["Trial ID", "lr", "max_epochs", "test top-1", "INT8 Δtop-1 pt", "CPU ms", "bundle MB"]
+    assert [title for title in right_edge if title in wanted] == wanted, headers  # in this order, left to right
+    assert max(right_edge[title] for title in wanted) <= 1600, headers  # whole, without scrolling
 
 
 @needs_chromium
-def test_the_time_series_tab_opens_on_results_and_metrics_and_ends_with_the_gradient_norms(board):
-    text = page_text(f"{board}/#timeseries", wait_for="weights")
+def test_the_time_series_tab_opens_on_val_and_test_then_train_and_ends_with_the_gradient_norms(board):
+    text = page_text(f"{board}/#timeseries", wait_for="weights", height=5000)  # every section's cards in view
     # section headers as the tab lists them, top to bottom ("<name> <N> cards"; a one-card section has no count)
-    sections = [name for name, _ in re.findall(r"(\S+) (\d+) cards", text)]
-    assert sections == ["bundle", "data", "test", "train", "val", "weights"], sections
+    sections = [name for name, _ in re.findall(r"((?:\d )?[a-z]+) (\d+) cards", text)]
+    assert sections == ["1 val", "2 test", "3 train", "bundle", "data", "weights"], sections
+    # the first two sections open expanded: their charts are on the page (titled "<section> /<tag>"), the others' not
+    assert " 1 val /top1 " in text and " 2 test /top1 " in text and " 3 train /top1 " not in text, text
     assert "grad_2.0" not in text and "lr-AdamW" not in text and " epoch " not in text  # Lightning's own names are gone
 
 

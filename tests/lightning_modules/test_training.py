@@ -9,12 +9,14 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from torch import nn
 
 from edgecls_testing import TINY, run_main
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import load_bundle
 from lightning_modules import ImageClassifier
+from lightning_modules.run_logger import RunLogger
 
 
 class NaNLossAt(nn.Module):
@@ -92,11 +94,16 @@ def test_best_val_top1_survives_a_checkpoint_round_trip():
     assert float(resumed.val_best_top1.compute()) == 0.75
 
 
-def test_persistent_non_finite_steps_stop_the_fit_with_one_clear_message():
+def test_persistent_non_finite_steps_stop_the_fit_with_one_clear_message_and_a_failed_run_in_hparams(tmp_path):
     model = tiny_model(max_bad_steps=3)
     model.criterion = NaNLossAt(model, set(range(2, 100)))
+    logger = RunLogger(tmp_path, name="run", default_hp_metric=False)
     with pytest.warns(UserWarning, match=r"stopping the fit: 3 steps in a row were non-finite \(last at step 4\).*gradient_clip_val"):
-        trainer, snapshots = fit(model, max_epochs=3)
+        trainer, snapshots = fit(model, max_epochs=3, logger=logger)
+    acc = EventAccumulator(logger.log_dir)
+    acc.Reload()
+    end = plugin_data_pb2.HParamsPluginData.FromString(acc.PluginTagToContent("hparams")["_hparams_/session_end_info"])
+    assert end.session_end_info.status == api_pb2.STATUS_FAILURE  # HPARAMS' status filter lists it as Failure
 
     assert trainer.should_stop and trainer.global_step == 5  # steps 2, 3, 4 were bad; 17 batches an epoch, 3 epochs asked
     final = model.net.state_dict()
