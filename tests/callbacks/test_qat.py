@@ -4,11 +4,14 @@ on its best validation epoch; and a fit with the step reports PTQ's and QAT's te
 leaves the main trainer able to test."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from onnx import TensorProto
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -22,6 +25,7 @@ from callbacks.quantization import asymmetric_zero_points  # noqa: E402
 from datamodules import ImageClassificationDataModule  # noqa: E402
 from deploy.runners import OnnxRuntimeRunner  # noqa: E402
 from deploy.tensorrt_check import check_tensorrt  # noqa: E402
+from edgecls_testing import REPO  # noqa: E402
 from lightning_modules import ImageClassifier  # noqa: E402
 
 
@@ -137,3 +141,22 @@ def test_a_fit_with_qat_reports_what_ptq_and_qat_lose_on_the_test_split(qat_fit)
         entry = by_method["qat"]
         assert entry["runtime"] == "tensorrt" and entry["tensorrt_check"]["passed"]
         assert entry["metrics"]["top1"] == pytest.approx(test["qat"])  # the bundle re-measures the same file
+
+
+@pytest.mark.slow  # the study's four quantizations of the small network, each scored on the test split
+def test_the_benchmark_computes_the_ptq_study_from_the_finished_run(qat_fit):
+    bundle, _ = qat_fit
+    run = bundle.parent
+    # the config.yaml main.py saves in every run (the fit above was built by hand): the data it was fitted on
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"image_size": 16}}))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "qat.py"), "--run", str(run)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line[:44].strip(): line[44:].split() for line in proc.stdout.splitlines()}
+    facts = json.loads((bundle / "report.json").read_text())["steps"]["QuantizationAwareTraining"]
+    # the study's minmax PTQ is the one the step measured (the same calibration images and file)
+    assert float(rows["PTQ minmax, alone"][1]) == pytest.approx(facts["ptq_drop_pts"], abs=0.006)
+    for label in ("PTQ entropy, alone", "PTQ percentile, alone", "PTQ minmax, Conv/Gemm only (QAT's operators)"):
+        top1, drop = map(float, rows[label][:2])  # each printed to 2 decimals
+        assert 0 <= top1 <= 100 and drop == pytest.approx(100 * facts["test_top1"]["fp32"] - top1, abs=0.011)
+    assert float(rows["FP32 ONNX"][0]) == pytest.approx(100 * facts["test_top1"]["fp32"], abs=0.006)
