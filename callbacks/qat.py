@@ -16,22 +16,26 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import lightning_fabric
 import numpy as np
 import onnx
 import pytorch_lightning as pl
 import torch
 from onnx import numpy_helper
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning import Callback
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from callbacks.fit_end import FitEndStep, NetworkBatches, evaluate, input_size, numpy_batches
-from callbacks.quantization import METHODS, asymmetric_zero_points, loader_batches, prepare_for_quantization, quantize_int8
+from callbacks.quantization import asymmetric_zero_points, loader_batches, prepare_for_quantization, quantize_int8
 from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.atomic import atomic_path
 from deploy.runners import OnnxRuntimeRunner
@@ -142,97 +146,164 @@ def export_parity(net: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> d
             "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean()), "images": int(len(x))}
 
 
-def fine_tune(net: nn.Module, loader, epochs: int, lr: float, weight_decay: float = 0.0,
-              label_smoothing: float = 0.0, validate: Optional[Callable[[nn.Module], float]] = None
-              ) -> tuple[float, list[float]]:
-    """QAT epochs: AdamW with a cosine decay to 0 (straight-through gradients through the fake quantizers).
+class QATModule(pl.LightningModule):
+    """The folded, fake-quantized network as the second fit trains it: the fit's loss (cross-entropy with its label
+    smoothing), AdamW with a cosine decay to 0 over the fit's steps (straight-through gradients through the fake
+    quantizers), and its validation top-1 (`val_top1`, also logged as `val/top1`) after each validation pass. The
+    loaders' uint8 images are normalized on the device the batch was moved to, as the DataModule does for the fit."""
 
-    With `validate` (net -> validation top-1), the network is scored before the first epoch (the calibrated start)
-    and after each one, and it ends holding the best-scoring epoch's weights (the earliest of equal scores).
-    Returns the seconds spent, validation included, and the scores (index 0 = before training)."""
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    steps = max(1, epochs * len(loader))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    def __init__(self, net: nn.Module, normalize: Optional[Callable[[torch.Tensor], torch.Tensor]], lr: float,
+                 weight_decay: float = 0.0, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.net, self.normalize = net, normalize
+        self.lr, self.weight_decay, self.label_smoothing = lr, weight_decay, label_smoothing
+        self._correct = self._total = 0
+        self.val_top1: Optional[float] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        return (self.normalize(x) if self.normalize is not None else x), y
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y, label_smoothing=self.label_smoothing)
+
+    def on_validation_epoch_start(self) -> None:
+        self._correct = self._total = 0
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self._correct += int((self.net(x).argmax(dim=1) == y).sum())
+        self._total += len(y)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_top1 = self._correct / max(1, self._total)
+        self.log("val/top1", self.val_top1)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = torch.optim.AdamW([p for p in self.net.parameters() if p.requires_grad], lr=self.lr,
+                                weight_decay=self.weight_decay)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class KeepBestEpoch(Callback):
+    """Each validation pass's top-1 (the module's `val_top1`; a `trainer.validate` before the fit gives index 0,
+    the calibrated start) and, in memory, the weights of the best-scoring pass (the earliest of equal scores),
+    which the module holds again when the fit ends: nothing is written, so nothing is left half-written."""
+
+    def __init__(self) -> None:
+        self.scores: list[float] = []
+        self.best: Optional[dict[str, torch.Tensor]] = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        score = float(pl_module.val_top1)
+        if score > max(self.scores, default=-1.0):
+            self.best = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        self.scores.append(score)
+        rank_zero_info(f"QAT epoch {len(self.scores) - 1}: val top-1 {100 * score:.2f} %")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.best is not None:
+            pl_module.load_state_dict(self.best)
+
+
+class _NotLightnings(logging.Filter):
+    """Lets through the info lines of everything but Lightning's own modules."""
+
+    HOMES = tuple(os.path.dirname(m.__file__) for m in (pl, lightning_fabric))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.pathname.startswith(self.HOMES)
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """The second fit without Lightning's banner (GPU/TPU available ..., `max_epochs` reached) and the loader
+    notices the main fit already gave; the step's own lines still show."""
+    loggers = [logging.getLogger(f"{name}.utilities.rank_zero") for name in ("pytorch_lightning", "lightning_fabric")]
+    quiet = _NotLightnings()
+    try:
+        for lg in loggers:
+            lg.addFilter(quiet)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=PossibleUserWarning)
+            yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(quiet)
+
+
+def fine_tune_fit(module: QATModule, train_loader, val_loader, epochs: int,
+                  like: Optional[pl.Trainer] = None) -> tuple[float, list[float]]:
+    """QAT as a second Lightning fit of `epochs` epochs: validated once before (epoch 0, the calibrated start) and
+    after each epoch, ending on the best epoch's weights (KeepBestEpoch). It runs on the device of `like` (the
+    main trainer) on one device, in float32, with no logger and no checkpoint files of its own. Returns the seconds
+    spent, validation included, and the val top-1 by epoch; the module is left on the CPU in eval mode."""
+    root = like.strategy.root_device if like is not None else torch.device("cpu")
+    keep = KeepBestEpoch()
     start = time.perf_counter()
-    scores: list[float] = []
-    best: Optional[dict[str, torch.Tensor]] = None
-
-    def score() -> None:
-        nonlocal best
-        net.eval()
-        with torch.no_grad():
-            scores.append(float(validate(net)))
-        if scores[-1] > max(scores[:-1], default=-1.0):
-            best = {k: v.detach().clone() for k, v in net.state_dict().items()}
-
-    if validate is not None:
-        score()
-    for _ in range(epochs):
-        net.train()
-        for x, y in loader:
-            loss = nn.functional.cross_entropy(net(x), y, label_smoothing=label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
-        if validate is not None:
-            score()
-    if best is not None:
-        net.load_state_dict(best)
-    net.eval()
-    return time.perf_counter() - start, scores
-
-
-def torch_top1(net: nn.Module, loader) -> float:
-    """Top-1 of a torch network (eval mode, no gradients) over a loader, batch by batch."""
-    correct = total = 0
-    net.eval()
-    with torch.no_grad():
-        for x, y in loader:
-            correct += int((net(x).argmax(dim=1) == y).sum())
-            total += len(y)
-    return correct / max(1, total)
+    with quiet_lightning():
+        qat = pl.Trainer(accelerator="gpu" if root.type == "cuda" else "cpu",
+                         devices=[root.index or 0] if root.type == "cuda" else 1, precision="32-true",
+                         max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[keep],
+                         default_root_dir=like.default_root_dir if like is not None else None)
+        qat.validate(module, dataloaders=val_loader, verbose=False)
+        qat.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    if qat.interrupted or len(keep.scores) != epochs + 1:
+        raise RuntimeError(f"the QAT fit stopped after {len(keep.scores) - 1} of {epochs} epochs; see the messages "
+                           "above")
+    module.cpu().eval()
+    return time.perf_counter() - start, keep.scores
 
 
 class QuantizationAwareTraining(FitEndStep):
     """After the fit: fold BatchNorm, insert INT8 fake quantization (ModelOpt, calibrated like minmax PTQ), fine-tune
-    `epochs` epochs, export model.int8-qat.onnx in TensorRT's Q/DQ form, and publish it as the TensorRT INT8
-    artifact (quantization.method "qat") when, on the validation split, it beats plain minmax PTQ and at least ties
-    the PTQ file the gate left (which may keep nodes in FP32).
+    `epochs` epochs as a second Lightning fit, export model.int8-qat.onnx in TensorRT's Q/DQ form, and publish it as
+    the TensorRT INT8 artifact (quantization.method "qat") when, on the validation split, it beats plain minmax PTQ
+    and at least ties the PTQ file the gate left (which may keep nodes in FP32).
 
-    BatchNorm is folded before the fine-tune, so its statistics stay frozen at the fit's; the network is scored on
-    the validation split before and after each QAT epoch and the best epoch is the one exported (0 = the
-    calibrated start, no training).
+    The second fit (QATModule, run by a Trainer of its own on the main trainer's device, no logger, no checkpoint
+    files) trains on the DataModule's train loader with the model's loss and label smoothing, AdamW and a cosine
+    decay over its steps. BatchNorm is folded before it, so its statistics stay frozen at the fit's; the network is
+    scored on the validation split before the fit and after each epoch, and the best epoch is the one exported
+    (0 = the calibrated start, no training).
 
     The note (report.json steps.QuantizationAwareTraining) gives, on the test split: `ptq_drop_pts` (plain
-    minmax PTQ, no nodes kept in FP32; positive = lost), `ptq_gated_drop_pts` (the PTQ file as the gate left it),
-    `ptq_conv_gemm_drop_pts` (minmax PTQ of only the operators QAT quantizes) and `qat_drop_pts`, plus the
-    fine-tune's seconds (validation included) against the fit's, the epoch kept, and `qat_export_parity` (ONNX
-    Runtime on the exported file against the fake-quantized network).
+    minmax PTQ, no nodes kept in FP32; positive = lost), `ptq_gated_drop_pts` (the PTQ file as the gate left it)
+    and `qat_drop_pts`, plus the fine-tune's seconds (validation included) against the fit's, the val top-1 by
+    epoch, the epoch kept, and `qat_export_parity` (ONNX Runtime on the exported file against the fake-quantized
+    network). PTQ with the other calibration methods and on QAT's operators only is benchmarks/qat.py's study.
 
     Args:
         epochs: QAT fine-tuning epochs over the train split.
         lr: AdamW learning rate of the fine-tune (cosine-decayed to 0); about 1/10 to 1/100 of the fit's.
         num_samples: calibration images (train split, eval transform) that set the initial ranges.
         weight_decay: AdamW weight decay of the fine-tune.
-        compare_methods: other PTQ calibration methods (entropy, percentile) whose plain test top-1 loss the note
-            lists beside minmax's (`ptq_drop_pts_by_method`), to show what calibration alone recovers.
+        compare_methods: accepted for the configs of earlier runs and ignored, with a warning: the PTQ study by
+            calibration method is `python benchmarks/qat.py --run <run>`.
     """
 
     PRODUCES = ("onnx-int8:int8@tensorrt",)
 
     def __init__(self, epochs: int = 2, lr: float = 1e-4, num_samples: int = 512, weight_decay: float = 0.0,
-                 compare_methods: Sequence[Literal["minmax", "entropy", "percentile"]] = ()) -> None:
+                 compare_methods: Sequence[str] = ()) -> None:
         super().__init__()
+        if compare_methods:
+            rank_zero_warn("QuantizationAwareTraining compare_methods is ignored: the PTQ study by calibration method "
+                           "moved to benchmarks/qat.py; run python benchmarks/qat.py --run <run folder>, and drop the "
+                           "setting from the YAML")
         if epochs < 1 or num_samples < 1 or lr <= 0:
             raise ValueError(f"QuantizationAwareTraining epochs and num_samples must be 1 or more and lr above 0, "
                              f"got epochs={epochs} num_samples={num_samples} lr={lr}")
         self.epochs, self.lr, self.num_samples, self.weight_decay = epochs, lr, num_samples, weight_decay
-        unknown = sorted(set(compare_methods) - set(METHODS))
-        if unknown:
-            raise ValueError(f"QuantizationAwareTraining compare_methods {unknown} are not among {sorted(METHODS)}")
-        self.compare_methods = list(compare_methods)
         self._train_start: Optional[float] = None
         self.train_seconds: Optional[float] = None
 
@@ -260,9 +331,11 @@ class QuantizationAwareTraining(FitEndStep):
         calibration = NetworkBatches(dm.calibration_dataloader(self.num_samples))
         net = insert_fake_quant(fold_batchnorm(model.net), (x for x, _ in calibration))
         smoothing = float(dict(model.hparams).get("label_smoothing") or 0.0)
-        seconds, val_by_epoch = fine_tune(net, NetworkBatches(dm.train_dataloader()), self.epochs, self.lr,
-                                          self.weight_decay, smoothing,
-                                          validate=lambda n: torch_top1(n, NetworkBatches(dm.val_dataloader())))
+        # The loaders, not the DataModule: it stays attached to the main trainer, whose test and later steps use it.
+        train_loader = dm.train_dataloader()
+        normalize = getattr(train_loader.collate_fn, "normalize", None)  # uint8 batches -> the network's input
+        module = QATModule(net, normalize, self.lr, self.weight_decay, smoothing)
+        seconds, val_by_epoch = fine_tune_fit(module, train_loader, dm.val_dataloader(), self.epochs, like=trainer)
         out = export_qdq_onnx(net, self.staging / "model.int8-qat.onnx", size)
         bad = asymmetric_zero_points(out)
         if bad:
@@ -272,23 +345,13 @@ class QuantizationAwareTraining(FitEndStep):
 
         val = {"fp32": top1(fp32.file, dm.val_dataloader()), "qat": top1(out, dm.val_dataloader())}
         test = {"fp32": top1(fp32.file, dm.test_dataloader()), "qat": top1(out, dm.test_dataloader())}
+        # plain minmax PTQ (no node kept in FP32), from the same calibration ranges QAT starts from: the bar QAT clears
         plain = self.staging / ".model.int8-ptq-plain.onnx"
         prepared = prepare_for_quantization(fp32.file, self.staging / ".model.prepared-qat.onnx")
-        by_method = {}
-
-        def calibration_batches():
-            return loader_batches(dm.calibration_dataloader(self.num_samples, batch_size=16))
-
         try:
-            for method in dict.fromkeys(["minmax", *self.compare_methods]):
-                quantize_int8(prepared, plain, calibration_batches(), method)
-                by_method[method] = 100 * (test["fp32"] - top1(plain, dm.test_dataloader()))
-                if method == "minmax":  # what QAT starts from: the same ranges
-                    val["ptq"], test["ptq"] = top1(plain, dm.val_dataloader()), top1(plain, dm.test_dataloader())
-            # onnxruntime quantizes every operator it knows (SE Mul, HardSigmoid, ReduceMean, Add ...), ModelOpt only
-            # the inputs and weights of Conv/Gemm: PTQ on QAT's operator set separates the two causes of loss
-            quantize_int8(prepared, plain, calibration_batches(), "minmax", op_types=QAT_OP_TYPES)
-            test["ptq_conv_gemm"] = top1(plain, dm.test_dataloader())
+            quantize_int8(prepared, plain, loader_batches(dm.calibration_dataloader(self.num_samples, batch_size=16)),
+                          "minmax")
+            val["ptq"], test["ptq"] = top1(plain, dm.val_dataloader()), top1(plain, dm.test_dataloader())
         finally:
             plain.unlink(missing_ok=True)
             prepared.unlink(missing_ok=True)
@@ -301,9 +364,8 @@ class QuantizationAwareTraining(FitEndStep):
         facts: dict[str, Any] = {
             "library": "nvidia-modelopt", "epochs": self.epochs, "lr": self.lr, "num_samples": self.num_samples,
             "val_top1": val, "test_top1": test,
-            "ptq_drop_pts": 100 * (test["fp32"] - test["ptq"]), "ptq_drop_pts_by_method": by_method,
+            "ptq_drop_pts": 100 * (test["fp32"] - test["ptq"]),
             "ptq_gated_drop_pts": 100 * (test["fp32"] - test["ptq_gated"]) if "ptq_gated" in test else None,
-            "ptq_conv_gemm_drop_pts": 100 * (test["fp32"] - test["ptq_conv_gemm"]),
             "qat_drop_pts": 100 * (test["fp32"] - test["qat"]),
             "qat_val_top1_by_epoch": val_by_epoch, "qat_epoch_kept": int(np.argmax(val_by_epoch)),
             "qat_export_parity": parity, "test_samples": len(dm.test_dataloader().dataset),
@@ -325,7 +387,6 @@ class QuantizationAwareTraining(FitEndStep):
         cost = f", {100 * facts['qat_cost_of_fit']:.0f} % of the fit's training time" if facts["qat_cost_of_fit"] else ""
         line = (f"test top-1 lost vs FP32: PTQ alone {facts['ptq_drop_pts']:+.2f} pt"
                 + (f", PTQ after the gate {facts['ptq_gated_drop_pts']:+.2f} pt" if "ptq_gated" in test else "")
-                + f", PTQ on QAT's operators (Conv/Gemm only) {facts['ptq_conv_gemm_drop_pts']:+.2f} pt"
                 + f", QAT {facts['qat_drop_pts']:+.2f} pt (epoch {facts['qat_epoch_kept']} of {self.epochs} kept on val, "
                 f"{seconds:.0f} s{cost}); {facts['test_samples']} test images; QAT {verdict}")
         record.note(self.name, "INT8 QAT", line, facts=facts, topic="int8")

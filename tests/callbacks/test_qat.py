@@ -1,25 +1,31 @@
 """Quantization-aware training: the fake-quantized network exports to a Q/DQ file TensorRT's rules accept, that
-computes in ONNX Runtime what the network computed in training, and a fit with the step reports PTQ's and QAT's
-test top-1 loss side by side."""
+computes in ONNX Runtime what the network computed in training; the fine-tune is a second Lightning fit that ends
+on its best validation epoch; and a fit with the step reports PTQ's and QAT's test top-1 loss side by side and
+leaves the main trainer able to test."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from onnx import TensorProto
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 pytest.importorskip("modelopt.torch.quantization")
 
 from callbacks import DeployBundle, Int8Quantization, ONNXExport  # noqa: E402
-from callbacks.qat import (QuantizationAwareTraining, export_parity, export_qdq_onnx, fine_tune,  # noqa: E402
-                           fold_batchnorm, insert_fake_quant)
+from callbacks.qat import (QATModule, QuantizationAwareTraining, export_parity, export_qdq_onnx,  # noqa: E402
+                           fine_tune_fit, fold_batchnorm, insert_fake_quant)
 from callbacks.quantization import asymmetric_zero_points  # noqa: E402
 from datamodules import ImageClassificationDataModule  # noqa: E402
 from deploy.runners import OnnxRuntimeRunner  # noqa: E402
 from deploy.tensorrt_check import check_tensorrt  # noqa: E402
+from edgecls_testing import REPO  # noqa: E402
 from lightning_modules import ImageClassifier  # noqa: E402
 
 
@@ -57,25 +63,36 @@ def test_the_qat_network_exports_to_tensorrt_qdq_that_onnx_runtime_runs_as_train
     assert parity["top1_agreement"] == 1.0 and parity["images"] == 32
 
 
-def test_qat_fine_tune_ends_on_the_epoch_that_scored_best_on_validation():
+def test_the_qat_fit_scores_the_calibrated_start_and_ends_on_the_epoch_that_scored_best_on_validation():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
-    loader = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(2)]
-    scores = iter([0.50, 0.90, 0.60, 0.70])  # before training, then after epochs 1, 2, 3
+    scores = iter([0.50, 0.90, 0.60, 0.70])  # before the fit, then after epochs 1, 2, 3
     snapshots = []
 
-    def validate(n):
-        snapshots.append({k: v.clone() for k, v in n.state_dict().items()})
-        return next(scores)
+    class Scripted(QATModule):
+        def on_validation_epoch_end(self):
+            snapshots.append({k: v.clone() for k, v in self.net.state_dict().items()})
+            self.val_top1 = next(scores)
 
-    seconds, by_epoch = fine_tune(net, loader, epochs=3, lr=0.1, validate=validate)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    loader = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,))), batch_size=8)
+    module = Scripted(net, None, lr=0.1)
+    seconds, by_epoch = fine_tune_fit(module, loader, loader, epochs=3)
     assert by_epoch == [0.50, 0.90, 0.60, 0.70] and seconds > 0
+    assert module.trainer.global_step == 6  # 3 epochs of 2 batches
+    assert module.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine to 0
+    assert not torch.equal(snapshots[1]["1.weight"], snapshots[3]["1.weight"])  # epochs 2 and 3 trained on
     for key, value in net.state_dict().items():  # epoch 1's weights, not the last epoch's
         assert torch.equal(value, snapshots[1][key])
 
 
+def test_compare_methods_of_an_earlier_config_is_accepted_with_a_warning_that_the_study_moved():
+    with pytest.warns(UserWarning, match="benchmarks/qat.py"):
+        QuantizationAwareTraining(compare_methods=["entropy"])
+
+
 @pytest.fixture(scope="module")
 def qat_fit(tmp_path_factory):
+    """A fit with the QAT step, then the main trainer's test of the best checkpoint, as main.py runs it."""
     root = tmp_path_factory.mktemp("qat")
     pl.seed_everything(0)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=8, limit_val_batches=2,
@@ -84,21 +101,35 @@ def qat_fit(tmp_path_factory):
                                     QuantizationAwareTraining(epochs=1, num_samples=64, lr=1e-4),
                                     DeployBundle(latency_iterations=5, throughput_iterations=2)])
     model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
-    trainer.fit(model, datamodule=ImageClassificationDataModule(image_size=16))
-    return root / "bundle"
+    dm = ImageClassificationDataModule(image_size=16)
+    trainer.fit(model, datamodule=dm)
+    tested = trainer.test(ckpt_path="best", datamodule=dm, verbose=False)[0]
+    return root / "bundle", tested
+
+
+@pytest.mark.slow
+def test_after_the_qat_fit_the_main_trainer_tests_its_best_checkpoint_on_the_same_split(qat_fit):
+    bundle, tested = qat_fit
+    test = json.loads((bundle / "report.json").read_text())["steps"]["QuantizationAwareTraining"]["test_top1"]
+    # torch on the best checkpoint vs ONNX Runtime on its export: the same model, up to a near-tied image
+    assert tested["test/top1"] == pytest.approx(test["fp32"], abs=1 / 359 + 1e-9)
 
 
 @pytest.mark.slow  # a fit, the PTQ gate, a QAT epoch and a bundle: 45 s on 2 loaded cores
 def test_a_fit_with_qat_reports_what_ptq_and_qat_lose_on_the_test_split(qat_fit):
+    qat_fit, _ = qat_fit
     report = json.loads((qat_fit / "report.json").read_text())
     manifest = json.loads((qat_fit / "manifest.json").read_text())
     facts = report["steps"]["QuantizationAwareTraining"]
     test = facts["test_top1"]
     assert facts["ptq_drop_pts"] == pytest.approx(100 * (test["fp32"] - test["ptq"]))
     assert facts["qat_drop_pts"] == pytest.approx(100 * (test["fp32"] - test["qat"]))
-    assert facts["ptq_conv_gemm_drop_pts"] == pytest.approx(100 * (test["fp32"] - test["ptq_conv_gemm"]))
+    assert facts["ptq_gated_drop_pts"] == pytest.approx(100 * (test["fp32"] - test["ptq_gated"]))
     assert facts["test_samples"] == 359  # digits' 0.6/0.2/0.2 split
-    assert len(facts["qat_val_top1_by_epoch"]) == 2 and facts["qat_epoch_kept"] in (0, 1)
+    by_epoch = facts["qat_val_top1_by_epoch"]  # the calibrated start, then the one epoch
+    assert len(by_epoch) == 2 and facts["qat_epoch_kept"] == int(np.argmax(by_epoch))
+    # ONNX Runtime on the export scores what the kept epoch scored in torch, up to those flips
+    assert facts["val_top1"]["qat"] == pytest.approx(max(by_epoch), abs=0.01)
     # ONNX Runtime computes what fake quantization did, up to int8 rounding flips on near-tied logits (1 of 32 here)
     assert facts["qat_export_parity"]["top1_agreement"] >= 0.9
     assert 0 < facts["qat_seconds"] and 0 < facts["fit_seconds"]
@@ -110,3 +141,22 @@ def test_a_fit_with_qat_reports_what_ptq_and_qat_lose_on_the_test_split(qat_fit)
         entry = by_method["qat"]
         assert entry["runtime"] == "tensorrt" and entry["tensorrt_check"]["passed"]
         assert entry["metrics"]["top1"] == pytest.approx(test["qat"])  # the bundle re-measures the same file
+
+
+@pytest.mark.slow  # the study's four quantizations of the small network, each scored on the test split
+def test_the_benchmark_computes_the_ptq_study_from_the_finished_run(qat_fit):
+    bundle, _ = qat_fit
+    run = bundle.parent
+    # the config.yaml main.py saves in every run (the fit above was built by hand): the data it was fitted on
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"image_size": 16}}))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "qat.py"), "--run", str(run)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line[:44].strip(): line[44:].split() for line in proc.stdout.splitlines()}
+    facts = json.loads((bundle / "report.json").read_text())["steps"]["QuantizationAwareTraining"]
+    # the study's minmax PTQ is the one the step measured (the same calibration images and file)
+    assert float(rows["PTQ minmax, alone"][1]) == pytest.approx(facts["ptq_drop_pts"], abs=0.006)
+    for label in ("PTQ entropy, alone", "PTQ percentile, alone", "PTQ minmax, Conv/Gemm only (QAT's operators)"):
+        top1, drop = map(float, rows[label][:2])  # each printed to 2 decimals
+        assert 0 <= top1 <= 100 and drop == pytest.approx(100 * facts["test_top1"]["fp32"] - top1, abs=0.011)
+    assert float(rows["FP32 ONNX"][0]) == pytest.approx(100 * facts["test_top1"]["fp32"], abs=0.006)
