@@ -46,6 +46,7 @@ from lightning_modules.console import EpochLines, FitEndSafeProgressBar
 from lightning_modules.predictions import PredictionsCSV
 from lightning_modules.run_logger import RunLogger
 from cli_errors import is_user_error, one_sentence
+from old_configs import checkpoint_hparams, migrate_config_arguments, migrate_model, model_is_old
 from deploy.errors import EXIT_PARTLY_FAILED, EXIT_USAGE, debug_mode
 from resume import (BundleFrom, UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
                     newest_resumable_run, run_of_checkpoint, yaml_load)
@@ -55,6 +56,8 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 # Lightning 2.6 internals call a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# cli_main hands LightningCLI the arguments it rewrote (bundle --run, an old config's keys): on purpose.
+warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 
 
 class _NoTips(logging.Filter):
@@ -146,6 +149,12 @@ class EdgeCLI(LightningCLI):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._model_as_given = yaml_load(self._parser(command).dump(self.config[command], skip_none=False)).get("model")
+            hparams = checkpoint_hparams(Path(self.config[command]["ckpt_path"]))
+            if model_is_old(hparams):
+                # a checkpoint of an older edgecls: its model settings in today's keys, as LightningCLI applies them
+                hparams = migrate_model(hparams, str(self.config[command]["ckpt_path"]))
+                self.config = self.parser.parse_object({command: {"model": hparams}}, self.config)
+                return
         super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -356,6 +365,7 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[Edg
         bundle_run = bundle_checkpoint = None
         if command == "bundle":
             bundle_run, bundle_checkpoint, kwargs["args"] = bundle_arguments(argv)
+        kwargs["args"] = migrate_config_arguments(kwargs["args"] or argv) or kwargs["args"]  # an older edgecls's keys
         EdgeCLI(ImageClassifier, ImageClassificationDataModule, invocation=invocation, bundle_run=bundle_run,
                 bundle_checkpoint=bundle_checkpoint, **kwargs)
     except SystemExit as exc:  # --help, --print_config

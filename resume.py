@@ -47,8 +47,10 @@ def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
     one with other model/data settings than the run's, or one that would stretch a one-cycle schedule."""
     import torch
 
-    saved = yaml_load((run / "config.yaml").read_text())
+    from old_configs import migrate
+
     where = os.path.relpath(run)
+    saved = migrate(yaml_load((run / "config.yaml").read_text()), f"config.yaml of {where}")
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
