@@ -266,9 +266,10 @@ class EdgeCLI(LightningCLI):
         if run is not None and (run / "config.yaml").is_file():
             return  # a run's own checkpoint: check_resume compares it with the run's config
         given = dict(self._model_as_given or {})
+        facts = self.datamodule.facts
         model = {"backbone": given.get("backbone"), "backbone_args": given.get("backbone_args"),
-                 "num_classes": getattr(self.datamodule, "num_classes", None)}
-        check_foreign_checkpoint(Path(ckpt_path), model, dict(getattr(self.datamodule, "hparams", {}) or {}))
+                 "num_classes": facts.num_classes}
+        check_foreign_checkpoint(Path(ckpt_path), model, facts)
 
     def _run_logger(self) -> RunLogger:
         """runs/<experiment>/version_N: a new N, the resumed run's, or the run a checkpoint to evaluate came from."""

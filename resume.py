@@ -119,9 +119,10 @@ CHECKPOINT_MODEL_KEYS = ("backbone", "backbone_args", "num_classes")
 CHECKPOINT_DATA_KEYS = ("source", "image_size", "crop_size", "interpolation", "mean_std")
 
 
-def check_foreign_checkpoint(ckpt: Path, model: dict[str, Any], data: dict[str, Any]) -> None:
+def check_foreign_checkpoint(ckpt: Path, model: dict[str, Any], data: Any) -> None:
     """Refuse, before anything is written, a checkpoint from another experiment (copied out of its run folder)
-    whose network, classes or input differ from this config: one sentence naming what differs."""
+    whose network, classes or input differ from this config (`data`: the DataModule's DataFacts): one sentence
+    naming what differs."""
     import torch
 
     try:
@@ -133,12 +134,18 @@ def check_foreign_checkpoint(ckpt: Path, model: dict[str, Any], data: dict[str, 
     saved_data = state.get("datamodule_hyper_parameters") or {}
     differ = [(f"model.{k}", saved_model[k], model.get(k)) for k in CHECKPOINT_MODEL_KEYS
               if k in saved_model and k in model and _normal(saved_model[k]) != _normal(model[k])]
-    differ += [(f"data.{k}", saved_data[k], data.get(k)) for k in CHECKPOINT_DATA_KEYS
-               if k in saved_data and k in data and _normal(saved_data[k]) != _normal(data[k])]
+    # The checkpoint records the data settings as they were given (an int size, a list); DataFacts holds pairs.
+    saved_data = {k: _size_pair(v) if k in ("image_size", "crop_size") else v for k, v in saved_data.items()}
+    differ += [(f"data.{k}", saved_data[k], getattr(data, k)) for k in CHECKPOINT_DATA_KEYS
+               if k in saved_data and _normal(saved_data[k]) != _normal(getattr(data, k))]
     if differ:
         shown = ", ".join(f"{k} ({was} in the checkpoint, {now} here)" for k, was, now in differ[:4])
         raise UserError(f"{ckpt} was trained with other settings than this config: {shown}; use the config it was "
                         "trained with (--config <its run>/config.yaml), or drop --ckpt_path")
+
+
+def _size_pair(value: Any) -> Any:
+    return [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _normal(value: Any) -> Any:
