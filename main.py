@@ -40,7 +40,8 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from callbacks.fit_end import FitEnd
 from datamodules import ImageClassificationDataModule
-from lightning_modules import SELECTION_METRIC, ImageClassifier
+from lightning_modules import ImageClassifier
+from lightning_modules.best_checkpoint import BestCheckpoint
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.console import EpochLines, FitEndSafeProgressBar
 from lightning_modules.predictions import PredictionsCSV
@@ -229,7 +230,7 @@ class EdgeCLI(LightningCLI):
             # Saved after validation, never at train-epoch end: a callback that changes the weights there (pruning
             # masks) would otherwise save the changed weights under the score of the unchanged ones.
             # It ranks by val/top1 within one network, and a network pruned mid-fit above the one before it.
-            callbacks.append(ModelCheckpoint(monitor=SELECTION_METRIC, mode="max", filename="epoch{epoch:03d}",
+            callbacks.append(BestCheckpoint(filename="epoch{epoch:03d}",
                                              auto_insert_metric_name=False, save_on_train_epoch_end=False))
             # Lightning 2.6 refreshes save_last only when a top-k checkpoint was saved; a resumable
             # last.ckpt needs a checkpoint written every epoch.

@@ -27,6 +27,10 @@ def old_data(new: dict) -> dict:
     return old
 
 
+OLD_BEST = ("ModelCheckpoint{'monitor': 'val/top1', 'mode': 'max', 'every_n_train_steps': 0, 'every_n_epochs': 1, "
+            "'train_time_interval': None}")
+
+
 def as_older_edgecls_wrote_it(run, max_steps=None):
     """config.yaml and every checkpoint's hyperparameters of `run` in the keys of the older edgecls."""
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -38,6 +42,8 @@ def as_older_edgecls_wrote_it(run, max_steps=None):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         state["hyper_parameters"] = old_model(dict(state["hyper_parameters"]))
         state["datamodule_hyper_parameters"] = old_data(dict(state["datamodule_hyper_parameters"]))
+        # the best checkpoint's state, under the key of the ModelCheckpoint on val/top1 it was written by
+        state["callbacks"] = {OLD_BEST if k.startswith("BestCheckpoint") else k: v for k, v in state["callbacks"].items()}
         torch.save(state, ckpt)
     return config
 
@@ -62,6 +68,8 @@ def test_an_old_run_resumes_and_bundles_with_its_keys_read_as_todays(quickstart,
     assert last["global_step"] == 16  # the second epoch trained, in the same run
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
     assert "test/top1 = " in proc.stdout
+    # the best so far was restored: one best checkpoint kept, not the first epoch's left beside the second's
+    assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 1
     group = last["optimizer_states"][0]["param_groups"][0]
     assert group["weight_decay"] == 0.0005 and tuple(group["betas"]) == (0.9, 0.999)
 
