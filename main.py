@@ -49,7 +49,7 @@ from lightning_modules.run_logger import RunLogger
 from cli_errors import is_user_error, one_sentence
 from old_configs import checkpoint_hparams, migrate_config_arguments, migrate_model, model_is_old
 from deploy.errors import EXIT_PARTLY_FAILED, EXIT_USAGE, debug_mode
-from resume import (BundleFrom, UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
+from resume import (UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
                     newest_resumable_run, run_of_checkpoint, yaml_load)
 
 RUNS_DIR = "runs"
@@ -132,12 +132,12 @@ class EdgeCLI(LightningCLI):
         self.invocation = invocation or Invocation()
         self._resume_run: Optional[Path] = None
         self._bundle_run = bundle_run  # `bundle --run`: the fit-end chain again, in that run
-        self._bundle_checkpoint = bundle_checkpoint  # and from this checkpoint instead of the best
         # Every trainer gets these two: the fit-end chain's owner (a no-op without fit-end steps) and the marker of
         # set-up's end. The defaults below that depend on the YAML (a checkpoint callback unless it has one, a bar
         # or epoch lines by terminal) are added in instantiate_trainer: trainer_defaults cannot express "unless".
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
-        defaults["callbacks"] = [*defaults.get("callbacks", []), FitEnd(), LoopStarted(self.invocation)]
+        chain = FitEnd(str(bundle_checkpoint) if bundle_checkpoint is not None else None)
+        defaults["callbacks"] = [*defaults.get("callbacks", []), chain, LoopStarted(self.invocation)]
         super().__init__(*args, trainer_defaults=defaults, **kwargs)
 
     def _parse_ckpt_path(self) -> None:
@@ -248,8 +248,6 @@ class EdgeCLI(LightningCLI):
             callbacks.append(ModelSummary(max_depth=1))  # plain text: Rich's table cut type names to fit 80 columns
         if self.subcommand == "predict" and not _has(callbacks, BasePredictionWriter):
             callbacks.append(PredictionsCSV())
-        if self._bundle_checkpoint is not None:
-            callbacks.insert(0, BundleFrom(self._bundle_checkpoint))
         kwargs["callbacks"] = callbacks
         plugins = list(trainer_config.get("plugins") or [])
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -299,15 +297,14 @@ class EdgeCLI(LightningCLI):
         trainer = self.trainer
         if trainer.interrupted:
             return
-        checkpoint = trainer.checkpoint_callback
-        best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
+        chain = FitEnd.of(trainer)
+        best = (chain.checkpoint if chain is not None else None) or getattr(trainer.checkpoint_callback, "best_model_path", "")
         results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
         if trainer.is_global_zero and results:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(results[0].items()))
             source = os.path.relpath(best) if best else "final weights"
             rank_zero_info(f"test ({source}): {shown}")
             print(f"test/top1 = {results[0].get('test/top1', float('nan')):.4f} (test split, {trainer.precision}, {source})", flush=True)
-        chain = FitEnd.of(trainer)
         if chain is not None:
             self.invocation.fit_end_failures = chain.failures
             if chain.summary and trainer.is_global_zero:

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from pytorch_lightning import Callback
 
 
 class UserError(Exception):
@@ -206,15 +205,3 @@ def bundle_arguments(argv: list[str]) -> tuple[Path, Optional[Path], list[str]]:
                             f"{', '.join(sorted(p.name for p in (run / 'checkpoints').glob('*.ckpt')))}")
     return run, named, ["fit", "--config", str(run / "config.yaml"), *rest, "--ckpt_path", str(last),
                  "--experiment", run.parent.name]
-
-
-class BundleFrom(Callback):
-    """`bundle --checkpoint`: the fit-end chain (and the test that precedes the table) use this checkpoint as the
-    run's best; set after the restore from last.ckpt, which brings the recorded best back."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.checkpoint_callback is not None:
-            trainer.checkpoint_callback.best_model_path = self.path
