@@ -113,15 +113,9 @@ def migrate(config: dict[str, Any], where: str) -> dict[str, Any]:
     new = dict(config)
     if model_is_old(config.get("model")):
         new["model"] = migrate_model(config["model"], where)
-    if data_is_old(config.get("data")) or _old_preset(config.get("data")):
-        new["data"] = migrate_data(config["data"], where)
+    if data_is_old(config.get("data")):
+        new["data"] = migrate_data(config["data"], where)  # with its preset's name; alone, an old one only warns
     return new
-
-
-def _old_preset(data: Any) -> bool:
-    from datamodules.presets import PRESET_ALIASES
-
-    return isinstance(data, dict) and isinstance(data.get("augment"), str) and data["augment"] in PRESET_ALIASES
 
 
 def _shown(call: Any) -> str:
@@ -157,11 +151,12 @@ def migrate_config_arguments(argv: list[str]) -> Optional[list[str]]:
     had old keys."""
     import yaml
 
-    out = list(argv)
-    for i, arg in enumerate(argv[:-1]):
-        if arg not in ("--config", "-c") or not Path(argv[i + 1]).is_file():
+    changed = False
+    out = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
+    for i, arg in enumerate(list(out[:-1])):
+        if arg not in ("--config", "-c") or not Path(out[i + 1]).is_file():
             continue
-        path = Path(argv[i + 1])
+        path = Path(out[i + 1])
         try:
             config = yaml_load(path.read_text())
         except (OSError, yaml.YAMLError):
@@ -174,7 +169,8 @@ def migrate_config_arguments(argv: list[str]) -> Optional[list[str]]:
             new["experiment"] = path.parent.parent.name if where.startswith("config.yaml of") else path.stem
         print(f"{where} uses the keys of an older edgecls; read as {read_as(config, new)}", file=sys.stderr, flush=True)
         out[i + 1] = yaml.safe_dump(new, sort_keys=False)
-    return out if out != list(argv) else None
+        changed = True
+    return out if changed else None
 
 
 def checkpoint_hparams(path: Path) -> dict[str, Any]:

@@ -96,3 +96,38 @@ def test_an_old_setting_without_a_counterpart_is_one_sentence_saying_what_to_wri
     for words in ("config.yaml of", "data.source 'stripes'", "class_path", "DataSource", "data.source_args"):
         assert words in errors[0], errors[0]
     assert file_hashes(run) == before
+
+
+OLD_CIFAR_RECIPE = """\
+experiment: old_cifar
+trainer: {max_epochs: 30}
+model:
+  backbone: resnet
+  optimizer: sgd
+  lr: 0.1
+  weight_decay: 0.0005
+  momentum: 0.9
+  scheduler: cosine
+  T_max: 30
+data:
+  source: cifar10
+  root: data
+  download: false
+  augment: s2
+"""
+
+
+def test_an_old_sgd_cosine_cifar_recipe_reads_as_the_same_settings_in_todays_keys(tmp_path):
+    (tmp_path / "old_cifar.yaml").write_text(OLD_CIFAR_RECIPE)
+    proc = run_main(["fit", "--config", "old_cifar.yaml", "--print_config"], tmp_path)
+    assert "old_cifar.yaml uses the keys of an older edgecls" in proc.stderr
+    printed = yaml.safe_load(proc.stdout)
+    optimizer, schedule, data = printed["model"]["optimizer"], printed["model"]["lr_scheduler"], printed["data"]
+    assert optimizer["class_path"] == "torch.optim.SGD"
+    assert {k: optimizer["init_args"][k] for k in ("lr", "weight_decay", "momentum", "nesterov")} == {
+        "lr": 0.1, "weight_decay": 0.0005, "momentum": 0.9, "nesterov": True}
+    assert schedule["class_path"] == "lightning_modules.schedules.CosineAnnealingLR"
+    assert schedule["init_args"]["T_max"] == 30 and schedule["init_args"]["eta_min"] == 0.0
+    assert data["source"] == {"class_path": "datamodules.sources.Cifar10Source",
+                              "init_args": {"root": "data", "download": False}}
+    assert data["augment"] == "rrc_affine_dropout" and printed["experiment"] == "old_cifar"
