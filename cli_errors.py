@@ -41,7 +41,7 @@ def one_sentence(exc: BaseException, command: str, argv: list[str]) -> str:
 
     text = str(exc).strip()
     if isinstance(exc, ArgumentError):
-        return parse_error_sentence(text, command, argv)
+        return parse_error_sentence(exc, command, argv)
     if isinstance(exc, OSError) and not isinstance(exc, DiskFull) and exc.errno in DISK_FULL:
         folder = os.path.dirname(os.path.abspath(exc.filename)) if exc.filename else os.getcwd()
         try:
@@ -63,19 +63,42 @@ def _type_name(text: str) -> str:
     return text.replace("NoneType", "null")
 
 
-def parse_error_sentence(text: str, command: str, argv: list[str]) -> str:
+def _cause(exc: BaseException, kind: type) -> Optional[BaseException]:
+    """The exception of `kind` that `exc` was raised from (jsonargparse re-raises its causes as ArgumentError)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def parse_error_sentence(exc: BaseException, command: str, argv: list[str]) -> str:
+    """jsonargparse's error as one sentence. What its exceptions carry as objects is read from them: the YAML
+    loader's error (a config that is not YAML) and the KeyError of a key no parser of the subcommand has, which
+    carries that parser (the key itself is only in its message). A bad value, an unknown command-line option and a class_path that does not import are
+    text only (ArgumentError's argument_name is None, the TypeError/ValueError it was raised from has no fields),
+    so those are read from the message."""
+    import yaml
+
+    text = str(exc).strip()
     help_hint = f"see 'python main.py {command} --help'" if command else "see 'python main.py --help'"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     head = lines[0] if lines else text
+    if _cause(exc, yaml.YAMLError) is not None:
+        return yaml_syntax_sentence(argv) or re.sub(r"\s+", " ", " ".join(lines))
+    unknown_key = _cause(exc, KeyError)  # jsonargparse's NSKeyError, with the parser that has no such key
+    if unknown_key is not None and getattr(unknown_key, "subcommand_parser", None) is not None:
+        subcommand = unknown_key.subcommand_parser.prog.split()[-1]
+        key = re.search(r"option '([^']+)'", str(unknown_key.args[0] if unknown_key.args else unknown_key))
+        if key:
+            return (f"{key.group(1)} is not a setting of '{subcommand}' (a misspelt or misplaced key in the YAML or "
+                    f"on the command line); {help_hint}")
     match = re.match(r'Parser key "([^"]+)":\s*(.*)', head)
     if not match:
-        unknown = re.match(r"Subcommand '(\w+)' does not accept option '([^']+)'", head)
-        if unknown:
-            return f"{unknown.group(2)} is not a setting of '{unknown.group(1)}' (a misspelt or misplaced key in the YAML or on the command line); {help_hint}"
         if head.startswith("unrecognized arguments"):
             return f"{head}; {help_hint}"
-        if head.startswith("Problems parsing config"):
-            return yaml_syntax_sentence(argv) or re.sub(r"\s+", " ", " ".join(lines))
         return re.sub(r"\s+", " ", " ".join(lines))
     key, rest = match.group(1), " ".join([match.group(2), *lines[1:]]).strip()
     class_path = re.search(r"Problem with given class_path '([^']+)':\s*(.*?)(?:\s+- |$)", rest)

@@ -41,13 +41,15 @@ from pytorch_lightning.utilities import rank_zero_info
 from callbacks.fit_end import FitEnd
 from datamodules import ImageClassificationDataModule
 from lightning_modules import ImageClassifier
+from lightning_modules.best_checkpoint import BestCheckpoint
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.console import EpochLines, FitEndSafeProgressBar
 from lightning_modules.predictions import PredictionsCSV
 from lightning_modules.run_logger import RunLogger
 from cli_errors import is_user_error, one_sentence
+from old_configs import checkpoint_hparams, migrate_config_arguments, migrate_model, model_is_old
 from deploy.errors import EXIT_PARTLY_FAILED, EXIT_USAGE, debug_mode
-from resume import (BundleFrom, UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
+from resume import (UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
                     newest_resumable_run, run_of_checkpoint, yaml_load)
 
 RUNS_DIR = "runs"
@@ -55,6 +57,8 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 # Lightning 2.6 internals call a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# cli_main hands LightningCLI the arguments it rewrote (bundle --run, an old config's keys): on purpose.
+warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 
 
 class _NoTips(logging.Filter):
@@ -128,12 +132,12 @@ class EdgeCLI(LightningCLI):
         self.invocation = invocation or Invocation()
         self._resume_run: Optional[Path] = None
         self._bundle_run = bundle_run  # `bundle --run`: the fit-end chain again, in that run
-        self._bundle_checkpoint = bundle_checkpoint  # and from this checkpoint instead of the best
         # Every trainer gets these two: the fit-end chain's owner (a no-op without fit-end steps) and the marker of
         # set-up's end. The defaults below that depend on the YAML (a checkpoint callback unless it has one, a bar
         # or epoch lines by terminal) are added in instantiate_trainer: trainer_defaults cannot express "unless".
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
-        defaults["callbacks"] = [*defaults.get("callbacks", []), FitEnd(), LoopStarted(self.invocation)]
+        chain = FitEnd(str(bundle_checkpoint) if bundle_checkpoint is not None else None)
+        defaults["callbacks"] = [*defaults.get("callbacks", []), chain, LoopStarted(self.invocation)]
         super().__init__(*args, trainer_defaults=defaults, **kwargs)
 
     def _parse_ckpt_path(self) -> None:
@@ -146,6 +150,12 @@ class EdgeCLI(LightningCLI):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._model_as_given = yaml_load(self._parser(command).dump(self.config[command], skip_none=False)).get("model")
+            hparams = checkpoint_hparams(Path(self.config[command]["ckpt_path"]))
+            if model_is_old(hparams):
+                # a checkpoint of an older edgecls: its model settings in today's keys, as LightningCLI applies them
+                hparams = migrate_model(hparams, str(self.config[command]["ckpt_path"]))
+                self.config = self.parser.parse_object({command: {"model": hparams}}, self.config)
+                return
         super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -219,7 +229,8 @@ class EdgeCLI(LightningCLI):
             # Best first: trainer.checkpoint_callback (and ckpt_path="best") is the first ModelCheckpoint.
             # Saved after validation, never at train-epoch end: a callback that changes the weights there (pruning
             # masks) would otherwise save the changed weights under the score of the unchanged ones.
-            callbacks.append(ModelCheckpoint(monitor="val/top1", mode="max", filename="epoch{epoch:03d}",
+            # It ranks by val/top1 within one network, and a network pruned mid-fit above the one before it.
+            callbacks.append(BestCheckpoint(filename="epoch{epoch:03d}",
                                              auto_insert_metric_name=False, save_on_train_epoch_end=False))
             # Lightning 2.6 refreshes save_last only when a top-k checkpoint was saved; a resumable
             # last.ckpt needs a checkpoint written every epoch.
@@ -237,8 +248,6 @@ class EdgeCLI(LightningCLI):
             callbacks.append(ModelSummary(max_depth=1))  # plain text: Rich's table cut type names to fit 80 columns
         if self.subcommand == "predict" and not _has(callbacks, BasePredictionWriter):
             callbacks.append(PredictionsCSV())
-        if self._bundle_checkpoint is not None:
-            callbacks.insert(0, BundleFrom(self._bundle_checkpoint))
         kwargs["callbacks"] = callbacks
         plugins = list(trainer_config.get("plugins") or [])
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -256,9 +265,10 @@ class EdgeCLI(LightningCLI):
         if run is not None and (run / "config.yaml").is_file():
             return  # a run's own checkpoint: check_resume compares it with the run's config
         given = dict(self._model_as_given or {})
+        facts = self.datamodule.facts
         model = {"backbone": given.get("backbone"), "backbone_args": given.get("backbone_args"),
-                 "num_classes": getattr(self.datamodule, "num_classes", None)}
-        check_foreign_checkpoint(Path(ckpt_path), model, dict(getattr(self.datamodule, "hparams", {}) or {}))
+                 "num_classes": facts.num_classes}
+        check_foreign_checkpoint(Path(ckpt_path), model, facts)
 
     def _run_logger(self) -> RunLogger:
         """runs/<experiment>/version_N: a new N, the resumed run's, or the run a checkpoint to evaluate came from."""
@@ -287,15 +297,14 @@ class EdgeCLI(LightningCLI):
         trainer = self.trainer
         if trainer.interrupted:
             return
-        checkpoint = trainer.checkpoint_callback
-        best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
+        chain = FitEnd.of(trainer)
+        best = (chain.checkpoint if chain is not None else None) or getattr(trainer.checkpoint_callback, "best_model_path", "")
         results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
         if trainer.is_global_zero and results:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(results[0].items()))
             source = os.path.relpath(best) if best else "final weights"
             rank_zero_info(f"test ({source}): {shown}")
             print(f"test/top1 = {results[0].get('test/top1', float('nan')):.4f} (test split, {trainer.precision}, {source})", flush=True)
-        chain = FitEnd.of(trainer)
         if chain is not None:
             self.invocation.fit_end_failures = chain.failures
             if chain.summary and trainer.is_global_zero:
@@ -356,6 +365,7 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[Edg
         bundle_run = bundle_checkpoint = None
         if command == "bundle":
             bundle_run, bundle_checkpoint, kwargs["args"] = bundle_arguments(argv)
+        kwargs["args"] = migrate_config_arguments(kwargs["args"] or argv) or kwargs["args"]  # an older edgecls's keys
         EdgeCLI(ImageClassifier, ImageClassificationDataModule, invocation=invocation, bundle_run=bundle_run,
                 bundle_checkpoint=bundle_checkpoint, **kwargs)
     except SystemExit as exc:  # --help, --print_config

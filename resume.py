@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from pytorch_lightning import Callback
 
 
 class UserError(Exception):
@@ -47,8 +46,10 @@ def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
     one with other model/data settings than the run's, or one that would stretch a one-cycle schedule."""
     import torch
 
-    saved = yaml_load((run / "config.yaml").read_text())
+    from old_configs import migrate
+
     where = os.path.relpath(run)
+    saved = migrate(yaml_load((run / "config.yaml").read_text()), f"config.yaml of {where}")
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
@@ -117,9 +118,10 @@ CHECKPOINT_MODEL_KEYS = ("backbone", "backbone_args", "num_classes")
 CHECKPOINT_DATA_KEYS = ("source", "image_size", "crop_size", "interpolation", "mean_std")
 
 
-def check_foreign_checkpoint(ckpt: Path, model: dict[str, Any], data: dict[str, Any]) -> None:
+def check_foreign_checkpoint(ckpt: Path, model: dict[str, Any], data: Any) -> None:
     """Refuse, before anything is written, a checkpoint from another experiment (copied out of its run folder)
-    whose network, classes or input differ from this config: one sentence naming what differs."""
+    whose network, classes or input differ from this config (`data`: the DataModule's DataFacts): one sentence
+    naming what differs."""
     import torch
 
     try:
@@ -131,12 +133,18 @@ def check_foreign_checkpoint(ckpt: Path, model: dict[str, Any], data: dict[str, 
     saved_data = state.get("datamodule_hyper_parameters") or {}
     differ = [(f"model.{k}", saved_model[k], model.get(k)) for k in CHECKPOINT_MODEL_KEYS
               if k in saved_model and k in model and _normal(saved_model[k]) != _normal(model[k])]
-    differ += [(f"data.{k}", saved_data[k], data.get(k)) for k in CHECKPOINT_DATA_KEYS
-               if k in saved_data and k in data and _normal(saved_data[k]) != _normal(data[k])]
+    # The checkpoint records the data settings as they were given (an int size, a list); DataFacts holds pairs.
+    saved_data = {k: _size_pair(v) if k in ("image_size", "crop_size") else v for k, v in saved_data.items()}
+    differ += [(f"data.{k}", saved_data[k], getattr(data, k)) for k in CHECKPOINT_DATA_KEYS
+               if k in saved_data and _normal(saved_data[k]) != _normal(getattr(data, k))]
     if differ:
         shown = ", ".join(f"{k} ({was} in the checkpoint, {now} here)" for k, was, now in differ[:4])
         raise UserError(f"{ckpt} was trained with other settings than this config: {shown}; use the config it was "
                         "trained with (--config <its run>/config.yaml), or drop --ckpt_path")
+
+
+def _size_pair(value: Any) -> Any:
+    return [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _normal(value: Any) -> Any:
@@ -197,15 +205,3 @@ def bundle_arguments(argv: list[str]) -> tuple[Path, Optional[Path], list[str]]:
                             f"{', '.join(sorted(p.name for p in (run / 'checkpoints').glob('*.ckpt')))}")
     return run, named, ["fit", "--config", str(run / "config.yaml"), *rest, "--ckpt_path", str(last),
                  "--experiment", run.parent.name]
-
-
-class BundleFrom(Callback):
-    """`bundle --checkpoint`: the fit-end chain (and the test that precedes the table) use this checkpoint as the
-    run's best; set after the restore from last.ckpt, which brings the recorded best back."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.checkpoint_callback is not None:
-            trainer.checkpoint_callback.best_model_path = self.path

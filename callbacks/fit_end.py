@@ -74,7 +74,8 @@ class FitEnd(Callback):
     the failure rule of the module docstring. Found by type (`FitEnd.of(trainer)`); the CLI adds one to every
     trainer, and the first step adds one to a trainer built by hand."""
 
-    def __init__(self) -> None:
+    def __init__(self, checkpoint: Optional[str] = None) -> None:
+        self.checkpoint = checkpoint  # the checkpoint the steps start from instead of the best (`bundle --checkpoint`)
         self.record = FitEndRecord()
         self.steps: list[FitEndStep] = []
         self.run_dir: Optional[Path] = None
@@ -148,7 +149,7 @@ class FitEnd(Callback):
         """The best checkpoint's model (CPU, eval mode) and where it came from, loaded once for every step. Steps
         read it; a step that changes weights (QAT) works on its own copy."""
         if self._best is None:
-            self._best = best_model(trainer, pl_module)
+            self._best = best_model(trainer, pl_module, self.checkpoint)
         return self._best
 
     def publish_summary(self, summary: str) -> None:
@@ -285,11 +286,12 @@ def fit_end_failures(trainer: pl.Trainer) -> list[str]:
     return chain.failures if chain is not None else []
 
 
-def best_model(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[pl.LightningModule, str]:
-    """A CPU, eval-mode copy of the module holding the best checkpoint's weights (the final ones where
-    there is no checkpoint); the trained module's own state and mode stay as they are."""
+def best_model(trainer: pl.Trainer, pl_module: pl.LightningModule,
+               checkpoint: Optional[str] = None) -> tuple[pl.LightningModule, str]:
+    """A CPU, eval-mode copy of the module holding the best checkpoint's weights (or `checkpoint`'s; the final ones
+    where there is no checkpoint); the trained module's own state and mode stay as they are."""
     model = copy.deepcopy(pl_module).cpu().to(memory_format=torch.contiguous_format)  # channels_last on a GPU
-    path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+    path = checkpoint or getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
     source = "final weights"
     if path and os.path.isfile(path):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

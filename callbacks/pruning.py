@@ -10,7 +10,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning import Callback
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ModelPruning
+from pytorch_lightning.callbacks import ModelPruning
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
@@ -113,31 +113,21 @@ def prune_channels(net: nn.Module, example: torch.Tensor, ratio: Optional[float]
             "macs_before": macs_before, "macs_after": macs_after}
 
 
-def reset_best_tracking(trainer: pl.Trainer) -> list[str]:
-    """Forget every monitored best so far: those checkpoints hold the unpruned network, and "best" (which the
-    fit-end export and test load) must be chosen among pruned ones. Returns the pre-pruning best paths."""
-    left_behind = []
-    for cb in trainer.callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
-            left_behind += [p for p in cb.best_k_models if p]
-            cb.best_k_models = {}
-            cb.kth_best_model_path = ""
-            cb.best_model_path = ""
-            cb.best_model_score = None
-            cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
-        elif isinstance(cb, EarlyStopping):
-            # The accuracy dip right after pruning is expected; it must not count towards patience.
-            cb.wait_count = 0
-            cb.best_score = torch.tensor(torch.inf if cb.monitor_op == torch.lt else -torch.inf)
-    return left_behind
+def network_changed(pl_module: pl.LightningModule) -> None:
+    """Tell the module its network was replaced: the best checkpoint and early stopping, which monitor its
+    SELECTION_METRIC, then rank the new network above every checkpoint of the old one (the fit-end export and test
+    load a pruned network, and the accuracy dip right after pruning does not count towards patience)."""
+    if hasattr(pl_module, "network_changed"):
+        pl_module.network_changed()
 
 
 class StructuredPruning(Callback):
     """Remove channels at the start of epoch `at_epoch`; the remaining epochs fine-tune the pruned network.
 
     L1-magnitude importance over torch-pruning's dependency groups (residual additions pruned together), the
-    classifier's outputs kept. The optimizer and LR scheduler are rebuilt for the epochs that are left, and
-    best-checkpoint tracking restarts so "best" is a pruned checkpoint. Checkpoints record the pruned layer
+    classifier's outputs kept. The optimizer and LR scheduler are rebuilt for the epochs that are left, and the
+    module is told its network changed, so "best" (a ModelCheckpoint or EarlyStopping monitoring
+    lightning_modules.SELECTION_METRIC, as main.py's does) is a pruned checkpoint. Checkpoints record the pruned layer
     shapes, so `load_from_checkpoint` and `--ckpt_path` resume rebuild the pruned network (and do not prune again).
 
     Args:
@@ -201,9 +191,7 @@ class StructuredPruning(Callback):
         # The pruned layers hold new Parameter objects: the old optimizer (and the scheduler bound to it)
         # would update tensors the network no longer uses.
         trainer.strategy.setup_optimizers(trainer)
-        left_behind = reset_best_tracking(trainer)
-        if hasattr(pl_module, "val_best_top1"):
-            pl_module.val_best_top1.reset()  # the HPARAMS tab's best should be the pruned network's
+        network_changed(pl_module)
 
         for logger in trainer.loggers:
             logger.log_metrics({f"pruning/{k}": float(v) for k, v in stats.items()}, step=trainer.global_step)
@@ -212,8 +200,7 @@ class StructuredPruning(Callback):
             f"{stats['params_after']:,} ({stats['params_before'] / stats['params_after']:.2f}x fewer), MACs at "
             f"{'x'.join(map(str, self.stats['input_size']))} {stats['macs_before'] / 1e6:.1f}M -> {stats['macs_after'] / 1e6:.1f}M "
             f"({stats['macs_before'] / stats['macs_after']:.2f}x fewer); optimizer and LR schedule rebuilt for "
-            f"{trainer.max_epochs - trainer.current_epoch} epoch(s) of fine-tuning"
-            + (f"; best checkpoint now chosen among pruned ones (unpruned best left at {', '.join(left_behind)})" if left_behind else "")
+            f"{trainer.max_epochs - trainer.current_epoch} epoch(s) of fine-tuning; the best checkpoint will be a pruned one"
         )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -239,20 +226,17 @@ class MaskPruning(ModelPruning):
     """Lightning's `ModelPruning` (same arguments), with "best" chosen among masked networks once masks apply.
 
     ModelPruning applies its masks at the end of a training epoch, after that epoch's validation: the best
-    checkpoint so far holds the unmasked network, and without a reset the fit-end export and test would load it
-    (or, saved at train-epoch end, the freshly masked weights under the unmasked score). Like StructuredPruning,
-    this forgets the best so far when masks change the network.
+    checkpoint so far holds the unmasked network, and the fit-end export and test would load it (or, saved at
+    train-epoch end, the freshly masked weights under the unmasked score). Like StructuredPruning, this tells the
+    module its network changed, so checkpoints of the masked network rank above the unmasked ones.
     """
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         before = sparsity(getattr(pl_module, "net", pl_module))
         super().on_train_epoch_end(trainer, pl_module)
         if sparsity(getattr(pl_module, "net", pl_module)) != before:
-            left_behind = reset_best_tracking(trainer)
-            if hasattr(pl_module, "val_best_top1"):
-                pl_module.val_best_top1.reset()
-            rank_zero_info("pruning masks applied: the best checkpoint is now chosen among masked networks"
-                           + (f" (unmasked best left at {', '.join(left_behind)})" if left_behind else ""))
+            network_changed(pl_module)
+            rank_zero_info("pruning masks applied: the best checkpoint is now chosen among masked networks")
 
 
 class AtEpochs:

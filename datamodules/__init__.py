@@ -7,7 +7,8 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from datamodules.datamodule import ImageClassificationDataModule  # noqa: E402
+from datamodules.facts import DataFacts  # noqa: E402
 from datamodules.presets import BatchNormalizer, Preprocessing, build_eval_transform, build_train_transform  # noqa: E402
 
-__all__ = ["BatchNormalizer", "ImageClassificationDataModule", "Preprocessing", "build_eval_transform",
+__all__ = ["BatchNormalizer", "DataFacts", "ImageClassificationDataModule", "Preprocessing", "build_eval_transform",
            "build_train_transform"]

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from jsonargparse import lazy_instance
 
 from datamodules import imagefolder
+from datamodules.facts import DataFacts
 from datamodules.datasets import ArrayImages, EpochSampler, ImageDataset
 from datamodules.presets import (BatchNormalizer, Preprocessing, build_eval_transform, build_train_transform,
                                  preset_name, resize_step)
@@ -147,6 +148,15 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     def input_size(self) -> list[int]:
         """[H, W] the network sees (after the optional crop)."""
         return list(self.crop or self.resize)
+
+    @property
+    def facts(self) -> DataFacts:
+        """The data as the model, the leaderboard and the checkpoint checks read it (mean/std once set up)."""
+        pre, pair = self.preprocessing, lambda v: tuple(v) if v else None
+        mean_std = self.mean_std if isinstance(self.mean_std, str) else tuple(tuple(v) for v in self.mean_std)
+        return DataFacts(self.source_name, self.num_classes, tuple(self.class_names), pair(self.resize),
+                         pair(self.crop), self.interpolation, mean_std, self.augment, int(self.batch_size),
+                         pair(pre.mean) if pre else None, pair(pre.std) if pre else None)
 
     # --- Lightning hooks -------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -42,6 +42,12 @@ READING_ORDER = {
         "skipped non-finite steps": ["Multiline", [board_tag("train/skipped_steps")]],
     },
 }
+# What the best checkpoint and early stopping rank validations by: val/top1 plus the number of times the network was
+# replaced mid-fit (structured pruning, pruning masks), so every validation of the network the fit ends with ranks
+# above every one of an earlier network, and within one network the order is val/top1's. Not sent to the loggers.
+SELECTION_METRIC = "val/top1_ranked"
+
+
 class ImageClassifier(pl.LightningModule):
     """Image classifier trained from YAML.
 
@@ -104,6 +110,7 @@ class ImageClassifier(pl.LightningModule):
         self.val_confmat = MulticlassConfusionMatrix(num_classes)
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
         self.val_best_top1 = MaxMetric()
+        self.network_changes = 0  # see SELECTION_METRIC and network_changed
         self.bad_steps_in_a_row = 0
         self.skipped_steps = 0
         self._bad_loss: Optional[str] = None
@@ -232,11 +239,19 @@ class ImageClassifier(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         self.log_dict(values, prog_bar=True, sync_dist=True)
+        self.log(SELECTION_METRIC, values["val/top1"] + self.network_changes, logger=False, sync_dist=True)
         self.val_metrics.reset()
         if not self.trainer.sanity_checking:
             self.val_best_top1.update(values["val/top1"])
             self.log("val/best_top1", self.val_best_top1.compute(), sync_dist=True)
         self._log_confusion_matrix(self.val_confmat, "val")
+
+    def network_changed(self) -> None:
+        """Whatever replaces the network mid-fit (pruning) says so here: from the next validation on, the best
+        checkpoint and early stopping rank the new network above every earlier one (SELECTION_METRIC), and the best
+        val top-1 shown restarts with it."""
+        self.network_changes += 1
+        self.val_best_top1.reset()
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
@@ -304,6 +319,7 @@ class ImageClassifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["layer_shapes"] = layer_shapes(self.net)
+        checkpoint["network_changes"] = self.network_changes
         # torchmetrics states are not in the state_dict: without this a resumed run's best restarts from its
         # first resumed epoch.
         if self.val_best_top1.update_count:
@@ -311,6 +327,7 @@ class ImageClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A channel-pruned checkpoint carries its own layer shapes: rebuild those layers before the weights load.
+        self.network_changes = int(checkpoint.get("network_changes", 0))
         if "val_best_top1" in checkpoint:
             self.val_best_top1.update(torch.tensor(checkpoint["val_best_top1"], device=self.device))
         if "layer_shapes" in checkpoint and apply_layer_shapes(self.net, checkpoint["layer_shapes"]):

@@ -8,6 +8,7 @@ from typing import Optional
 from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import RichProgressBar
 
+from lightning_modules.classifier import SELECTION_METRIC
 from lightning_modules.run_logger import reading_order_tag
 
 
@@ -39,6 +40,7 @@ class EpochLines(Callback):
         epoch, self._pending = self._pending, None
         if epoch is None or not trainer.is_global_zero:
             return
-        metrics = {reading_order_tag(k): float(v) for k, v in trainer.callback_metrics.items() if not k.endswith("_step") and v.numel() == 1}
+        metrics = {reading_order_tag(k): float(v) for k, v in trainer.callback_metrics.items()
+                   if not k.endswith("_step") and k != SELECTION_METRIC and v.numel() == 1}
         shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if f"{k}_epoch" not in metrics)
         print(f"epoch {epoch + 1}/{trainer.max_epochs} ({trainer.precision}): {shown}", flush=True)

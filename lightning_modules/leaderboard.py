@@ -39,10 +39,11 @@ def leaderboard_hparams(module: pl.LightningModule, trainer: pl.Trainer) -> dict
     params.update({f"backbone.{k}": v for k, v in (hp.backbone_args or {}).items()})
     params.update(optimizer=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay, scheduler=hp.scheduler,
                   label_smoothing=hp.label_smoothing)
-    data = dict(getattr(trainer.datamodule, "hparams", None) or {})
-    for key, name in (("source", "data"), ("augment", "augment"), ("image_size", "image_size"), ("batch_size", "batch_size")):
-        if key in data:
-            params[name] = data[key]
+    facts = getattr(trainer.datamodule, "facts", None)  # the DataModule's DataFacts
+    if facts is not None:
+        h, w = facts.image_size
+        params.update(data=facts.source, augment=facts.augment, image_size=h if h == w else [h, w],
+                      batch_size=facts.batch_size)
     params.update(max_epochs=trainer.max_epochs, precision=str(trainer.precision),
                   devices=trainer.num_devices * trainer.num_nodes, strategy=strategy_name(trainer.strategy))
     seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything

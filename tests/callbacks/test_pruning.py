@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from onnx import numpy_helper
-from pytorch_lightning.callbacks import ModelCheckpoint, ModelPruning
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint, ModelPruning
 from torch import nn
 
 from callbacks import AtEpochs, StructuredPruning, export_onnx, prune_channels
@@ -21,7 +21,7 @@ from callbacks.pruning import count_macs_params, sparsity
 from edgecls_testing import EXPERIMENTS, TINY, run_main
 from datamodules import ImageClassificationDataModule
 from deploy.runners import OnnxRuntimeRunner
-from lightning_modules import ImageClassifier, build_backbone, classifier_layer
+from lightning_modules import SELECTION_METRIC, ImageClassifier, build_backbone, classifier_layer
 from lightning_modules.schedules import OneCycleLR
 
 BACKBONE_ARGS = {"num_blocks": [1, 1, 1, 1], "width": 16}  # widths 16..128: round_to 8 can halve every one
@@ -37,7 +37,7 @@ def digits() -> ImageClassificationDataModule:
 
 
 def fit(model, tmp_path, callbacks, max_epochs=3):
-    best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val/top1", mode="max", filename="epoch{epoch:03d}",
+    best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor=SELECTION_METRIC, mode="max", filename="epoch{epoch:03d}",
                            auto_insert_metric_name=False)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_train_batches=4, limit_val_batches=2, num_sanity_val_steps=0,
@@ -122,6 +122,27 @@ def test_the_pruned_onnx_is_smaller_and_runs_like_torch(pruned, unpruned_onnx):
         expected = model(x).numpy()
     got = OnnxRuntimeRunner(pruned_onnx).infer(x.numpy())
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+class Validations(Callback):
+    def __init__(self):
+        self.seen = []  # (epoch, val/top1, the metric the best checkpoint and early stopping rank by)
+
+    def on_validation_end(self, trainer, pl_module):
+        metrics = trainer.callback_metrics
+        self.seen.append((trainer.current_epoch, float(metrics["val/top1"]), float(metrics[SELECTION_METRIC])))
+
+
+def test_early_stopping_does_not_count_the_dip_after_pruning_against_the_unpruned_best(tmp_path):
+    torch.manual_seed(0)
+    early, seen = EarlyStopping(monitor=SELECTION_METRIC, mode="max", patience=1), Validations()
+    trainer = fit(tiny_model(), tmp_path, [StructuredPruning(at_epoch=1, ratio=0.5), early, seen], max_epochs=3)
+    assert trainer.current_epoch == 3  # every epoch ran: the first pruned one ranks above the unpruned best
+    before = [ranked for epoch, _, ranked in seen.seen if epoch < 1]
+    after = [ranked for epoch, _, ranked in seen.seen if epoch >= 1]
+    assert before and after and min(after) > max(before)
+    # within one network the order is val/top1's
+    assert all(ranked - top1 == pytest.approx(1.0 if epoch >= 1 else 0.0) for epoch, top1, ranked in seen.seen)
 
 
 def test_a_macs_target_is_reached_in_steps_without_overshooting_far():

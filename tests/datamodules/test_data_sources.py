@@ -77,3 +77,19 @@ def test_mnist5k_splits_the_5000_real_28px_digits_6_2_2_leaving_1000_test_images
 def channels_equal(x) -> bool:
     """Gray digits read as RGB: the three channels hold the same pixels."""
     return bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all())
+
+
+def test_the_datamodule_describes_its_data_as_one_typed_read_only_value(tmp_path):
+    import dataclasses
+
+    dm = ImageClassificationDataModule(source=SyntheticSource(count=60, classes=3, size=12), image_size=[16, 20],
+                                       crop_size=12, augment="light", batch_size=8, cache_dir=str(tmp_path))
+    facts = dm.facts
+    assert (facts.source, facts.num_classes, facts.image_size, facts.crop_size, facts.input_size) == (
+        "synthetic", 3, (16, 20), (12, 12), (12, 12))
+    assert facts.augment == "pad_crop_flip" and facts.mean_std == "auto" and facts.batch_size == 8
+    assert facts.mean is None  # not computed before setup
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        facts.num_classes = 4
+    dm.setup("fit")
+    assert dm.facts.mean == tuple(dm.preprocessing.mean) and len(dm.facts.std) == 3
