@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from callbacks.bundle import TorchRunner  # noqa: E402
 from callbacks.onnx_export import export_onnx  # noqa: E402
-from callbacks.cpu_quantization import cpu_family, cpu_int8_form  # noqa: E402
+from callbacks.int8_forms import cpu_family, cpu_int8_form  # noqa: E402
 from callbacks.quantization import prepare_for_quantization, quantize_int8, quantize_static_int8  # noqa: E402
 from deploy.benchmark import measure, ratio_verdict  # noqa: E402
 from deploy.cpu_features import physical_cores  # noqa: E402
@@ -51,7 +51,7 @@ def export(model: torch.nn.Module, path: str) -> str:
 
 
 def quantize(fp32_path: str, out_path: str, cpu_out_path: str, batches: int = 4) -> tuple[str, str]:
-    """The bundles' own two INT8 files (TensorRT's symmetric Q/DQ, and CpuInt8Quantization's form for this CPU
+    """The bundles' own two INT8 files (TensorRT's symmetric Q/DQ, and Int8Quantization's CPU form for this CPU
     family), calibrated here on the same synthetic batches."""
     calibration = np.random.default_rng(0).standard_normal((8 * batches, 3, 224, 224)).astype(np.float32)
     prepared = prepare_for_quantization(fp32_path, out_path + ".pre.onnx")

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from callbacks.cpu_quantization import cpu_family, cpu_int8_form  # noqa: E402
+from callbacks.int8_forms import cpu_family, cpu_int8_form  # noqa: E402
 from callbacks.onnx_export import export_onnx  # noqa: E402
 from callbacks.pruning import count_macs_params  # noqa: E402
 from callbacks.quantization import prepare_for_quantization, quantize_int8, quantize_static_int8  # noqa: E402

@@ -1,24 +1,25 @@
-"""Int8Quantization: post-training INT8 of the exported ONNX with onnxruntime, in the symmetric Q/DQ form
-TensorRT accepts, behind an accuracy gate that keeps the most harmful nodes in FP32 when INT8 costs too much."""
+"""Int8Quantization: post-training INT8 of the exported ONNX with onnxruntime, in TensorRT's symmetric Q/DQ form
+or the form CPU runtimes run fast (`form`, callbacks.int8_forms), behind an accuracy gate that keeps the most
+harmful nodes in FP32 when INT8 costs too much."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Literal, NamedTuple, Optional, Sequence
 
 import numpy as np
 import onnx
 import pytorch_lightning as pl
-from onnx import numpy_helper
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                      quantize_dynamic, quantize_static)
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantType, quantize_dynamic,
+                                      quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from pytorch_lightning.utilities import rank_zero_info
 
 from callbacks.fit_end import FitEndStep, evaluate, first_batch, numpy_batches
+from callbacks.int8_forms import (CPU_RUNTIME, FORMATS, TENSORRT_FORM, Int8Form, asymmetric_zero_points, cpu_family,
+                                 cpu_int8_form, has_vnni)
 from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.runners import OnnxRuntimeRunner
 
@@ -84,33 +85,6 @@ def prepare_for_quantization(fp32_path: str | os.PathLike, out_path: str | os.Pa
     return Path(out_path)
 
 
-@dataclass(frozen=True)
-class Int8Form:
-    """Which integers a static INT8 file holds, for which runtime: the settings handed to quantize_static.
-
-    TensorRT wants symmetric int8 everywhere and float biases; ONNX Runtime's x86 kernels want uint8
-    activations (U8S8); one file cannot serve both, so each flavour is its own file.
-    """
-
-    name: str
-    activation_type: QuantType = QuantType.QInt8
-    weight_type: QuantType = QuantType.QInt8
-    activation_symmetric: bool = True
-    weight_symmetric: bool = True
-    quantize_bias: bool = False
-    quant_format: QuantFormat = QuantFormat.QDQ
-    reduce_range: bool = False
-
-    def describe(self) -> dict:
-        return {"form": self.name, "activations": self.activation_type.name, "weights": self.weight_type.name,
-                "activation_symmetric": self.activation_symmetric, "quant_format": self.quant_format.name,
-                "int32_bias": self.quantize_bias, "reduce_range": self.reduce_range}
-
-
-# QuantizeBias False: TensorRT rejects DequantizeLinear nodes with INT32 inputs, so biases stay float.
-TENSORRT_FORM = Int8Form("S8S8 symmetric Q/DQ, float biases (TensorRT)")
-
-
 def quantize_int8(prepared_path: str | os.PathLike, out_path: str | os.PathLike,
                   calibration: np.ndarray | BatchReader, method: str = "minmax", per_channel: bool = True,
                   nodes_to_exclude: Sequence[str] = (), percentile: float = 99.999,
@@ -129,7 +103,7 @@ def quantize_static_int8(prepared_path: str | os.PathLike, out_path: str | os.Pa
                          per_channel: bool = True, nodes_to_exclude: Sequence[str] = (),
                          percentile: float = 99.999, calibration_cache: Optional[str | os.PathLike] = None,
                          op_types: Optional[Sequence[str]] = None) -> Path:
-    """Static INT8 of `form` (TENSORRT_FORM, or a CPU form from callbacks.cpu_quantization), written atomically."""
+    """Static INT8 of `form` (TENSORRT_FORM, or cpu_int8_form's from callbacks.int8_forms), written atomically."""
     if method not in METHODS:
         raise ValueError(f"calibration method {method!r} is not one of {sorted(METHODS)}")
     reader = calibration if isinstance(calibration, BatchReader) else array_batches(calibration)
@@ -171,22 +145,6 @@ def quantize_dynamic_linear(fp32_path: str | os.PathLike, out_path: str | os.Pat
     return out_path
 
 
-def asymmetric_zero_points(path: str | os.PathLike) -> list[str]:
-    """Q/DQ nodes whose zero point is not an INT8 zero (TensorRT rejects those)."""
-    model = onnx.load(str(path))
-    inits = {i.name: i for i in model.graph.initializer}
-    bad = []
-    for node in model.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2]:
-            zp = inits.get(node.input[2])
-            if zp is None:
-                continue
-            values = numpy_helper.to_array(zp)
-            if zp.data_type != onnx.TensorProto.INT8 or np.any(values != 0):
-                bad.append(node.name or node.output[0])
-    return bad
-
-
 def rank_nodes_by_quantization_error(prepared_path: Path, int8_path: Path, x: np.ndarray) -> list[str]:
     """Quantised nodes, worst first, by the signal-to-quantisation-noise ratio of their output activation
     (onnxruntime's qdq_loss_debug): a low SQNR is where INT8 loses the most signal."""
@@ -220,101 +178,175 @@ def ranking_sample_size(height: int, width: int) -> int:
     return int(max(8, min(256, 256 * 64 * 64 // max(height * width, 1))))
 
 
+class Flavour(NamedTuple):
+    """What one form of Int8Quantization writes and how it names it: the file, the manifest label, the report's
+    topic, the step name in report.json and the manifest, and its scratch files' suffix."""
+
+    file: str
+    label: str
+    topic: str
+    step: str
+    scratch: str
+
+
+FLAVOURS = {"tensorrt": Flavour("model.int8.onnx", "ONNX INT8", "INT8", "Int8Quantization", ""),
+            "cpu": Flavour("model.int8-cpu.onnx", "ONNX INT8 (CPU)", "INT8 (CPU)", "CpuInt8Quantization", "-cpu")}
+
+
 class Int8Quantization(FitEndStep):
-    """Quantize model.onnx to model.int8.onnx (static Q/DQ in TensorRT's form) behind an accuracy gate.
+    """Quantize model.onnx to a static INT8 file in one form, behind an accuracy gate.
+
+    form tensorrt writes model.int8.onnx in TensorRT's form (S8S8 symmetric Q/DQ, float biases; runtime
+    `tensorrt`); form cpu writes model.int8-cpu.onnx in the form CPU runtimes run fast (U8S8 on x86, S8S8 with
+    asymmetric activations on aarch64, int32 biases; runtime `cpu`; see callbacks.int8_forms for why). A recipe
+    lists one step per form it ships; DeployBundle scores both on the test split. The cpu form reports as
+    CpuInt8Quantization (its step name in report.json, the manifest and failure lines).
 
     Calibration and every validation pass stream from the DataModule's loaders. If INT8 loses more than
     `max_drop` top-1 points on the validation split, the nodes with the worst quantization SQNR are kept in FP32
     (1, 2, 4 ... up to `max_excluded`) and the best attempt is kept; the report lists them.
 
     Args:
+        form: tensorrt | cpu: the runtime the file is for.
         num_samples: calibration images from the train split, eval-transformed (500-1000 is the usual advice).
         method: calibration: minmax | entropy | percentile.
         per_channel: per-output-channel weight scales.
         max_drop: the gate: the most top-1 points INT8 may lose against FP32 on the validation split.
         max_excluded: the most nodes the gate may keep in FP32 while it searches.
-        mode: static (Q/DQ, for ONNX Runtime and TensorRT) | dynamic (seed 1's dynamic INT8 of Linear layers; CPU only).
+        mode: static (Q/DQ) | dynamic (form tensorrt only: seed 1's dynamic INT8 of Linear layers; CPU only).
         calibration_batch: images per calibration batch (onnxruntime holds every activation of one batch).
+        target: form cpu only: the device's CPU family: auto (this machine's, the default) | x86_64 | aarch64.
+        quant_format: form cpu only: qdq (the default; measured faster on x86 and what OpenVINO reads) | qoperator.
+        reduce_range: form cpu only: 7-bit weights; unset = where the target is this x86 machine and it lacks VNNI.
     """
 
-    PRODUCES = ("onnx-int8:int8@tensorrt",)
+    PRODUCES = ("onnx-int8:int8@tensorrt", f"onnx-int8:int8@{CPU_RUNTIME}")
 
-    def __init__(self, num_samples: int = 512, method: Literal["minmax", "entropy", "percentile"] = "minmax",
-                 per_channel: bool = True, max_drop: float = 0.5, max_excluded: int = 8,
-                 mode: Literal["static", "dynamic"] = "static", calibration_batch: int = 16) -> None:
+    def __init__(self, form: Literal["tensorrt", "cpu"] = "tensorrt", num_samples: int = 512,
+                 method: Literal["minmax", "entropy", "percentile"] = "minmax", per_channel: bool = True,
+                 max_drop: float = 0.5, max_excluded: int = 8, mode: Literal["static", "dynamic"] = "static",
+                 calibration_batch: int = 16, target: Optional[str] = None,
+                 quant_format: Optional[Literal["qdq", "qoperator"]] = None,
+                 reduce_range: Optional[bool] = None) -> None:
         super().__init__()
+        if form not in FLAVOURS:
+            raise ValueError(f"Int8Quantization form {form!r} is not one of {sorted(FLAVOURS)}")
         if method not in METHODS:
             raise ValueError(f"Int8Quantization method {method!r} is not one of {sorted(METHODS)}")
         if num_samples < 1 or calibration_batch < 1:
             raise ValueError(f"Int8Quantization num_samples and calibration_batch must be 1 or more, got "
                              f"{num_samples} and {calibration_batch}")
-        self.num_samples, self.method, self.per_channel = num_samples, method, per_channel
+        cpu_only = [k for k, v in (("target", target), ("quant_format", quant_format), ("reduce_range", reduce_range))
+                    if v is not None]
+        if form != "cpu" and cpu_only:
+            names = " and ".join(cpu_only)
+            raise ValueError(f"Int8Quantization {names} {'applies' if len(cpu_only) == 1 else 'apply'} to form cpu "
+                             f"only; set form: cpu, or drop {names} for TensorRT's form")
+        if form == "cpu" and mode != "static":
+            raise ValueError(f"Int8Quantization mode {mode!r} is form tensorrt's (dynamic INT8 of the Linear layers "
+                             "into model.int8.onnx); form cpu is static only: drop mode or set form: tensorrt")
+        self.form, self.num_samples, self.method, self.per_channel = form, num_samples, method, per_channel
         self.max_drop, self.max_excluded, self.mode = max_drop, max_excluded, mode
         self.calibration_batch = calibration_batch
+        self.target, self.quant_format, self.reduce_range, self.family = target, quant_format, reduce_range, None
+        if form == "cpu":
+            self.target, self.quant_format = target or "auto", quant_format or "qdq"
+            if self.quant_format not in FORMATS:
+                raise ValueError(f"Int8Quantization quant_format {quant_format!r} is not one of {sorted(FORMATS)}")
+            self.family = cpu_family(None if self.target == "auto" else self.target)  # a bad target: one sentence now
+            if reduce_range is None:
+                here = self.target == "auto" or cpu_family(self.target) == cpu_family()
+                reduce_range = self.family == "x86_64" and here and not has_vnni()
+            self.reduce_range = bool(reduce_range)
+
+    @property
+    def name(self) -> str:
+        return FLAVOURS[self.form].step if type(self) is Int8Quantization else super().name
+
+    @property
+    def state_key(self) -> str:
+        # Lightning keys a callback's checkpoint state by class name; the two forms are two steps.
+        return self.name
 
     def consumes(self) -> tuple[str, ...]:
         return ("onnx:fp32",)
 
     def produces(self) -> tuple[str, ...]:
-        return (f"onnx-int8:int8@{'tensorrt' if self.mode == 'static' else 'onnxruntime'}",)
+        runtime = {"cpu": CPU_RUNTIME, "tensorrt": "tensorrt" if self.mode == "static" else "onnxruntime"}
+        return (f"onnx-int8:int8@{runtime[self.form]}",)
+
+    def int8_form(self) -> Int8Form:
+        return TENSORRT_FORM if self.form == "tensorrt" else cpu_int8_form(self.family, self.quant_format,
+                                                                           self.reduce_range)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
         fp32 = record.find("onnx", "fp32")
         dm = trainer.datamodule
+        flavour, form = FLAVOURS[self.form], self.int8_form()
 
         def val_top1(path: Path) -> float:
-            runner = OnnxRuntimeRunner(str(path))
-            return evaluate(runner.infer, numpy_batches(dm.val_dataloader()))["top1"]
+            return evaluate(OnnxRuntimeRunner(str(path)).infer, numpy_batches(dm.val_dataloader()))["top1"]
 
         fp32_top1 = val_top1(fp32.file)
-        out = self.staging / "model.int8.onnx"
+        out = self.staging / flavour.file
         if self.mode == "dynamic":
             quantize_dynamic_linear(fp32.file, out)
             int8_top1 = val_top1(out)
-            report = {"mode": "dynamic", "fp32_top1": fp32_top1, "int8_top1": int8_top1,
-                      "delta_pts": 100 * (int8_top1 - fp32_top1), "excluded_nodes": [], "gate_met": True}
+            r = {"mode": "dynamic", "fp32_top1": fp32_top1, "int8_top1": int8_top1,
+                 "delta_pts": 100 * (int8_top1 - fp32_top1), "excluded_nodes": [], "gate_met": True}
         else:
-            calibration = loader_batches(dm.calibration_dataloader(self.num_samples, batch_size=self.calibration_batch))
-            prepared = prepare_for_quantization(fp32.file, self.staging / ".model.prepared.onnx")
-            cache = self.staging / ".calibration.json"
-            try:
-                report = self.gated_quantization(prepared, out, calibration, val_top1, fp32_top1, cache,
-                                                 lambda n: first_batch(dm.val_dataloader(), n))
-            finally:
-                prepared.unlink(missing_ok=True)
-                cache.unlink(missing_ok=True)
+            r = self.static(dm, fp32.file, out, form, val_top1, fp32_top1)
+        record.publish(ArtifactRecord(self.name, "onnx-int8", "int8", self.runtime_for(self.produces()[0]), file=out,
+                                      label=flavour.label, facts={"quantization": {
+                                          **r, "calibration": r.get("method", "none"), "method": "ptq"}}))
+        kept = ", ".join(r["excluded_nodes"]) or "none"
+        gate = "met" if r["gate_met"] else "NOT met"
+        what = (f"{r['mode']} PTQ" if self.form == "tensorrt"
+                else f"{form.name} {form.quant_format.name} for {self.family}")
+        record.note(self.name, flavour.topic,
+                    f"{what} ({r.get('method', 'dynamic')}, {r.get('num_samples', 0)} calibration images), "
+                    f"Δ {r['delta_pts']:+.2f} pt top-1 vs FP32 on the validation split (gate: at most {self.max_drop} "
+                    f"pt lost, {gate}); nodes kept in FP32: {kept}", facts=r)
+        where = "INT8" if self.form == "tensorrt" else f"INT8 (CPU, {self.family})"
+        rank_zero_info(f"{where}: top-1 {100 * r['int8_top1']:.2f} % vs FP32 {100 * fp32_top1:.2f} % on val "
+                       f"(Δ {r['delta_pts']:+.2f} pt, gate {self.max_drop} pt: {gate}, {len(r['excluded_nodes'])} "
+                       f"node(s) kept in FP32), {os.path.getsize(out) / 1e6:.2f} MB")
+
+    def static(self, dm, fp32: Path, out: Path, form: Int8Form, val_top1: Callable[[Path], float],
+               fp32_top1: float) -> dict:
+        """Static INT8 of `form` behind the gate; the report the step publishes."""
+        scratch = FLAVOURS[self.form].scratch
+        calibration = loader_batches(dm.calibration_dataloader(self.num_samples, batch_size=self.calibration_batch))
+        prepared = prepare_for_quantization(fp32, self.staging / f".model.prepared{scratch}.onnx")
+        cache = self.staging / f".calibration{scratch}.json"
+
+        def quantize(excluded: Sequence[str]) -> Path:
+            if self.form == "tensorrt":
+                return quantize_int8(prepared, out, calibration, self.method, self.per_channel, excluded,
+                                     calibration_cache=cache)
+            return quantize_static_int8(prepared, out, calibration, form, self.method, self.per_channel, excluded,
+                                        calibration_cache=cache)
+
+        try:
+            gate = gated_quantization(quantize, prepared, out, val_top1, fp32_top1, self.max_drop, self.max_excluded,
+                                      lambda n: first_batch(dm.val_dataloader(), n))
+        finally:
+            prepared.unlink(missing_ok=True)
+            cache.unlink(missing_ok=True)
+        r = {"mode": "static", "method": self.method, "num_samples": calibration.samples, **gate}
+        if self.form == "tensorrt":
             bad = asymmetric_zero_points(out)
             if bad:
                 raise RuntimeError(f"{out.name}: {len(bad)} Q/DQ nodes have non-zero or non-INT8 zero points "
                                    f"({bad[:3]}...), which TensorRT rejects; this is a bug in the quantization settings")
-        r = report
-        record.publish(ArtifactRecord(self.name, "onnx-int8", "int8", self.runtime_for(self.produces()[0]), file=out, label="ONNX INT8",
-                                      facts={"quantization": {**r, "calibration": r.get("method", "none"), "method": "ptq"}}))
-        kept = ", ".join(r["excluded_nodes"]) or "none"
-        gate = "met" if r["gate_met"] else "NOT met"
-        line = (f"{r['mode']} PTQ ({r.get('method', 'dynamic')}, {r.get('num_samples', 0)} calibration images), "
-                f"Δ {r['delta_pts']:+.2f} pt top-1 vs FP32 on the validation split (gate: at most {self.max_drop} pt "
-                f"lost, {gate}); nodes kept in FP32: {kept}")
-        record.note(self.name, "INT8", line, facts=r)
-        rank_zero_info(f"INT8: top-1 {100 * r['int8_top1']:.2f} % vs FP32 {100 * fp32_top1:.2f} % on val "
-                       f"(Δ {r['delta_pts']:+.2f} pt, gate {self.max_drop} pt: {gate}, {len(r['excluded_nodes'])} "
-                       f"node(s) kept in FP32), {os.path.getsize(out) / 1e6:.2f} MB")
-
-    def gated_quantization(self, prepared: Path, out: Path, calibration: BatchReader, val_top1, fp32_top1: float,
-                           cache: Path, val_sample) -> dict:
-        def quantize(excluded: Sequence[str]) -> Path:
-            return quantize_int8(prepared, out, calibration, self.method, self.per_channel, excluded,
-                                 calibration_cache=cache)
-
-        report = gated_quantization(quantize, prepared, out, val_top1, fp32_top1, self.max_drop, self.max_excluded,
-                                    val_sample)
-        return {"mode": "static", "method": self.method, "num_samples": calibration.samples, **report}
+            return r
+        return {**r, "cpu_family": self.family, "target": self.target, **form.describe()}
 
 
 def gated_quantization(quantize: Callable[[Sequence[str]], Path], prepared: Path, out: Path,
                        val_top1: Callable[[Path], float], fp32_top1: float, max_drop: float, max_excluded: int,
-                       val_sample: Callable[[int], np.ndarray], what: str = "INT8") -> dict:
-    """The accuracy gate both INT8 flavours share: `quantize(excluded_nodes)` writes `out`; when it loses more
+                       val_sample: Callable[[int], np.ndarray]) -> dict:
+    """The accuracy gate both INT8 forms share: `quantize(excluded_nodes)` writes `out`; when it loses more
     than `max_drop` top-1 points on the validation split, the nodes with the worst SQNR are kept in FP32
     (1, 2, 4 ... up to `max_excluded`) and the best attempt is what `out` holds at the end."""
 

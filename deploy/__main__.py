@@ -26,11 +26,10 @@ import numpy as np
 
 from deploy.bench_command import cmd_bench, format_table
 from deploy.bundle import BundleError, FORMATS, add_artifact, artifact_entry, load_bundle, verify_artifact
-from deploy.cli_common import (EXIT_INPUTS_FAILED, EXIT_OK, EXIT_USAGE, UsageError, _error, stdout_closed,
-                               _first_line, _providers, _select, _warning, is_allocation_failure, _out_of_memory,
-                               softmax)
+from deploy.cli_common import (EXIT_INPUTS_FAILED, EXIT_OK, EXIT_USAGE, UsageError, error, is_allocation_failure,
+                               out_of_memory, providers, select, softmax, stdout_closed, warning)
 from deploy.cuda_memory import CudaUnavailable
-from deploy.errors import debug_mode
+from deploy.errors import debug_mode, message_line
 from deploy.install import resolve_bundle_dir
 from deploy.plugins import load_plugins
 from deploy.nvtx_ranges import nvtx_range
@@ -49,7 +48,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from deploy.selection import resolve
 
     bundle = load_bundle(resolve_bundle_dir(args.bundle), verify=False)
-    choice = resolve(bundle, args.runtime, args.format, args.precision, _providers(args), args.threads, args.hint,
+    choice = resolve(bundle, args.runtime, args.format, args.precision, providers(args), args.threads, args.hint,
                      args.max_drop)
     entry = choice.entry
     why = {"only": "the only one that fits the flags", "cache": f"the fastest measured here (cached in {choice.cache_path})",
@@ -61,13 +60,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
         raise UsageError("no images given (folders are searched for image files); pass files or folders")
     topk = max(1, min(args.topk, len(bundle.classes)))
     failed = 0
-    with open_runner(bundle, entry, _providers(args), args.threads, choice.runtime, args.hint) as runner:
+    with open_runner(bundle, entry, providers(args), args.threads, choice.runtime, args.hint) as runner:
         for start in range(0, len(paths), args.batch_size):
             chunk = paths[start:start + args.batch_size]
             with nvtx_range("preprocess"):
                 batch, kept, errors = preprocess(chunk, prep)
             for _, message in errors:
-                _error(message)
+                error(message)
             failed += len(errors)
             if not kept:
                 continue
@@ -76,7 +75,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             except Exception as exc:
                 if not is_allocation_failure(exc):
                     raise
-                raise _out_of_memory(entry["file"], len(kept), "--batch-size", str(max(1, len(kept) // 2))) from None
+                raise out_of_memory(entry["file"], len(kept), "--batch-size", str(max(1, len(kept) // 2))) from None
             for row, index in zip(softmax(logits), kept):
                 order = np.argsort(-row, kind="stable")[:topk]
                 top = [{"class": bundle.classes[i], "index": int(i), "probability": round(float(row[i]), 6)} for i in order]
@@ -89,7 +88,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     from deploy.engine import build_engine, tensorrt_status
 
     bundle = load_bundle(args.bundle, verify=False)
-    source = _select(bundle, "onnx-int8" if args.precision == "int8" else "onnx")
+    source = select(bundle, "onnx-int8" if args.precision == "int8" else "onnx")
     ok, reason = tensorrt_status()
     if not ok:
         raise BundleError(f"cannot build a TensorRT engine here because {reason}")
@@ -130,7 +129,7 @@ def cmd_check_tensorrt(args: argparse.Namespace) -> int:
     try:
         result = check_tensorrt(args.model, args.tensorrt)
     except TensorRTCheckError as exc:
-        _error(str(exc))
+        error(str(exc))
         return EXIT_USAGE
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0 if result["passed"] else 1
@@ -349,7 +348,7 @@ def exit_statuses(command: str) -> str:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # A runtime warning (e.g. "no CUDAExecutionProvider; running on CPU") is advice to the user, not a source line.
-    _warning(_first_line(message))
+    warning(message_line(message))
 
 
 def _user_sentence(exc: BaseException) -> str:
@@ -358,7 +357,7 @@ def _user_sentence(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         return f"{where}{exc.strerror.lower()}; check the path, its permissions and the free disk space"
-    return _first_line(exc)
+    return message_line(exc)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -366,7 +365,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         load_plugins()  # before the parser: a plugin's formats are --format choices
     except BundleError as exc:
-        _error(str(exc))
+        error(str(exc))
         return EXIT_USAGE
     args = build_parser().parse_args(argv)
     try:
@@ -378,15 +377,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:
         return stdout_closed()
     except (BundleError, UsageError, CudaUnavailable, OSError, MemoryError) as exc:
-        _error(_user_sentence(exc))
+        error(_user_sentence(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
-        _error("interrupted")
+        error("interrupted")
         return 128 + 2
     except Exception as exc:
         if debug_mode():
             raise
-        _error(f"`{args.command}` failed unexpectedly ({type(exc).__name__}: {_first_line(exc)}); this is a bug: "
+        error(f"`{args.command}` failed unexpectedly ({type(exc).__name__}: {message_line(exc)}); this is a bug: "
                "rerun with EDGECLS_DEBUG=1 for the traceback and report it")
         return EXIT_USAGE
 

@@ -9,8 +9,8 @@ import sys
 from typing import Optional
 
 from deploy.bundle import BundleError, load_bundle, verify_artifact
-from deploy.cli_common import (EXIT_INPUTS_FAILED, EXIT_OK, UsageError, _error, _out_of_memory, _providers, _warning,
-                               is_allocation_failure)
+from deploy.cli_common import (EXIT_INPUTS_FAILED, EXIT_OK, UsageError, error, is_allocation_failure, out_of_memory,
+                               providers, warning)
 from deploy.forms import entry_form, runtime_name
 from deploy.install import resolve_bundle_dir
 
@@ -30,9 +30,9 @@ def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dic
         for cand in cands:
             entry = cand.entry
             try:
-                runner = open_runner(bundle, entry, _providers(args), args.threads, cand.runtime, args.hint)
+                runner = open_runner(bundle, entry, providers(args), args.threads, cand.runtime, args.hint)
             except BundleError as exc:
-                _warning(f"skipped {entry['file']} in {cand.runtime}: {exc}")
+                warning(f"skipped {entry['file']} in {cand.runtime}: {exc}")
                 if bar:
                     bar.advance(task, len(batches) * args.iterations)
                 continue
@@ -47,7 +47,7 @@ def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dic
                         if not is_allocation_failure(exc):
                             raise
                         fitting = ",".join(str(b) for b in batches if b < batch) or str(max(1, batch // 2))
-                        return rows, _out_of_memory(entry["file"], batch, "--batch", fitting)
+                        return rows, out_of_memory(entry["file"], batch, "--batch", fitting)
                     precision, metrics = runtime_scores(entry, cand.runtime)  # openvino-bf16: bf16, its own top-1
                     top1 = metrics.get("top1")
                     rows.append({"artifact": entry["file"], "form": entry_form(entry), "format": entry["format"],
@@ -128,18 +128,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cands = candidates(bundle, runtime, args.format)
     for entry in {id(c.entry): c.entry for c in cands}.values():
         verify_artifact(bundle.path, entry)
-    rows, out_of_memory = _bench_rows(args, bundle, cands)
-    if rows and not out_of_memory:
+    rows, memory_error = _bench_rows(args, bundle, cands)
+    if rows and not memory_error:
         # Bench's own batch-1 p50s decide (and refresh the cache) where it measured batch 1.
         timings = {f"{r['runtime']}:{r['artifact']}": r["p50_ms"] for r in rows if r["batch"] == 1} or None
-        choice = choose(bundle, runtime, args.format, None, _providers(args), args.threads, args.hint,
+        choice = choose(bundle, runtime, args.format, None, providers(args), args.threads, args.hint,
                         args.max_drop, timings=timings)
         for row in rows:
             row["chosen"] = (row["runtime"], row["artifact"]) == (choice.runtime, choice.entry["file"])
     if rows:
         print(json.dumps(rows, indent=2) if args.json else f"{bench_caption(args, rows)}\n{format_table(rows)}", flush=True)
-    if out_of_memory:
-        raise out_of_memory
+    if memory_error:
+        raise memory_error
     if not rows:
         raise UsageError(f"nothing was measured: no artifact in {bundle.path} can run on this device (see the "
                          "warnings above); pass --format onnx or build an engine here")
@@ -160,11 +160,11 @@ def _bench_profiles(args: argparse.Namespace, bundle, cands: list) -> None:
     for cand in cands:
         profiler = PROFILERS.get(cand.runtime)
         if profiler is None:
-            _warning(f"no per-operator profiler for {cand.runtime} here; for {cand.entry['file']} use "
+            warning(f"no per-operator profiler for {cand.runtime} here; for {cand.entry['file']} use "
                      "`nsys profile` (NVTX ranges mark each call) or `trtexec --dumpProfile`")
             continue
         result = profiler(bundle.artifact_path(cand.entry), args.profile, batch=args.batch[0],
-                          iterations=min(args.iterations, 50), threads=args.threads, providers=_providers(args),
+                          iterations=min(args.iterations, 50), threads=args.threads, providers=providers(args),
                           hint=args.hint)
         print("\n" + format_profile(result), file=out, flush=True)
 
@@ -177,7 +177,7 @@ def _bench_soak(args: argparse.Namespace, bundle, cands: list) -> int:
     out = sys.stderr if args.json else sys.stdout
     failed = 0
     for cand in cands:
-        with open_runner(bundle, cand.entry, _providers(args), args.threads, cand.runtime, args.hint) as runner:
+        with open_runner(bundle, cand.entry, providers(args), args.threads, cand.runtime, args.hint) as runner:
             result = soak(runner, args.batch[0], args.soak, max_growth_mb=args.soak_max_growth_mb)
         print(f"soak {cand.entry['file']} in {cand.runtime}, batch {result['batch']}, {result['seconds']:g} s, "
               f"{result['calls']} calls: p50 {result['first_p50_ms']:.3f} -> {result['last_p50_ms']:.3f} ms "
@@ -186,7 +186,7 @@ def _bench_soak(args: argparse.Namespace, bundle, cands: list) -> int:
               file=out, flush=True)
         if not result["memory_ok"]:
             failed += 1
-            _error(f"{cand.entry['file']} in {cand.runtime}: resident memory grew {result['rss_growth_mb']:.1f} MB in "
+            error(f"{cand.entry['file']} in {cand.runtime}: resident memory grew {result['rss_growth_mb']:.1f} MB in "
                    f"a {result['seconds']:g} s soak, over the {result['max_growth_mb']:g} MB bound (a leak?); rerun "
                    "with a longer --soak to confirm, or raise --soak-max-growth-mb if the growth is expected")
     return EXIT_INPUTS_FAILED if failed else EXIT_OK

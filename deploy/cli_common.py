@@ -13,7 +13,6 @@ import numpy as np
 
 from deploy.bundle import verify_artifact
 
-from deploy.errors import message_line as _first_line  # noqa: F401 (imported from here by other modules)
 from deploy.errors import EXIT_OK, EXIT_PIPE_CLOSED, EXIT_USAGE  # noqa: F401 (the statuses every command shares)
 from deploy.errors import EXIT_PARTLY_FAILED as EXIT_INPUTS_FAILED  # noqa: F401
 
@@ -25,11 +24,11 @@ class UsageError(Exception):
     """A run that cannot go on as asked (nothing to do, a batch that does not fit); the message says what to change."""
 
 
-def _error(message: str) -> None:
+def error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 
 
-def _warning(message: str) -> None:
+def warning(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
@@ -38,20 +37,20 @@ def is_allocation_failure(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or bool(_ALLOCATION_FAILURE.search(str(exc)))
 
 
-def _out_of_memory(artifact: str, batch: int, flag: str, smaller: str) -> UsageError:
+def out_of_memory(artifact: str, batch: int, flag: str, smaller: str) -> UsageError:
     if batch <= 1:
         return UsageError(f"out of memory running {artifact} at batch size 1; free memory on this device "
                           "(stop other processes) or use a smaller artifact, e.g. --format onnx-int8")
     return UsageError(f"out of memory running {artifact} at batch size {batch}; try a smaller one, e.g. {flag} {smaller}")
 
 
-def _select(bundle, fmt: Optional[str], precision: Optional[str] = None) -> dict:
+def select(bundle, fmt: Optional[str], precision: Optional[str] = None) -> dict:
     entry = bundle.artifact(fmt, precision)
     verify_artifact(bundle.path, entry)
     return entry
 
 
-def _providers(args: argparse.Namespace) -> list[str]:
+def providers(args: argparse.Namespace) -> list[str]:
     return [p.strip() for p in args.providers.split(",") if p.strip()]
 
 

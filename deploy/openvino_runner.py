@@ -22,7 +22,8 @@ import numpy as np
 
 from deploy.bundle import BundleError
 from deploy.cpu_features import physical_cores
-from deploy.runners import Runner, _first_line, _static_dim
+from deploy.errors import message_line
+from deploy.runners import Runner, static_dim
 
 STATIC_SHAPES = 4  # batch sizes kept compiled with a static shape under the latency hint
 
@@ -79,8 +80,8 @@ class OpenVinoRunner(Runner):
         inp, out = self.model.inputs[0], self.model.outputs[0]
         self.input_name, self.output_name = inp.get_any_name(), out.get_any_name()
         dims = [d.get_length() if d.is_static else None for d in inp.get_partial_shape()]
-        self.input_shape = tuple(_static_dim(d) for d in dims[1:])
-        fixed = _static_dim(dims[0])
+        self.input_shape = tuple(static_dim(d) for d in dims[1:])
+        fixed = static_dim(dims[0])
         self.min_batch, self.max_batch = (fixed, fixed) if fixed else (1, None)
         self._latency: OrderedDict = OrderedDict()  # batch size -> infer request of a static-shape compile
         self._throughput = None  # (compiled model, infer requests)
@@ -88,7 +89,7 @@ class OpenVinoRunner(Runner):
         self._throughput_requests() if hint == "throughput" else self._latency_request(fixed or 1)
 
     def _unusable(self, exc: BaseException) -> BundleError:
-        return BundleError(f"{self.path}: OpenVINO cannot compile it ({_first_line(exc)}); re-export the model, "
+        return BundleError(f"{self.path}: OpenVINO cannot compile it ({message_line(exc)}); re-export the model, "
                            "copy the bundle again or pass --runtime onnxruntime")
 
     def config(self, hint: str) -> dict:

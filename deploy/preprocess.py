@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from deploy.bundle import validate_preprocessing
+from deploy.errors import message_line
 from deploy.images import ImageDecodeError, ImageSource, read_image
 from deploy.preprocessing_rules import cv2_flag
 
@@ -88,18 +89,13 @@ def preprocess(sources: Sequence[ImageSource], preprocessing: dict | Preprocesso
             errors.append((i, str(exc)))
             continue
         except (ValueError, cv2.error) as exc:
-            errors.append((i, f"{name}: cannot be preprocessed ({_first_line(exc)})"))
+            errors.append((i, f"{name}: cannot be preprocessed ({message_line(exc)})"))
             continue
         except Exception as exc:  # noqa: BLE001 - see the docstring: per-file, never per-batch
             errors.append((i, f"{name}: cannot be read ({_describe(exc)})"))
             continue
         kept.append(i)
     return batch[:len(kept)], kept, errors
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _describe(exc: BaseException) -> str:

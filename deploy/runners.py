@@ -17,7 +17,6 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from deploy.bundle import Bundle, BundleError
-from deploy.errors import message_line as _first_line  # noqa: F401 (imported from here by other modules)
 from deploy.nvtx_ranges import nvtx_range
 
 ORT_PROVIDERS = {
@@ -71,7 +70,7 @@ class Runner:
         self.close()
 
 
-def _static_dim(value) -> Optional[int]:
+def static_dim(value) -> Optional[int]:
     return value if isinstance(value, int) and value > 0 else None
 
 
@@ -110,8 +109,8 @@ class OnnxRuntimeRunner(Runner):
         self.providers = self.session.get_providers()
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
-        self.input_shape = tuple(_static_dim(d) for d in inp.shape[1:])
-        fixed = _static_dim(inp.shape[0])
+        self.input_shape = tuple(static_dim(d) for d in inp.shape[1:])
+        fixed = static_dim(inp.shape[0])
         self.min_batch, self.max_batch = (fixed, fixed) if fixed else (1, None)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ def _tiny(recipe: Path, epochs: int = 1) -> None:
     config["model"]["backbone_args"] = {"num_blocks": [1, 1, 1, 1], "width": 4}
     config["data"]["image_size"] = 16
     for c in config["trainer"]["callbacks"]:
-        if c["class_path"] in ("callbacks.Int8Quantization", "callbacks.CpuInt8Quantization"):
+        if c["class_path"] == "callbacks.Int8Quantization":
             c["init_args"] = {**(c.get("init_args") or {}), "num_samples": 64, "max_drop": 100.0}
         if c["class_path"] == "callbacks.DeployBundle":
             c["init_args"] = {"latency_iterations": 10, "throughput_iterations": 2}

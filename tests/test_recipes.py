@@ -55,9 +55,12 @@ def shrunk_recipe(tmp_path: Path, name: str, changes: dict, callbacks: dict[str,
                 into[key] = value
 
     merge(config, changes)
-    listed = {c["class_path"]: c for c in config["trainer"]["callbacks"]}
-    for class_path, init_args in (callbacks or {}).items():
-        listed[class_path].setdefault("init_args", {}).update(init_args)
+    listed = config["trainer"]["callbacks"]
+    missing = set(callbacks or {}) - {c["class_path"] for c in listed}
+    assert not missing, f"{name} lists no {sorted(missing)}"
+    for c in listed:  # every entry of a class_path (Int8Quantization is listed once per form)
+        if c["class_path"] in (callbacks or {}):
+            c["init_args"] = {**(c.get("init_args") or {}), **callbacks[c["class_path"]]}
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -78,22 +81,29 @@ def test_top1(stdout: str) -> float:
 test_top1.__test__ = False  # a helper, not a test
 
 
-# What each fit-end step of a recipe leaves in the bundle: (format, precision, runtime, file) of an ok artifact.
+# What each fit-end step of a recipe leaves in the bundle: (format, precision, runtime, file) of an ok artifact,
+# by class_path and, for Int8Quantization, its form.
 MADE_BY = {
-    "callbacks.ONNXExport": ("onnx", "fp32", "any", "model.onnx"),
-    "callbacks.Int8Quantization": ("onnx-int8", "int8", "tensorrt", "model.int8.onnx"),
-    "callbacks.CpuInt8Quantization": ("onnx-int8", "int8", "cpu", "model.int8-cpu.onnx"),
+    ("callbacks.ONNXExport", None): ("onnx", "fp32", "any", "model.onnx"),
+    ("callbacks.Int8Quantization", "tensorrt"): ("onnx-int8", "int8", "tensorrt", "model.int8.onnx"),
+    ("callbacks.Int8Quantization", "cpu"): ("onnx-int8", "int8", "cpu", "model.int8-cpu.onnx"),
 }
+
+
+def made_by(callback: dict) -> tuple | None:
+    """The artifact one listed callback makes (None for a step that makes no ONNX file)."""
+    form = (callback.get("init_args") or {}).get("form", "tensorrt")
+    return MADE_BY.get((callback["class_path"], form if callback["class_path"].endswith("Int8Quantization") else None))
 
 
 def asked_for(recipe: Path) -> tuple[list[tuple], list[str], dict[str, str]]:
     """From the recipe as run: the ONNX artifacts its steps make, the TensorRT precisions it asks for, and each
     quantization step's calibration method (the step's default, minmax, where the YAML gives none)."""
     callbacks = load_recipe(recipe)["trainer"]["callbacks"]
-    made = [MADE_BY[c["class_path"]] for c in callbacks if c["class_path"] in MADE_BY]
+    made = [made_by(c) for c in callbacks if made_by(c)]
     engines = [p for c in callbacks if c["class_path"] == "callbacks.TensorRTBuild"
                for p in (c.get("init_args") or {}).get("precisions", ["fp16", "int8"])]
-    methods = {MADE_BY[c["class_path"]][3]: (c.get("init_args") or {}).get("method", "minmax")
+    methods = {made_by(c)[3]: (c.get("init_args") or {}).get("method", "minmax")
                for c in callbacks if c["class_path"].endswith("Int8Quantization")}
     return made, engines, methods
 

@@ -120,12 +120,13 @@ def build_backbone(name: str, num_classes: int, **kwargs) -> nn.Module:
             return family.build(name, num_classes, **kwargs)
         builder = _user_backbone(name) if "." in name else None
     if builder is None:
-        raise ValueError(_unknown(name))
+        raise ValueError(unknown_backbone(name))
     _check_args(name, builder, kwargs)
     return builder(num_classes=num_classes, **kwargs)
 
 
-def _unknown(name: str) -> str:
+def unknown_backbone(name: str) -> str:
+    """The one sentence for a backbone name that nothing registered, with the close matches."""
     bare = [n for f in FAMILIES.values() if f.bare for n in f.names()]
     close = difflib.get_close_matches(name, sorted(set(BACKBONES) | set(bare)), n=5, cutoff=0.6)
     families = ", ".join(f"{p}<name>" for p in sorted(FAMILIES))

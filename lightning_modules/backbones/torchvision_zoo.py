@@ -38,9 +38,9 @@ def torchvision_backbone(name: str, num_classes: int, weights: Optional[str] = N
     import torchvision.models
 
     if name not in torchvision_names():
-        from lightning_modules.backbones import _unknown
+        from lightning_modules.backbones import unknown_backbone
 
-        raise ValueError(_unknown(f"tv:{name}"))
+        raise ValueError(unknown_backbone(f"tv:{name}"))
     check_weights_args(weights, weights_path, freeze_features)
     if name in ("googlenet", "inception_v3"):
         # Their auxiliary heads make train-mode forward return a tuple, which neither the loss nor ONNX expects.

@@ -1,5 +1,6 @@
-"""The CPU INT8 flavour: a tiny digits fit leaves model.int8-cpu.onnx (U8S8 on x86) beside TensorRT's symmetric
-file, both behind the accuracy gate and both scored on the test split in the manifest."""
+"""Int8Quantization's CPU form: a tiny digits fit leaves model.int8-cpu.onnx (U8S8 on x86) beside TensorRT's
+symmetric file, two instances of one step class, both behind the accuracy gate and both scored on the test split
+in the manifest."""
 
 import json
 
@@ -8,8 +9,7 @@ import pytest
 import pytorch_lightning as pl
 
 from callbacks import CpuInt8Quantization, DeployBundle, Int8Quantization, ONNXExport
-from callbacks.cpu_quantization import activation_zero_point_types, cpu_family
-from callbacks.quantization import asymmetric_zero_points
+from callbacks.int8_forms import activation_zero_point_types, asymmetric_zero_points, cpu_family
 from callbacks.fit_end import fit_end_record
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import load_bundle
@@ -24,7 +24,7 @@ def cpu_fit(tmp_path_factory):
     trainer = pl.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=8, limit_val_batches=2,
                          enable_progress_bar=False, logger=False, default_root_dir=root,
                          callbacks=[ONNXExport(exporter="torchscript"), Int8Quantization(num_samples=128),
-                                    CpuInt8Quantization(num_samples=128, max_drop=1.0),
+                                    Int8Quantization(form="cpu", num_samples=128, max_drop=1.0),
                                     DeployBundle(latency_iterations=5, throughput_iterations=2)])
     model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
     trainer.fit(model, datamodule=ImageClassificationDataModule(image_size=16))
@@ -77,9 +77,40 @@ def test_tensorrt_still_finds_the_symmetric_file_and_cpu_runtimes_the_cpu_one(cp
     assert (choice.entry["file"], choice.runtime) == ("model.int8-cpu.onnx", "onnxruntime")
 
 
+def test_each_form_reports_under_its_own_step_name_and_checkpoint_state_key(cpu_fit):
+    bundle_dir, trainer = cpu_fit
+    steps = [c for c in trainer.callbacks if isinstance(c, Int8Quantization)]
+    assert [(s.form, s.name, s.state_key) for s in steps] == [
+        ("tensorrt", "Int8Quantization", "Int8Quantization"), ("cpu", "CpuInt8Quantization", "CpuInt8Quantization")]
+    report = json.loads((bundle_dir / "report.json").read_text())["steps"]
+    assert report["Int8Quantization"]["num_samples"] == report["CpuInt8Quantization"]["num_samples"] == 128
+    assert report["CpuInt8Quantization"]["cpu_family"] == cpu_family()
+    assert "cpu_family" not in report["Int8Quantization"]
+
+
 def test_a_target_that_is_not_a_cpu_family_is_one_sentence():
     with pytest.raises(ValueError, match="target 'sparc' is not a CPU family it knows; set target to one of"):
-        CpuInt8Quantization(target="sparc")
+        Int8Quantization(form="cpu", target="sparc")
+
+
+@pytest.mark.parametrize("options, said", [
+    ({"target": "x86_64"}, "Int8Quantization target applies to form cpu only; set form: cpu, or drop target"),
+    ({"quant_format": "qdq", "reduce_range": True}, "quant_format and reduce_range apply to form cpu only"),
+    ({"form": "cpu", "mode": "dynamic"}, "mode 'dynamic' is form tensorrt's .* form cpu is static only"),
+    ({"form": "gpu"}, "form 'gpu' is not one of \\['cpu', 'tensorrt'\\]"),
+])
+def test_options_of_the_other_form_are_one_sentence(options, said):
+    with pytest.raises(ValueError, match=said):
+        Int8Quantization(**options)
+
+
+def test_the_former_cpu_class_still_parses_says_it_is_deprecated_and_is_the_cpu_form():
+    with pytest.warns(FutureWarning, match="CpuInt8Quantization is deprecated: list callbacks.Int8Quantization "
+                                           "with init_args {form: cpu}"):
+        old = CpuInt8Quantization(num_samples=64, method="entropy", target="aarch64", quant_format="qoperator")
+    assert isinstance(old, Int8Quantization) and old.form == "cpu" and old.name == "CpuInt8Quantization"
+    assert (old.num_samples, old.method, old.family, old.quant_format) == (64, "entropy", "aarch64", "qoperator")
+    assert old.produces() == ("onnx-int8:int8@cpu",)
 
 
 def test_every_conv_of_the_cpu_int8_file_runs_as_an_integer_kernel_in_onnx_runtime(cpu_fit, tmp_path):
@@ -100,3 +131,25 @@ def test_every_conv_of_the_cpu_int8_file_runs_as_an_integer_kernel_in_onnx_runti
     assert ops.count("QLinearConv") == fp32_convs - len(kept) > 0
     assert ops.count("Conv") == len(kept)
     assert ops.count("QuantizeLinear") + ops.count("DequantizeLinear") <= 2 + 2 * len(kept)  # model input and output
+
+
+def test_a_run_config_saved_with_the_former_cpu_class_still_parses(quickstart, tmp_path, capsys):
+    import yaml
+
+    from main import cli_main
+
+    config = yaml.safe_load(open(quickstart))
+    config["trainer"]["callbacks"] = [  # as a fit's config.yaml lists them, every argument written out
+        {"class_path": "callbacks.ONNXExport"},
+        {"class_path": "callbacks.CpuInt8Quantization", "init_args": {
+            "num_samples": 512, "method": "minmax", "per_channel": True, "max_drop": 0.5, "max_excluded": 8,
+            "calibration_batch": 16, "target": "auto", "quant_format": "qdq", "reduce_range": None}},
+        {"class_path": "callbacks.DeployBundle"}]
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as done:
+        cli_main(["fit", "--config", str(saved), "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"][1]
+    assert printed["class_path"] == "callbacks.CpuInt8Quantization"
+    assert printed["init_args"]["target"] == "auto"

@@ -10,7 +10,7 @@ import torch
 import torchvision.models
 from torch import nn
 
-from callbacks.cpu_quantization import cpu_family, cpu_int8_form
+from callbacks.int8_forms import cpu_family, cpu_int8_form
 from callbacks.onnx_export import export_onnx, onnx_parity
 from callbacks.pruning import pruning_refusal, prune_channels
 from callbacks.quantization import prepare_for_quantization, quantize_int8, quantize_static_int8
