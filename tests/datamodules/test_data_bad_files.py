@@ -191,5 +191,5 @@ def test_workers_that_meet_the_same_bad_file_list_it_once(tmp_path):
         for epoch in range(2):
             assert dataset[(5, epoch)][1] == 1
     assert open(os.path.join(run, "excluded_images.txt")).read().splitlines() == [
-        f"train/flower/flower01.jpg\twent bad during the fit, read as another image of its class from then on: "
+        "train/flower/flower01.jpg\twent bad during the fit, read as another image of its class from then on: "
         "no such file"]
