@@ -25,7 +25,18 @@ from deploy.images import ImageDecodeError, read_image
 log = logging.getLogger(__name__)
 
 
-class ArrayImages:
+class IndexedRows:
+    """A store over some rows of its source, kept in shared memory (``self._indices``, a ``SharedArray``)."""
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self._indices.array
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class ArrayImages(IndexedRows):
     """Images already decoded in memory: an [N, H, W, 3] uint8 RGB array (optionally a subset of its rows).
 
     The array lives in shared memory (``SharedArray``; pass one to share it between splits): loader workers map it
@@ -42,13 +53,6 @@ class ArrayImages:
     @property
     def array(self) -> np.ndarray:
         return self._array.array
-
-    @property
-    def indices(self) -> np.ndarray:
-        return self._indices.array
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
     def read(self, i: int) -> np.ndarray:
         return self.array[self.indices[i]]
@@ -97,7 +101,7 @@ class StoredImages(FileImages):
         return {**self.__dict__, "_map": None}
 
 
-class SyntheticImages:
+class SyntheticImages(IndexedRows):
     """Random images generated on access from (seed, index): no memory held, same pixels every time.
 
     Each class gets its own tint so a fit on them is not pure noise (a smoke test can see the loss drop).
@@ -110,13 +114,6 @@ class SyntheticImages:
         self.size = (int(size[0]), int(size[1]))
         self.seed = seed
         self.tints = np.random.default_rng([seed, 7]).integers(0, 128, size=(num_classes, 3)).astype(np.uint8)
-
-    @property
-    def indices(self) -> np.ndarray:
-        return self._indices.array
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
     def read(self, i: int) -> np.ndarray:
         row = int(self.indices[i])
