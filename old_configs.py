@@ -30,9 +30,9 @@ def _builtin_sources() -> dict[str, type]:
     """Old source name (each class's `name`) -> its class, for the classes datamodules.sources ships."""
     from datamodules import sources
 
-    classes = (sources.DigitsSource, sources.Mnist5kSource, sources.ImageFolderSource, sources.Cifar10Source,
-               sources.Cifar100Source, sources.SyntheticSource)
-    return {cls.name: cls for cls in classes}
+    classes = (getattr(sources, n) for n in sources.__all__)
+    return {cls.name: cls for cls in classes if isinstance(cls, type) and issubclass(cls, sources.DataSource)
+            and cls.name}
 
 
 def model_is_old(model: Any) -> bool:
