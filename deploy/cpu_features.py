@@ -76,3 +76,10 @@ def has_bf16(flags: Optional[set[str]] = None, machine: Optional[str] = None) ->
     """True where the CPU computes in bf16 natively, so a bf16 form runs faster instead of being emulated."""
     flags = cpu_flags() if flags is None else flags
     return bool(BF16_FLAGS.get(cpu_family_name(machine), set()) & flags)
+
+
+def has_vnni(flags: Optional[set[str]] = None) -> bool:
+    """True where this CPU has AVX-512 VNNI or AVX-VNNI, so ONNX Runtime's x86 int8 kernels accumulate int8 × int8
+    products without VPMADDUBSW's 16-bit saturation (assumed True where the flags cannot be read)."""
+    flags = cpu_flags() if flags is None else flags
+    return True if not flags else bool({"avx512_vnni", "avx_vnni"} & flags)

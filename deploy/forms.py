@@ -7,6 +7,8 @@ column of a table is always the runtime that ran that row here, never the runtim
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 RUNTIME_NAMES = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
                  "openvino-bf16": "OpenVINO bf16", "tensorrt": "TensorRT"}
 
@@ -40,3 +42,37 @@ def entry_form(entry: dict) -> str:
     quantization = entry.get("quantization") or {}
     method = "dynamic" if quantization.get("mode") == "dynamic" else quantization.get("method")
     return artifact_form(entry.get("format", ""), entry.get("precision", ""), entry.get("runtime"), method)
+
+
+# How the manifest and the report say a TensorRT-form file's top-1 was measured.
+EXACT_ACCURACY = "ONNX Runtime, Q/DQ run as written (TensorRT's arithmetic)"
+
+
+def tensorrt_form(format: str, made_for: Optional[str]) -> bool:
+    """A Q/DQ INT8 file in TensorRT's S8S8 symmetric form: format onnx-int8 made for neither the CPU runtimes nor
+    dynamic INT8 (as artifact_form names it; a bundle older than the CPU form lists it with no runtime)."""
+    return format == "onnx-int8" and made_for not in ("cpu", "onnxruntime")
+
+
+def accuracy_qdq(format: str, made_for: Optional[str]) -> str:
+    """How ONNX Runtime runs a file to measure its accuracy: a TensorRT-form file exact (what TensorRT computes,
+    on any CPU), any other file fused (the CPU-form file is made for ONNX Runtime's own kernels)."""
+    return "exact" if tensorrt_form(format, made_for) else "fused"
+
+
+def device_qdq(format: str, made_for: Optional[str], runtime: str, providers: Sequence[str] = ("cpu",)) -> str:
+    """How a device runs a file in `runtime`: exact where ONNX Runtime's fused int8 kernels would get a
+    TensorRT-form file wrong (CPU only, x86 without VNNI), else fused."""
+    from deploy.cpu_features import cpu_family_name, has_vnni
+
+    cpu_only = all(p.lower() in ("cpu", "cpuexecutionprovider") for p in providers)
+    saturates = cpu_family_name() == "x86_64" and not has_vnni()
+    return "exact" if runtime == "onnxruntime" and tensorrt_form(format, made_for) and cpu_only and saturates \
+        else "fused"
+
+
+def exact_notice(file: str) -> str:
+    """The one line a device prints where it runs a TensorRT-form file exact (device_qdq)."""
+    return (f"{file} is TensorRT's INT8 form, whose int8 × int8 sums ONNX Runtime's fused kernels saturate on an x86 "
+            "CPU without VNNI like this one, so it runs here with its Q/DQ as written (right answers, TensorRT's "
+            "arithmetic); model.int8-cpu.onnx is the INT8 file for this CPU")

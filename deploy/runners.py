@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from deploy.bundle import Bundle, BundleError
+from deploy.forms import device_qdq, exact_notice
 from deploy.nvtx_ranges import nvtx_range
 
 ORT_PROVIDERS = {
@@ -74,14 +75,22 @@ def static_dim(value) -> Optional[int]:
     return value if isinstance(value, int) and value > 0 else None
 
 
+QDQ_MODES = ("fused", "exact")
+
+
 class OnnxRuntimeRunner(Runner):
-    """An ONNX (FP32 or Q/DQ INT8) file in ONNX Runtime; CPU unless providers asks for cuda/tensorrt."""
+    """An ONNX (FP32 or Q/DQ INT8) file in ONNX Runtime; CPU unless providers asks for cuda/tensorrt. `qdq`: fused
+    (Q/DQ pairs folded into ONNX Runtime's int8 kernels) or exact (Q/DQ run as written, the other operators in float:
+    the file's own arithmetic, TensorRT's up to float rounding; see deploy.forms.device_qdq for where it matters)."""
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",), threads: Optional[int] = None,
-                 strict: bool = False):
+                 strict: bool = False, qdq: str = "fused"):
         import onnxruntime as ort
 
         path = os.fspath(path)
+        if qdq not in QDQ_MODES:
+            raise ValueError(f"OnnxRuntimeRunner qdq {qdq!r} is not one of {QDQ_MODES}")
+        self.qdq = qdq
         self.description = f"onnxruntime:{os.path.basename(path)}"
         available = set(ort.get_available_providers())
         chosen, missing = [], []
@@ -98,6 +107,11 @@ class OnnxRuntimeRunner(Runner):
             chosen.append("CPUExecutionProvider")  # fallback for nodes the GPU providers do not take
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if qdq == "exact":
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
+            # not ENABLE_ALL: its NCHWc layout reorders the float convolutions' sums, so a value on a quantization
+            # step rounds the other way; EXTENDED gives ORT_DISABLE_ALL's numbers bit for bit, faster
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
@@ -330,7 +344,8 @@ def register_format(name: str, default_runtime: str) -> None:
 
 register_runtime(RuntimeSpec(
     "onnxruntime", ("onnx", "onnx-int8"),
-    lambda path, providers=("cpu",), threads=None, hint=None: OnnxRuntimeRunner(path, providers, threads),
+    lambda path, providers=("cpu",), threads=None, hint=None, qdq="fused": OnnxRuntimeRunner(path, providers, threads,
+                                                                                             qdq=qdq),
     _importable("onnxruntime", "onnxruntime", "onnxruntime"), "onnxruntime"))
 register_runtime(RuntimeSpec(
     "openvino", ("onnx", "onnx-int8"),
@@ -355,19 +370,26 @@ def runtime_spec(name: str) -> RuntimeSpec:
 
 def runner_for_file(path: str | os.PathLike, format: str, providers: Sequence[str] = ("cpu",),
                     threads: Optional[int] = None, runtime: Optional[str] = None,
-                    hint: Optional[str] = None) -> Runner:
+                    hint: Optional[str] = None, qdq: str = "fused") -> Runner:
     """The runner for one artifact file of a manifest format (onnx, onnx-int8, tensorrt) in `runtime` (a name
-    in RUNTIMES; None: the format's default, ONNX Runtime for ONNX files)."""
+    in RUNTIMES; None: the format's default, ONNX Runtime for ONNX files); `qdq` exact is ONNX Runtime's only."""
     if format not in DEFAULT_RUNTIME:
         raise BundleError(f"{os.fspath(path)}: no runner for format {format!r}")
     spec = runtime_spec(runtime or DEFAULT_RUNTIME[format])
     if format not in spec.formats:
         raise BundleError(f"{os.fspath(path)}: {spec.name} cannot run {format} files (it reads "
                           f"{', '.join(spec.formats)}); pass another --runtime or --format")
-    return spec.open(path, providers=providers, threads=threads, hint=hint)
+    extra = {"qdq": qdq} if qdq != "fused" else {}
+    return spec.open(path, providers=providers, threads=threads, hint=hint, **extra)
 
 
 def open_runner(bundle: Bundle, entry: dict, providers: Sequence[str] = ("cpu",), threads: Optional[int] = None,
-                runtime: Optional[str] = None, hint: Optional[str] = None) -> Runner:
-    """The right runner for one manifest artifact entry."""
-    return runner_for_file(bundle.artifact_path(entry), entry["format"], providers, threads, runtime, hint)
+                runtime: Optional[str] = None, hint: Optional[str] = None, say: bool = True) -> Runner:
+    """The right runner for one manifest artifact entry, run as this device should (device_qdq); where that is
+    not ONNX Runtime's fused kernels, a RuntimeWarning says why (`say` False: none)."""
+    runtime = runtime or DEFAULT_RUNTIME.get(entry["format"], "")
+    qdq = device_qdq(entry["format"], entry.get("runtime"), runtime, providers)
+    path = bundle.artifact_path(entry)
+    if qdq == "exact" and say:  # the CLI shows a warning once per line that issues it
+        warnings.warn(exact_notice(entry["file"]), RuntimeWarning, stacklevel=2)
+    return runner_for_file(path, entry["format"], providers, threads, runtime, hint, qdq)

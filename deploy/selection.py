@@ -196,7 +196,8 @@ def time_candidates(bundle: Bundle, cands: Sequence[Candidate], providers: Seque
     try:
         for cand in cands:
             try:
-                runners[cand.key] = open_runner(bundle, cand.entry, providers, threads, cand.runtime, hint)
+                runners[cand.key] = open_runner(bundle, cand.entry, providers, threads, cand.runtime, hint,
+                                                say=False)
             except (BundleError, RuntimeError) as exc:
                 warnings.warn(f"--runtime auto leaves out {cand.entry['file']} in {cand.runtime}: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", RuntimeWarning)

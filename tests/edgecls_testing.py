@@ -119,3 +119,14 @@ def readme_blocks(section: str) -> dict[str, str]:
     text = (REPO / "README.md").read_text()
     body = re.split(r"\n##+ ", text.split(f"### {section}\n", 1)[1], maxsplit=1)[0]
     return {lang: code for lang, code in re.findall(r"```(\w+)\n(.*?)```", body, re.S)}
+
+
+def run_as_written(path, x):
+    """Logits of an ONNX file in ONNX Runtime with every graph optimization off: each Q/DQ node and each float
+    operator exactly as the file writes it (the arithmetic TensorRT reproduces), independent of deploy's runners."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]

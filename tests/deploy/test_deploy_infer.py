@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from deploy.bundle import BundleError, load_bundle
+from deploy.forms import exact_notice
 from deploy.runners import OnnxRuntimeRunner, open_runner
 
 
@@ -26,6 +27,34 @@ def test_int8_runner_keeps_the_predictions_and_accuracy(digits_bundle):
     fp32 = digits_bundle.torch_logits.argmax(1)
     assert (int8 == fp32).mean() >= 0.9
     assert (int8 == digits_bundle.labels).mean() >= 0.85
+
+
+def test_tensorrts_int8_file_runs_as_written_where_onnx_runtimes_fused_kernels_saturate(digits_bundle, monkeypatch):
+    from deploy import cpu_features
+    from edgecls_testing import run_as_written
+
+    bundle = load_bundle(digits_bundle.path)
+    entry = bundle.artifact("onnx-int8")  # TensorRT's S8S8 form (no runtime listed: a bundle before the CPU form)
+    monkeypatch.setattr(cpu_features, "cpu_family_name", lambda machine=None: "x86_64")
+    monkeypatch.setattr(cpu_features, "has_vnni", lambda flags=None: False)  # AVX2 without VNNI, a Zen 3
+    with pytest.warns(RuntimeWarning, match=r"^model\.int8\.onnx is TensorRT's INT8 form, .* saturate on an x86 CPU "
+                      r"without VNNI .* model\.int8-cpu\.onnx is the INT8 file for this CPU$"):
+        runner = open_runner(bundle, entry)
+    with runner:
+        assert runner.qdq == "exact"
+        np.testing.assert_array_equal(runner.infer(digits_bundle.inputs),
+                                      run_as_written(bundle.artifact_path(entry), digits_bundle.inputs))
+    # the CPU-form file, other runtimes and GPU providers run as they always do
+    assert open_runner(bundle, dict(entry, runtime="cpu")).qdq == "fused"
+    with pytest.warns(RuntimeWarning, match="no CUDAExecutionProvider"):  # where it is missing, as here
+        assert open_runner(bundle, entry, providers=("cuda",)).qdq == "fused"
+    assert type(open_runner(bundle, entry, runtime="openvino")).__name__ == "OpenVinoRunner"
+    # a CPU whose int8 kernels do not saturate runs it fused
+    monkeypatch.setattr(cpu_features, "has_vnni", lambda flags=None: True)
+    assert open_runner(bundle, entry).qdq == "fused"
+    monkeypatch.setattr(cpu_features, "cpu_family_name", lambda machine=None: "aarch64")
+    monkeypatch.setattr(cpu_features, "has_vnni", lambda flags=None: False)
+    assert open_runner(bundle, entry).qdq == "fused"
 
 
 def test_runner_rejects_wrong_input_shape_with_a_sentence(digits_bundle):
@@ -65,7 +94,10 @@ def test_static_batch_model_is_split_and_padded(digits_bundle, tmp_path):
 def test_cli_infer_prints_topk_agreeing_with_torch(digits_bundle, run_cli, fmt):
     code, out, err = run_cli("infer", "--bundle", digits_bundle.path, "--format", fmt, "--topk", "3",
                              "--batch-size", "16", *digits_bundle.image_paths)
-    assert code == 0 and err == ""
+    # TensorRT's INT8 file, where auto picks it in ONNX Runtime on an x86 CPU without VNNI, runs with its Q/DQ as
+    # written, said in one line
+    notice = f"warning: {exact_notice('model.int8.onnx')}"
+    assert code == 0 and set(err.splitlines()) <= ({notice} if fmt == "onnx-int8" else set())
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line["file"] for line in lines] == digits_bundle.image_paths
     predicted = np.array([line["top"][0]["index"] for line in lines])
