@@ -4,11 +4,11 @@ and QAT, side by side.
     python benchmarks/qat.py [--config experiments/qat.yaml]      # runs the fit (CPU, several minutes)
     python benchmarks/qat.py --run runs/qat/version_0             # a finished run: its bundle and config.yaml
 
-Top-1 is ONNX Runtime's on the test split, each file in its own precision; Δ is against the FP32 ONNX file, in
-points (positive = lost). The PTQ-alone rows are this script's study: the bundle's model.onnx quantized here (no
-node kept in FP32) with each calibration method on the calibration images QuantizationAwareTraining used, and
-once with minmax on only the operators QAT quantizes (Conv/Gemm), scored on the test split of the run's own data
-(rebuilt from its config.yaml). The gated PTQ and QAT rows are the bundle's own files as the fit-end steps
+Top-1 is ONNX Runtime's on the test split, each file in its own precision, the INT8 files with their Q/DQ run as
+written (TensorRT's arithmetic); Δ is against the FP32 ONNX file, in points (positive = lost). The PTQ-alone rows
+are this script's study: the bundle's model.onnx quantized here (no node kept in FP32) with each calibration method
+on the calibration images QuantizationAwareTraining used, and once with minmax on only the operators QAT quantizes
+(Conv/Gemm), scored on the test split of the run's own data (rebuilt from its config.yaml). The gated PTQ and QAT rows are the bundle's own files as the fit-end steps
 scored them, with the bundle's latency (batch 1, p50, CPU). QAT's cost is its fine-tune's seconds against the
 fit's training seconds (validation included).
 """
@@ -69,14 +69,14 @@ def ptq_study(run: Path, preprocessing: dict, num_samples: int, methods: list[st
 
     dm = run_datamodule(run, preprocessing)
 
-    def top1(path: Path) -> float:
-        return evaluate(OnnxRuntimeRunner(str(path)).infer, numpy_batches(dm.test_dataloader()))["top1"]
+    def top1(path: Path, qdq: str = "exact") -> float:  # TensorRT-form files: scored as TensorRT computes them
+        return evaluate(OnnxRuntimeRunner(str(path), qdq=qdq).infer, numpy_batches(dm.test_dataloader()))["top1"]
 
     def calibration():
         return loader_batches(dm.calibration_dataloader(num_samples, batch_size=16))
 
     fp32 = run / "bundle" / "model.onnx"
-    out = {"fp32": top1(fp32)}
+    out = {"fp32": top1(fp32, "fused")}
     with tempfile.TemporaryDirectory(prefix="edgecls-ptq-") as tmp:
         prepared = prepare_for_quantization(fp32, Path(tmp) / "prepared.onnx")
         plain = Path(tmp) / "int8.onnx"

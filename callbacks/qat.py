@@ -38,6 +38,7 @@ from callbacks.fit_end import FitEndStep, NetworkBatches, evaluate, input_size, 
 from callbacks.quantization import asymmetric_zero_points, loader_batches, prepare_for_quantization, quantize_int8
 from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.atomic import atomic_path
+from deploy.forms import accuracy_qdq
 from deploy.runners import OnnxRuntimeRunner
 
 # the operators whose inputs ModelOpt's INT8 config quantizes (nn.Conv2d, nn.Linear), as ONNX names them
@@ -140,7 +141,7 @@ def export_parity(net: nn.Module, path: str | os.PathLike, x: torch.Tensor) -> d
     logit difference (relative to the largest logit) and the share of images whose top-1 class agrees."""
     with torch.no_grad():
         expected = net.eval()(x).numpy()
-    got = OnnxRuntimeRunner(str(path)).infer(x.numpy())
+    got = OnnxRuntimeRunner(str(path), qdq="exact").infer(x.numpy())  # the file's arithmetic, as TensorRT runs it
     return {"max_abs_diff": float(np.abs(got - expected).max()),
             "max_abs_logit": float(np.abs(expected).max()),
             "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean()), "images": int(len(x))}
@@ -324,8 +325,9 @@ class QuantizationAwareTraining(FitEndStep):
         ptq = record.find("onnx-int8", "int8", runtime="tensorrt")
         size = input_size(pl_module)
 
-        def top1(path: Path, loader) -> float:
-            return evaluate(OnnxRuntimeRunner(str(path)).infer, numpy_batches(loader))["top1"]
+        def top1(path: Path, loader, qdq: str = accuracy_qdq("onnx-int8", "tensorrt")) -> float:
+            # every INT8 file here is TensorRT's form: scored as TensorRT computes it (deploy.forms)
+            return evaluate(OnnxRuntimeRunner(str(path), qdq=qdq).infer, numpy_batches(loader))["top1"]
 
         model, _ = self.best_model(trainer, pl_module)
         calibration = NetworkBatches(dm.calibration_dataloader(self.num_samples))
@@ -343,8 +345,8 @@ class QuantizationAwareTraining(FitEndStep):
                                "TensorRT rejects; this is a bug in the QAT export")
         parity = export_parity(net, out, next(iter(NetworkBatches(dm.val_dataloader())))[0])
 
-        val = {"fp32": top1(fp32.file, dm.val_dataloader()), "qat": top1(out, dm.val_dataloader())}
-        test = {"fp32": top1(fp32.file, dm.test_dataloader()), "qat": top1(out, dm.test_dataloader())}
+        val = {"fp32": top1(fp32.file, dm.val_dataloader(), "fused"), "qat": top1(out, dm.val_dataloader())}
+        test = {"fp32": top1(fp32.file, dm.test_dataloader(), "fused"), "qat": top1(out, dm.test_dataloader())}
         # plain minmax PTQ (no node kept in FP32), from the same calibration ranges QAT starts from: the bar QAT clears
         plain = self.staging / ".model.int8-ptq-plain.onnx"
         prepared = prepare_for_quantization(fp32.file, self.staging / ".model.prepared-qat.onnx")

@@ -19,8 +19,10 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from callbacks.fit_end import FitEndStep, evaluate, first_batch, numpy_batches
 from callbacks.int8_forms import (CPU_RUNTIME, FORMATS, TENSORRT_FORM, Int8Form, asymmetric_zero_points, cpu_family,
-                                 cpu_int8_form, has_vnni)
+                                 cpu_int8_form)
 from callbacks.records import ArtifactRecord, FitEndRecord
+from deploy.cpu_features import has_vnni
+from deploy.forms import EXACT_ACCURACY, accuracy_qdq
 from deploy.runners import OnnxRuntimeRunner
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
@@ -204,7 +206,8 @@ class Int8Quantization(FitEndStep):
 
     Calibration and every validation pass stream from the DataModule's loaders. If INT8 loses more than
     `max_drop` top-1 points on the validation split, the nodes with the worst quantization SQNR are kept in FP32
-    (1, 2, 4 ... up to `max_excluded`) and the best attempt is kept; the report lists them.
+    (1, 2, 4 ... up to `max_excluded`) and the best attempt is kept; the report lists them. TensorRT's file is
+    scored with its Q/DQ run as written (TensorRT's arithmetic), the CPU form by ONNX Runtime's fused kernels.
 
     Args:
         form: tensorrt | cpu: the runtime the file is for.
@@ -283,11 +286,14 @@ class Int8Quantization(FitEndStep):
         fp32 = record.find("onnx", "fp32")
         dm = trainer.datamodule
         flavour, form = FLAVOURS[self.form], self.int8_form()
+        made_for = self.runtime_for(self.produces()[0])
+        # TensorRT's file is scored as TensorRT computes it, never by ONNX Runtime's fused int8 kernels (deploy.forms)
+        qdq = accuracy_qdq("onnx-int8", made_for)
 
-        def val_top1(path: Path) -> float:
-            return evaluate(OnnxRuntimeRunner(str(path)).infer, numpy_batches(dm.val_dataloader()))["top1"]
+        def val_top1(path: Path, qdq: str = qdq) -> float:
+            return evaluate(OnnxRuntimeRunner(str(path), qdq=qdq).infer, numpy_batches(dm.val_dataloader()))["top1"]
 
-        fp32_top1 = val_top1(fp32.file)
+        fp32_top1 = val_top1(fp32.file, "fused")
         out = self.staging / flavour.file
         if self.mode == "dynamic":
             quantize_dynamic_linear(fp32.file, out)
@@ -296,7 +302,9 @@ class Int8Quantization(FitEndStep):
                  "delta_pts": 100 * (int8_top1 - fp32_top1), "excluded_nodes": [], "gate_met": True}
         else:
             r = self.static(dm, fp32.file, out, form, val_top1, fp32_top1)
-        record.publish(ArtifactRecord(self.name, "onnx-int8", "int8", self.runtime_for(self.produces()[0]), file=out,
+        if qdq == "exact":
+            r["accuracy_as"] = EXACT_ACCURACY
+        record.publish(ArtifactRecord(self.name, "onnx-int8", "int8", made_for, file=out,
                                       label=flavour.label, facts={"quantization": {
                                           **r, "calibration": r.get("method", "none"), "method": "ptq"}}))
         kept = ", ".join(r["excluded_nodes"]) or "none"
@@ -306,7 +314,8 @@ class Int8Quantization(FitEndStep):
         record.note(self.name, flavour.topic,
                     f"{what} ({r.get('method', 'dynamic')}, {r.get('num_samples', 0)} calibration images), "
                     f"Δ {r['delta_pts']:+.2f} pt top-1 vs FP32 on the validation split (gate: at most {self.max_drop} "
-                    f"pt lost, {gate}); nodes kept in FP32: {kept}", facts=r)
+                    f"pt lost, {gate}); nodes kept in FP32: {kept}"
+                    + (f"; top-1 by {r['accuracy_as']}" if "accuracy_as" in r else ""), facts=r)
         where = "INT8" if self.form == "tensorrt" else f"INT8 (CPU, {self.family})"
         rank_zero_info(f"{where}: top-1 {100 * r['int8_top1']:.2f} % vs FP32 {100 * fp32_top1:.2f} % on val "
                        f"(Δ {r['delta_pts']:+.2f} pt, gate {self.max_drop} pt: {gate}, {len(r['excluded_nodes'])} "

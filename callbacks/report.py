@@ -70,6 +70,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# {report['name']}: deploy bundle report", "", caption(report), "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    for r in report["rows"]:  # a row not measured the runtime's default way says how
+        if r.get("measured_as"):
+            lines += ["", f"**{r['file']} in {runtime_name(r['runtime'])}, measured**: {r['measured_as']}"]
     for title, body in report.get("notes", []):
         lines += ["", f"**{title}**: {body}"]
     unavailable = report.get("unavailable", [])

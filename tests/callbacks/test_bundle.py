@@ -16,9 +16,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from callbacks import DeployBundle, Int8Quantization, ONNXExport, TensorRTBuild
 from callbacks.quantization import asymmetric_zero_points, prepare_for_quantization, quantize_int8
-from edgecls_testing import REPO, TINY, run_main
+from edgecls_testing import REPO, TINY, run_as_written, run_main
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import BundleError, load_bundle
+from deploy.forms import device_qdq
 from deploy.runners import RUNTIMES, OnnxRuntimeRunner
 from lightning_modules import ImageClassifier
 
@@ -100,15 +101,38 @@ def test_report_rows_match_an_independent_evaluation_on_the_test_split(fitted):
     # the bundle's confusion matrix (confusion.png, report.json) is the FP32 ONNX's on the same images
     matrix = np.array(report["confusion"]["rows_true_columns_predicted"])
     assert matrix.sum() == len(y) and np.trace(matrix) / len(y) == pytest.approx(onnxruntime_rows[1]["top1"])
+    # TensorRT's INT8 file is scored with its Q/DQ as written (what TensorRT computes), the others as ONNX Runtime
+    # runs them on this CPU; the manifest and report.md say so for that file only
     for row, name in zip(onnxruntime_rows[1:], ["model.onnx", "model.int8.onnx", "model.int8-cpu.onnx"], strict=True):
-        logits = OnnxRuntimeRunner(str(run / "bundle" / name)).infer(x)
+        path = run / "bundle" / name
+        logits = run_as_written(path, x) if name == "model.int8.onnx" else OnnxRuntimeRunner(str(path)).infer(x)
         assert row["top1"] == pytest.approx(float((logits.argmax(1) == y).mean()))
+    measured = {a["file"]: a["metrics"].get("measured_as") for a in load_bundle(run / "bundle").artifacts}
+    assert measured["model.onnx"] is None and measured["model.int8-cpu.onnx"] is None
+    as_written = "ONNX Runtime, Q/DQ run as written (TensorRT's arithmetic)"
+    # its latency as a device here runs it: as written too where the fused kernels saturate (x86 without VNNI)
+    timed_as_written = device_qdq("onnx-int8", "tensorrt", "onnxruntime") == "exact"
+    assert measured["model.int8.onnx"] == (f"top-1 and latency: {as_written}" if timed_as_written
+                                           else f"top-1: {as_written}; latency: its fused int8 kernels")
     markdown = (run / "bundle" / "report.md").read_text()
     assert "| INT8 TensorRT-form | model.int8.onnx | ONNX Runtime |" in markdown
+    assert f"**model.int8.onnx in ONNX Runtime, measured**: {measured['model.int8.onnx']}" in markdown
     assert "\nMeasured on CPU " in markdown and "img/s at batch 32" in markdown
     acc = EventAccumulator(str(run), size_guidance={"tensors": 0, "images": 0})
     acc.Reload()
     assert "bundle/report/text_summary" in acc.Tags()["tensors"] and "bundle/report" in acc.Tags()["images"]
+
+
+def test_the_exact_runner_computes_the_tensorrt_form_file_as_written(fitted):
+    run, _ = fitted
+    data = ImageClassificationDataModule(image_size=16)
+    data.setup("test")
+    x = data.normalize(next(iter(data.test_dataloader()))[0]).numpy()
+    path = run / "bundle" / "model.int8.onnx"
+    # bit for bit the unoptimized graph's logits, on any CPU: ONNX Runtime's fused int8 kernels are not in the way
+    np.testing.assert_array_equal(OnnxRuntimeRunner(str(path), qdq="exact").infer(x), run_as_written(path, x))
+    with pytest.raises(ValueError, match="qdq 'as-written' is not one of"):
+        OnnxRuntimeRunner(str(path), qdq="as-written")
 
 
 def test_onnx_matches_the_best_checkpoint_at_batch_1_and_n(fitted):
