@@ -3,8 +3,11 @@
     python -m deploy.publish runs/quickstart models/quickstart
     python -m deploy.publish runs/quickstart_pruned models/quickstart_pruned --prefix pruned_
 
-writes models/quickstart/bundle/ (verified: manifest and every sha256), and beside it the stage's metrics.json: the
-few numbers `dvc exp show` compares runs by (the bundle's report.json keeps every row). A second stage names its
+writes models/quickstart/bundle/ (verified: manifest and every sha256), and beside it the few numbers
+`dvc exp show` compares runs by (the bundle's report.json keeps every row): metrics.json the two a model is picked
+by (top1, cpu_ms), more_metrics.json the rest (INT8 Δ per form, MB, parameters). Two files, because `dvc exp show`
+orders metric columns by file and folds the last ones first: dvc.yaml lists every stage's metrics.json before any
+more_metrics.json, so at 120 columns both stages' top-1 and latency stay on screen. A second stage names its
 numbers apart (`--prefix pruned_`: pruned_top1, pruned_cpu_ms ...): two files with the same names get their paths
 in every column title. The newest run is the highest version_N; if that run has no bundle (its fit-end chain failed
 before writing one) this fails rather than publish an older run's bundle as the new one.
@@ -24,6 +27,7 @@ from typing import Optional, Sequence
 from deploy.bundle import MANIFEST, BundleError, atomic_write_json, load_bundle
 
 _RUN = re.compile(r"^version_(\d+)$")
+HEADLINE = ("top1", "cpu_ms")  # metrics.json; the rest of short_metrics goes to more_metrics.json
 
 
 def newest_bundle(runs_dir: str) -> str:
@@ -40,8 +44,8 @@ def newest_bundle(runs_dir: str) -> str:
 
 
 def publish(runs_dir: str, out_dir: str, prefix: str = "") -> str:
-    """Copy the newest verified bundle to <out_dir>/bundle and write metrics.json beside it, each name after
-    `prefix`; returns the source."""
+    """Copy the newest verified bundle to <out_dir>/bundle and write metrics.json and more_metrics.json beside it,
+    each name after `prefix`; returns the source."""
     source = newest_bundle(runs_dir)
     load_bundle(source, verify=True)
     os.makedirs(out_dir, exist_ok=True)
@@ -60,8 +64,11 @@ def publish(runs_dir: str, out_dir: str, prefix: str = "") -> str:
         with open(report, "rb") as handle:
             data = handle.read()
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(target) for f in files)
-        metrics = short_metrics(json.loads(data), size)
-        atomic_write_json(os.path.join(out_dir, "metrics.json"), {prefix + key: value for key, value in metrics.items()})
+        metrics = {prefix + key: value for key, value in short_metrics(json.loads(data), size).items()}
+        headline = {prefix + key for key in HEADLINE}
+        atomic_write_json(os.path.join(out_dir, "metrics.json"), {k: v for k, v in metrics.items() if k in headline})
+        atomic_write_json(os.path.join(out_dir, "more_metrics.json"),
+                          {k: v for k, v in metrics.items() if k not in headline})
     return source
 
 
@@ -97,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.publish", description=__doc__.splitlines()[0])
     parser.add_argument("runs", help="an experiment's runs folder, e.g. runs/quickstart")
     parser.add_argument("out", help="stable output folder, e.g. models/quickstart")
-    parser.add_argument("--prefix", default="", help="put before every name in metrics.json, e.g. pruned_ "
+    parser.add_argument("--prefix", default="", help="put before every name in the metrics files, e.g. pruned_ "
                         "(a second stage's names apart from the first's in `dvc exp show`)")
     args = parser.parse_args(argv)
     try:

@@ -1,9 +1,13 @@
 """The README's DVC lines on a fresh copy of the repository: `dvc repro` publishes models/quickstart/ and
-models/quickstart_pruned/, a second `dvc repro` does nothing, `dvc exp show` fits 120 columns (top-1 and latency
-without the code's hashes), and push/pull through a local folder remote restores a bundle."""
+models/quickstart_pruned/, a second `dvc repro` does nothing but refits after a code change, plain `dvc exp show`
+fits 120 columns with both stages' top-1 and latency, and push/pull through a local folder remote restores a
+bundle."""
 
+import csv
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,7 +80,8 @@ def test_dvc_repro_publishes_both_bundles_once_exp_show_fits_and_push_pull_resto
     published = file_hashes(bundle)
     # what the README says to commit: the bundle is ignored (.gitignore's bundle/), the metrics git must keep
     status = _run("git", "status", "--porcelain", "--untracked-files=all", cwd=repo).split()
-    assert {"dvc.lock", "models/quickstart/metrics.json", "models/quickstart_pruned/metrics.json"} <= set(status)
+    assert {"dvc.lock", "models/fingerprint.json", "models/quickstart/metrics.json", "models/quickstart/more_metrics.json",
+            "models/quickstart_pruned/metrics.json", "models/quickstart_pruned/more_metrics.json"} <= set(status)
     assert not [name for name in status if "/bundle" in name]
 
     again = _run(*dvc, "repro", cwd=repo)
@@ -86,7 +91,9 @@ def test_dvc_repro_publishes_both_bundles_once_exp_show_fits_and_push_pull_resto
 
     metrics = json.loads(subprocess.run([*dvc, "metrics", "show", "--json"], cwd=repo, capture_output=True,
                                         text=True, check=True).stdout)
-    shown = metrics[""]["data"]["models/quickstart/metrics.json"]["data"]
+    files = metrics[""]["data"]
+    assert list(files["models/quickstart/metrics.json"]["data"]) == ["top1", "cpu_ms"]
+    shown = {**files["models/quickstart/metrics.json"]["data"], **files["models/quickstart/more_metrics.json"]["data"]}
     assert set(shown) == {"top1", "int8_trt", "int8_cpu", "cpu_ms", "mb", "params"}
     report = json.loads((bundle / "report.json").read_text())
     onnx_fp32 = next(r for r in report["rows"] if (r["format"], r["runtime"]) == ("onnx", "onnxruntime"))
@@ -94,30 +101,38 @@ def test_dvc_repro_publishes_both_bundles_once_exp_show_fits_and_push_pull_resto
     assert shown["cpu_ms"] == round(min(r["latency_ms"] for r in report["rows"][1:]), 3)
     assert shown["mb"] == round(sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 1e6, 2)
     # the pruned stage's numbers under names of their own: the same names would put each file's path in the titles
-    pruned = metrics[""]["data"]["models/quickstart_pruned/metrics.json"]["data"]
+    pruned = {**files["models/quickstart_pruned/metrics.json"]["data"],
+              **files["models/quickstart_pruned/more_metrics.json"]["data"]}
     assert list(pruned) == ["pruned_top1", "pruned_cpu_ms", "pruned_int8_cpu", "pruned_int8_trt", "pruned_mb", "pruned_params"]
     assert pruned["pruned_params"] < shown["params"]  # pruning removed channels
 
-    # a variant beside the committed baseline. `dvc exp show` fits 120 columns, every title without a file's path;
-    # with both stages run, the code's hashes crowd the latency out (DVC never folds the first column of the
-    # metrics, params or deps); without them, as the README says, top-1, latency and INT8 Δ are there, whole
+    # a variant beside the committed baseline. Plain `dvc exp show` fits 120 columns, every title without a file's
+    # path, and shows top-1 and latency of both stages for every row (DVC never folds the first column of the
+    # metrics, params or deps, and folds the rest from the right: no code hash column, each stage's top1 and
+    # cpu_ms in the metrics files dvc.yaml lists first)
     _git("add", "-A", cwd=repo)
     _git("commit", "-qm", "quickstart baseline", cwd=repo)
     _run(*dvc, "exp", "run", "--temp", "quickstart", "-S", "experiments/quickstart.yaml:model.optimizer.init_args.lr=0.01", cwd=repo)
     env = dict(os.environ, COLUMNS="120", DVC_NO_ANALYTICS="1")
-    for extra in ([], ["--drop", "callbacks|datamodules|deploy|experiments|lightning_modules|main.py"]):
-        table = subprocess.run([*dvc, "exp", "show", "--no-pager", *extra], cwd=repo, env=env, capture_output=True,
-                               text=True, check=True).stdout
-        lines = [line for line in table.splitlines() if line.strip()]
-        assert max(len(line) for line in lines) <= 120 and "metrics.json:" not in table, table
-        header = lines[1].split()
-        assert "top1" in header, table
-    assert {"cpu_ms", "int8_cpu", "model.optimizer.init_args.lr"} <= set(header), table
+    table = subprocess.run([*dvc, "exp", "show", "--no-pager"], cwd=repo, env=env, capture_output=True, text=True,
+                           check=True).stdout
+    lines = [line for line in table.splitlines() if line.strip()]
+    assert max(len(line) for line in lines) <= 120 and "metrics.json:" not in table, table
+    header = lines[1]
+    titles = ["top1", "cpu_ms", "pruned_top1", "pruned_cpu_ms"]
+    assert header.split()[2:6] == titles, table
     rows = [line for line in lines[3:] if not set(line.strip()) <= {"─"}]
-    lrs = [line.split()[header.index("model.optimizer.init_args.lr") - len(header)] for line in rows]
-    assert sorted(lrs) == ["0.003", "0.003", "0.01"], table  # the workspace, the baseline and its variant
-    for line in rows:  # every top-1 and latency cell is a number, not an ellipsis
-        float(line.split()[header.index("top1") - len(header)]), float(line.split()[header.index("cpu_ms") - len(header)])
+    # every column, lr included (params fold before metrics on a narrow screen), in the rows' order
+    full = list(csv.DictReader(io.StringIO(_run(*dvc, "exp", "show", "--csv", cwd=repo))))
+    assert [r["model.optimizer.init_args.lr"] for r in full] == ["0.003", "0.003", "0.01"], full
+    assert len(rows) == len(full) == 3, table  # the workspace, the baseline and its variant
+    on_disk = {**json.loads((repo / "models/quickstart/metrics.json").read_text()),
+               **json.loads((repo / "models/quickstart_pruned/metrics.json").read_text())}
+    for row, values in zip(rows, full):  # metrics are right-aligned under their titles: a number, not an ellipsis
+        cells = {t: row[:header.index(f" {t} ") + len(t) + 1].split()[-1] for t in titles}
+        assert {t: float(c) for t, c in cells.items()} == {t: float(values[t]) for t in titles}, table
+    first = {t: float(rows[0][:header.index(f" {t} ") + len(t) + 1].split()[-1]) for t in titles}
+    assert first == {t: on_disk[t] for t in titles}, table  # the workspace row: the numbers the files hold
     assert file_hashes(bundle) == published  # --temp left the workspace as it was
 
     # push from here, pull in a fresh clone of what the README says to commit (dvc.lock, .dvc/config)
@@ -131,3 +146,10 @@ def test_dvc_repro_publishes_both_bundles_once_exp_show_fits_and_push_pull_resto
     assert not (fresh / "models" / "quickstart" / "bundle").exists()
     _run(*dvc, "pull", "quickstart", cwd=fresh)
     assert file_hashes(fresh / "models" / "quickstart" / "bundle") == published
+
+    # a code change reaches both fits through models/fingerprint.json (a params entry, not a folder dependency)
+    (repo / "deploy" / "errors.py").write_text((repo / "deploy" / "errors.py").read_text() + "# edited\n")
+    _run(*dvc, "repro", "fingerprint", cwd=repo)
+    changed = _run(*dvc, "status", cwd=repo)
+    assert "quickstart:" in changed and "quickstart_pruned:" in changed, changed
+    assert len(re.findall(r"modified:\s+code\b", changed)) == 2, changed

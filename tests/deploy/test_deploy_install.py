@@ -97,7 +97,9 @@ def test_publish_copies_the_newest_runs_bundle_and_refuses_a_newest_run_without_
     assert publish([str(runs), str(out)]) == 0
     assert "version_10" in capsys.readouterr().out  # 10 is newer than 9, though it sorts first as text
     assert (out / "bundle" / "manifest.json").is_file() and (out / "bundle" / "report.json").read_text() == '{"rows": []}\n'
-    assert set(json.loads((out / "metrics.json").read_text())) == {"mb"}  # the short metrics beside it (no rows here)
+    # the short metrics beside it (no rows here): no top-1 or latency for metrics.json, the size in more_metrics.json
+    assert json.loads((out / "metrics.json").read_text()) == {}
+    assert set(json.loads((out / "more_metrics.json").read_text())) == {"mb"}
 
     (runs / "version_11").mkdir()  # a fit whose fit-end chain wrote no bundle
     assert publish([str(runs), str(out)]) == 2
