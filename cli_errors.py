@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -35,13 +35,14 @@ def is_user_error(exc: BaseException, invocation: Any) -> bool:
     return isinstance(exc, SETUP_ERRORS) and not invocation.loops_started
 
 
-def one_sentence(exc: BaseException, command: str, argv: list[str]) -> str:
-    """The error as one line: our own messages already are; jsonargparse's nested ones are condensed."""
+def one_sentence(exc: BaseException, command: str, argv: list[str], options: Sequence[str] = ()) -> str:
+    """The error as one line: our own messages already are; jsonargparse's nested ones are condensed. `options`:
+    the command's long options, to name the one a misspelt option was meant to be."""
     from argparse import ArgumentError
 
     text = str(exc).strip()
     if isinstance(exc, ArgumentError):
-        return parse_error_sentence(exc, command, argv)
+        return parse_error_sentence(exc, command, argv, options)
     if isinstance(exc, OSError) and not isinstance(exc, DiskFull) and exc.errno in DISK_FULL:
         folder = os.path.dirname(os.path.abspath(exc.filename)) if exc.filename else os.getcwd()
         try:
@@ -74,7 +75,7 @@ def _cause(exc: BaseException, kind: type) -> Optional[BaseException]:
     return None
 
 
-def parse_error_sentence(exc: BaseException, command: str, argv: list[str]) -> str:
+def parse_error_sentence(exc: BaseException, command: str, argv: list[str], options: Sequence[str] = ()) -> str:
     """jsonargparse's error as one sentence. What its exceptions carry as objects is read from them: the YAML
     loader's error (a config that is not YAML) and the KeyError of a key no parser of the subcommand has, which
     carries that parser (the key itself is only in its message). A bad value, an unknown command-line option and a class_path that does not import are
@@ -98,7 +99,7 @@ def parse_error_sentence(exc: BaseException, command: str, argv: list[str]) -> s
     match = re.match(r'Parser key "([^"]+)":\s*(.*)', head)
     if not match:
         if head.startswith("unrecognized arguments"):
-            return f"{head}; {help_hint}"
+            return unknown_option_sentence(head, command, options) + f"; {help_hint}"
         return re.sub(r"\s+", " ", " ".join(lines))
     key, rest = match.group(1), " ".join([match.group(2), *lines[1:]]).strip()
     class_path = re.search(r"Problem with given class_path '([^']+)':\s*(.*?)(?:\s+- |$)", rest)
@@ -111,6 +112,20 @@ def parse_error_sentence(exc: BaseException, command: str, argv: list[str]) -> s
     if value and wanted:
         return f"{key}: {value.group(1).strip()!r} is not a valid value (expected {_type_name(wanted)}); {help_hint}"
     return f"{key}: " + re.sub(r"\s+", " ", rest)
+
+
+def unknown_option_sentence(head: str, command: str, options: Sequence[str]) -> str:
+    """`unrecognized arguments: --trainer.max_epoch 3` as the option that is not one and the option it is closest to."""
+    import difflib
+
+    unknown = [a.split("=", 1)[0] for a in head.split(":", 1)[1].split() if a.startswith("--")]
+    if not unknown:
+        return head
+    option = unknown[0]
+    # among options as deep as it (--model.lrr is not --model, a whole group's)
+    close = difflib.get_close_matches(option, [o for o in options if o.count(".") == option.count(".")], 1, 0.75)
+    where = f"an option of '{command}'" if command else "an option"
+    return f"{option} is not {where}" + (f" (the closest is {close[0]})" if close else "")
 
 
 def yaml_syntax_sentence(argv: list[str]) -> Optional[str]:

@@ -88,6 +88,12 @@ class Invocation:
     new_run_dir: Optional[Path] = None  # the run folder this command creates (None: it already existed)
     new_parents: list[Path] = field(default_factory=list)  # runs/ and runs/<experiment>/ where created now
     fit_end_failures: list[str] = field(default_factory=list)
+    parsers: list[Any] = field(default_factory=list)  # every parser the CLI made, to suggest a misspelt option's name
+
+    def options(self, command: str) -> list[str]:
+        """The long options `command` accepts (every parser's, where the command is not known)."""
+        parsers = [p for p in self.parsers if p.prog.split()[-1] == command] or self.parsers
+        return sorted({o for p in parsers for o in p._option_string_actions if o.startswith("--")})
 
     def discard_new_run(self) -> None:
         """Remove the run folder this command created before training anything: it holds nothing of value
@@ -139,6 +145,14 @@ class EdgeCLI(LightningCLI):
         chain = FitEnd(str(bundle_checkpoint) if bundle_checkpoint is not None else None)
         defaults["callbacks"] = [*defaults.get("callbacks", []), chain, LoopStarted(self.invocation)]
         super().__init__(*args, trainer_defaults=defaults, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # No prefix matching: argparse would read a misspelt --trainer.max_epoch as --trainer.max_epochs. Set on the
+        # main parser, as jsonargparse's add_subcommand copies the main parser's allow_abbrev onto each subcommand's.
+        kwargs.setdefault("allow_abbrev", False)
+        parser = super().init_parser(**kwargs)
+        self.invocation.parsers.append(parser)
+        return parser
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI replaces the model settings with the checkpoint's own before anything is checked; the
@@ -376,7 +390,7 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[Edg
         invocation.discard_new_run()
         if debug_mode() or not is_user_error(exc, invocation):
             raise
-        print(f"error: {one_sentence(exc, command, argv)}", file=sys.stderr, flush=True)
+        print(f"error: {one_sentence(exc, command, argv, invocation.options(command))}", file=sys.stderr, flush=True)
         if args is None:
             _exit_now(EXIT_USAGE)
         raise SystemExit(EXIT_USAGE) from None
