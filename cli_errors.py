@@ -114,6 +114,12 @@ def parse_error_sentence(exc: BaseException, command: str, argv: list[str], opti
     return f"{key}: " + re.sub(r"\s+", " ", rest)
 
 
+def long_options(parsers: Sequence[Any], command: str) -> list[str]:
+    """The long options `command`'s parser accepts (every parser's, where the command is not known)."""
+    mine = [p for p in parsers if p.prog.split()[-1] == command] or parsers
+    return sorted({o for p in mine for o in p._option_string_actions if o.startswith("--")})
+
+
 def unknown_option_sentence(head: str, command: str, options: Sequence[str]) -> str:
     """`unrecognized arguments: --trainer.max_epoch 3` as the option that is not one and the option it is closest to."""
     import difflib

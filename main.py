@@ -46,7 +46,7 @@ from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.console import EpochLines, FitEndSafeProgressBar
 from lightning_modules.predictions import PredictionsCSV
 from lightning_modules.run_logger import RunLogger
-from cli_errors import is_user_error, one_sentence
+from cli_errors import is_user_error, long_options, one_sentence
 from old_configs import checkpoint_hparams, migrate_config_arguments, migrate_model, model_is_old
 from deploy.errors import EXIT_PARTLY_FAILED, EXIT_USAGE, debug_mode
 from resume import (UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
@@ -88,12 +88,7 @@ class Invocation:
     new_run_dir: Optional[Path] = None  # the run folder this command creates (None: it already existed)
     new_parents: list[Path] = field(default_factory=list)  # runs/ and runs/<experiment>/ where created now
     fit_end_failures: list[str] = field(default_factory=list)
-    parsers: list[Any] = field(default_factory=list)  # every parser the CLI made, to suggest a misspelt option's name
-
-    def options(self, command: str) -> list[str]:
-        """The long options `command` accepts (every parser's, where the command is not known)."""
-        parsers = [p for p in self.parsers if p.prog.split()[-1] == command] or self.parsers
-        return sorted({o for p in parsers for o in p._option_string_actions if o.startswith("--")})
+    parsers: list[Any] = field(default_factory=list)  # every parser the CLI made, to name a misspelt option's match
 
     def discard_new_run(self) -> None:
         """Remove the run folder this command created before training anything: it holds nothing of value
@@ -390,7 +385,7 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[Edg
         invocation.discard_new_run()
         if debug_mode() or not is_user_error(exc, invocation):
             raise
-        print(f"error: {one_sentence(exc, command, argv, invocation.options(command))}", file=sys.stderr, flush=True)
+        print(f"error: {one_sentence(exc, command, argv, long_options(invocation.parsers, command))}", file=sys.stderr, flush=True)
         if args is None:
             _exit_now(EXIT_USAGE)
         raise SystemExit(EXIT_USAGE) from None
