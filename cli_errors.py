@@ -1,4 +1,5 @@
-"""How main.py tells a user's mistake from a bug, and says it in one sentence."""
+"""How main.py tells a user's mistake from a bug, and says it in one sentence; what one command did so far, which
+that depends on."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import errno
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from pytorch_lightning import Callback
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules.workers import LoaderStalled
@@ -23,6 +26,52 @@ from resume import UserError
 # AttributeError and friends are bugs wherever they come from.
 SETUP_ERRORS = (ValueError, OSError, RuntimeError, MisconfigurationException)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # wherever raised: the disk, not the code, is what to fix
+
+
+@dataclass
+class Invocation:
+    """What one command did so far, as its error handling needs it: it outlives a failed EdgeCLI.__init__."""
+
+    loops_started: bool = False  # a sanity-check / train / val / test / predict loop began
+    stepped: bool = False  # a first train (or test, val, predict) batch began
+    new_run_dir: Optional[Path] = None  # the run folder this command creates (None: it already existed)
+    new_parents: list[Path] = field(default_factory=list)  # runs/ and runs/<experiment>/ where created now
+    fit_end_failures: list[str] = field(default_factory=list)
+    parsers: list[Any] = field(default_factory=list)  # every parser the CLI made, to name a misspelt option's match
+
+    def discard_new_run(self) -> None:
+        """Remove the run folder this command created before training anything: it holds nothing of value
+        (the resolved config, split lists, an empty event file). A folder that existed before is never touched."""
+        run = self.new_run_dir
+        if run is None or self.stepped or not run.is_dir() or any(run.rglob("*.ckpt")):
+            return
+        shutil.rmtree(run, ignore_errors=True)
+        for parent in self.new_parents:
+            try:
+                parent.rmdir()  # only when empty: another command may have started a run there meanwhile
+            except OSError:
+                pass
+
+
+class LoopStarted(Callback):
+    """Marks the end of set-up (see SETUP_ERRORS) and the first batch (a run that never got there is discarded)."""
+
+    def __init__(self, invocation: Invocation) -> None:
+        self.invocation = invocation
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self.invocation.loops_started = True
+
+    def _started(self, trainer, *args) -> None:
+        self.invocation.loops_started = True
+
+    on_train_start = on_validation_start = on_test_start = on_predict_start = _started
+
+    def _stepped(self, trainer, *args) -> None:
+        if not trainer.sanity_checking:
+            self.invocation.stepped = True
+
+    on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _stepped
 
 
 def is_user_error(exc: BaseException, invocation: Any) -> bool:

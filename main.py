@@ -25,10 +25,8 @@ import os
 # benchmarks/contention.py. Set OMP_WAIT_POLICY yourself to choose otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import logging
-import shutil
 import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,7 +44,7 @@ from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.console import EpochLines, FitEndSafeProgressBar
 from lightning_modules.predictions import PredictionsCSV
 from lightning_modules.run_logger import RunLogger
-from cli_errors import is_user_error, long_options, one_sentence
+from cli_errors import Invocation, LoopStarted, is_user_error, long_options, one_sentence
 from old_configs import checkpoint_hparams, migrate_config_arguments, migrate_model, model_is_old
 from deploy.errors import EXIT_PARTLY_FAILED, EXIT_USAGE, debug_mode
 from resume import (UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
@@ -77,52 +75,6 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """`warning: <message>` without the file, line number and source line Python adds (a `rank_zero_warn(...)`
     call of ours or Lightning's means nothing to a user); EDGECLS_DEBUG=1 keeps Python's own format."""
     return f"warning: {message}\n"
-
-
-@dataclass
-class Invocation:
-    """What one command did so far, as its error handling needs it: it outlives a failed EdgeCLI.__init__."""
-
-    loops_started: bool = False  # a sanity-check / train / val / test / predict loop began
-    stepped: bool = False  # a first train (or test, val, predict) batch began
-    new_run_dir: Optional[Path] = None  # the run folder this command creates (None: it already existed)
-    new_parents: list[Path] = field(default_factory=list)  # runs/ and runs/<experiment>/ where created now
-    fit_end_failures: list[str] = field(default_factory=list)
-    parsers: list[Any] = field(default_factory=list)  # every parser the CLI made, to name a misspelt option's match
-
-    def discard_new_run(self) -> None:
-        """Remove the run folder this command created before training anything: it holds nothing of value
-        (the resolved config, split lists, an empty event file). A folder that existed before is never touched."""
-        run = self.new_run_dir
-        if run is None or self.stepped or not run.is_dir() or any(run.rglob("*.ckpt")):
-            return
-        shutil.rmtree(run, ignore_errors=True)
-        for parent in self.new_parents:
-            try:
-                parent.rmdir()  # only when empty: another command may have started a run there meanwhile
-            except OSError:
-                pass
-
-
-class LoopStarted(Callback):
-    """Marks the end of set-up (see SETUP_ERRORS) and the first batch (a run that never got there is discarded)."""
-
-    def __init__(self, invocation: Invocation) -> None:
-        self.invocation = invocation
-
-    def on_sanity_check_start(self, trainer, pl_module) -> None:
-        self.invocation.loops_started = True
-
-    def _started(self, trainer, *args) -> None:
-        self.invocation.loops_started = True
-
-    on_train_start = on_validation_start = on_test_start = on_predict_start = _started
-
-    def _stepped(self, trainer, *args) -> None:
-        if not trainer.sanity_checking:
-            self.invocation.stepped = True
-
-    on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _stepped
 
 
 class EdgeCLI(LightningCLI):
