@@ -59,16 +59,26 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 
 
-class _NoTips(logging.Filter):
-    """Lightning advertises cloud services (litlogger, litmodels) on every run: not ours to show."""
+class _NothingToSay(logging.Filter):
+    """Lightning's info lines that tell this project's user nothing, among the ones that do (which, like ours, come
+    through the same rank_zero logger, so its level cannot tell them apart)."""
+
+    LINES = ("💡 Tip:",  # cloud services (litlogger, litmodels) advertised on every run
+             "Trainer already configured with model summary",  # ours (whole type names) stands in its place
+             "GPU available: False,",  # no GPU to use: it trains on the CPU (one with a GPU says whether it is used)
+             "TPU available: ",
+             "Loading `train_dataloader` to estimate number of stepping batches",
+             "`Trainer.fit` stopped: `max_epochs=",  # the last epoch line says so
+             "Restoring states from the checkpoint path at ")  # the next line says the same: restored or loaded
 
     def filter(self, record: logging.LogRecord) -> bool:
-        # and says it skips its own model summary where ours (whole type names) stands: nothing to act on
-        return not str(record.msg).startswith(("💡 Tip:", "Trainer already configured with model summary"))
+        return not str(record.msg).startswith(self.LINES)
 
 
 for _name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_NoTips())
+    logging.getLogger(_name).addFilter(_NothingToSay())
+# "Seed set to 42" would be the first line of every command, before a config error's one line; config.yaml keeps it.
+logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
