@@ -111,6 +111,11 @@ class EdgeCLI(LightningCLI):
         self.invocation.parsers.append(parser)
         return parser
 
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:  # the command's own `test/top1 = ...` line; Lightning's boxed table with --verbose true
+            self.parser.set_defaults({"validate.verbose": False, "test.verbose": False})
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI replaces the model settings with the checkpoint's own before anything is checked; the
         # settings as the user gave them are kept here, so that a checkpoint that does not match them is refused
@@ -270,16 +275,29 @@ class EdgeCLI(LightningCLI):
             return
         chain = FitEnd.of(trainer)
         best = (chain.checkpoint if chain is not None else None) or getattr(trainer.checkpoint_callback, "best_model_path", "")
-        results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
-        if trainer.is_global_zero and results:
-            shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(results[0].items()))
-            source = os.path.relpath(best) if best else "final weights"
-            rank_zero_info(f"test ({source}): {shown}")
-            print(f"test/top1 = {results[0].get('test/top1', float('nan')):.4f} (test split, {trainer.precision}, {source})", flush=True)
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        self._print_top1("test")
         if chain is not None:
             self.invocation.fit_end_failures = chain.failures
             if chain.summary and trainer.is_global_zero:
                 print(chain.summary, flush=True)  # the bundle table is the last thing a fit prints
+
+    def after_validate(self) -> None:
+        self._print_top1("val")
+
+    def after_test(self) -> None:
+        self._print_top1("test")
+
+    def _print_top1(self, split: str) -> None:
+        """The split's metrics on stderr, and on stdout the `test/top1 = ...` line a person or a script reads."""
+        trainer = self.trainer
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/")}
+        if not trainer.is_global_zero or not metrics:
+            return
+        source = os.path.relpath(trainer.ckpt_path) if trainer.ckpt_path else "final weights"
+        rank_zero_info(f"{split} ({source}): " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        print(f"{split}/top1 = {metrics.get(f'{split}/top1', float('nan')):.4f} ({split} split, {trainer.precision}, "
+              f"{source})", flush=True)
 
     def before_fit(self) -> None:
         chain = FitEnd.of(self.trainer)
