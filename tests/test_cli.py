@@ -92,7 +92,7 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     assert [m.name.tag for m in experiment.metric_infos][:5] == [  # the most wanted first
         "2 test/top1", "bundle/int8_delta_top1_pt", "bundle/cpu_latency_ms", "bundle/size_mb", "1 val/best_top1"]
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    assert session.hparams["lr"].number_value == pytest.approx(0.01)  # the command-line override
+    assert session.hparams["lr"].string_value == "0.01"  # the command-line override
     assert session.hparams["backbone"].string_value == "resnet"
     assert session.hparams["batch_size"].string_value == "64" and session.hparams["max_epochs"].string_value == "2"
 
