@@ -3,7 +3,7 @@
 LightningCLI with fit / validate / test / predict. Defaults a YAML does not have to repeat: a TensorBoard run
 under runs/<experiment>/version_N, checkpoints (best val/top1 and last), learning-rate logging, a rich progress
 bar; `fit` ends by testing the best checkpoint on the test split. `validate`, `test` and `predict` with a run's
-checkpoint write into that run, under version_N/<command>/.
+checkpoint write their files into that run, under version_N/<command>/, and their metrics into its TensorBoard run.
 
 `python main.py bundle --run runs/<experiment>/version_N` runs the fit-end chain again from that run's best
 checkpoint into its bundle/ (after an interrupt during the fit-end steps, or with other fit-end settings).
