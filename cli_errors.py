@@ -1,4 +1,5 @@
-"""How main.py tells a user's mistake from a bug, and says it in one sentence."""
+"""How main.py tells a user's mistake from a bug, and says it in one sentence; what one command did so far, which
+that depends on."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import errno
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+from pytorch_lightning import Callback
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules.workers import LoaderStalled
@@ -25,6 +28,52 @@ SETUP_ERRORS = (ValueError, OSError, RuntimeError, MisconfigurationException)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # wherever raised: the disk, not the code, is what to fix
 
 
+@dataclass
+class Invocation:
+    """What one command did so far, as its error handling needs it: it outlives a failed EdgeCLI.__init__."""
+
+    loops_started: bool = False  # a sanity-check / train / val / test / predict loop began
+    stepped: bool = False  # a first train (or test, val, predict) batch began
+    new_run_dir: Optional[Path] = None  # the run folder this command creates (None: it already existed)
+    new_parents: list[Path] = field(default_factory=list)  # runs/ and runs/<experiment>/ where created now
+    fit_end_failures: list[str] = field(default_factory=list)
+    parsers: list[Any] = field(default_factory=list)  # every parser the CLI made, to name a misspelt option's match
+
+    def discard_new_run(self) -> None:
+        """Remove the run folder this command created before training anything: it holds nothing of value
+        (the resolved config, split lists, an empty event file). A folder that existed before is never touched."""
+        run = self.new_run_dir
+        if run is None or self.stepped or not run.is_dir() or any(run.rglob("*.ckpt")):
+            return
+        shutil.rmtree(run, ignore_errors=True)
+        for parent in self.new_parents:
+            try:
+                parent.rmdir()  # only when empty: another command may have started a run there meanwhile
+            except OSError:
+                pass
+
+
+class LoopStarted(Callback):
+    """Marks the end of set-up (see SETUP_ERRORS) and the first batch (a run that never got there is discarded)."""
+
+    def __init__(self, invocation: Invocation) -> None:
+        self.invocation = invocation
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self.invocation.loops_started = True
+
+    def _started(self, trainer, *args) -> None:
+        self.invocation.loops_started = True
+
+    on_train_start = on_validation_start = on_test_start = on_predict_start = _started
+
+    def _stepped(self, trainer, *args) -> None:
+        if not trainer.sanity_checking:
+            self.invocation.stepped = True
+
+    on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _stepped
+
+
 def is_user_error(exc: BaseException, invocation: Any) -> bool:
     from argparse import ArgumentError
 
@@ -35,13 +84,14 @@ def is_user_error(exc: BaseException, invocation: Any) -> bool:
     return isinstance(exc, SETUP_ERRORS) and not invocation.loops_started
 
 
-def one_sentence(exc: BaseException, command: str, argv: list[str]) -> str:
-    """The error as one line: our own messages already are; jsonargparse's nested ones are condensed."""
+def one_sentence(exc: BaseException, command: str, argv: list[str], options: Sequence[str] = ()) -> str:
+    """The error as one line: our own messages already are; jsonargparse's nested ones are condensed. `options`:
+    the command's long options, to name the one a misspelt option was meant to be."""
     from argparse import ArgumentError
 
     text = str(exc).strip()
     if isinstance(exc, ArgumentError):
-        return parse_error_sentence(exc, command, argv)
+        return parse_error_sentence(exc, command, argv, options)
     if isinstance(exc, OSError) and not isinstance(exc, DiskFull) and exc.errno in DISK_FULL:
         folder = os.path.dirname(os.path.abspath(exc.filename)) if exc.filename else os.getcwd()
         try:
@@ -74,7 +124,7 @@ def _cause(exc: BaseException, kind: type) -> Optional[BaseException]:
     return None
 
 
-def parse_error_sentence(exc: BaseException, command: str, argv: list[str]) -> str:
+def parse_error_sentence(exc: BaseException, command: str, argv: list[str], options: Sequence[str] = ()) -> str:
     """jsonargparse's error as one sentence. What its exceptions carry as objects is read from them: the YAML
     loader's error (a config that is not YAML) and the KeyError of a key no parser of the subcommand has, which
     carries that parser (the key itself is only in its message). A bad value, an unknown command-line option and a class_path that does not import are
@@ -98,7 +148,7 @@ def parse_error_sentence(exc: BaseException, command: str, argv: list[str]) -> s
     match = re.match(r'Parser key "([^"]+)":\s*(.*)', head)
     if not match:
         if head.startswith("unrecognized arguments"):
-            return f"{head}; {help_hint}"
+            return unknown_option_sentence(head, command, options) + f"; {help_hint}"
         return re.sub(r"\s+", " ", " ".join(lines))
     key, rest = match.group(1), " ".join([match.group(2), *lines[1:]]).strip()
     class_path = re.search(r"Problem with given class_path '([^']+)':\s*(.*?)(?:\s+- |$)", rest)
@@ -111,6 +161,26 @@ def parse_error_sentence(exc: BaseException, command: str, argv: list[str]) -> s
     if value and wanted:
         return f"{key}: {value.group(1).strip()!r} is not a valid value (expected {_type_name(wanted)}); {help_hint}"
     return f"{key}: " + re.sub(r"\s+", " ", rest)
+
+
+def long_options(parsers: Sequence[Any], command: str) -> list[str]:
+    """The long options `command`'s parser accepts (every parser's, where the command is not known)."""
+    mine = [p for p in parsers if p.prog.split()[-1] == command] or parsers
+    return sorted({o for p in mine for o in p._option_string_actions if o.startswith("--")})
+
+
+def unknown_option_sentence(head: str, command: str, options: Sequence[str]) -> str:
+    """`unrecognized arguments: --trainer.max_epoch 3` as the option that is not one and the option it is closest to."""
+    import difflib
+
+    unknown = [a.split("=", 1)[0] for a in head.split(":", 1)[1].split() if a.startswith("--")]
+    if not unknown:
+        return head
+    option = unknown[0]
+    # among options as deep as it (--model.lrr is not --model, a whole group's)
+    close = difflib.get_close_matches(option, [o for o in options if o.count(".") == option.count(".")], 1, 0.75)
+    where = f"an option of '{command}'" if command else "an option"
+    return f"{option} is not {where}" + (f" (the closest is {close[0]})" if close else "")
 
 
 def yaml_syntax_sentence(argv: list[str]) -> Optional[str]:

@@ -3,7 +3,7 @@
 LightningCLI with fit / validate / test / predict. Defaults a YAML does not have to repeat: a TensorBoard run
 under runs/<experiment>/version_N, checkpoints (best val/top1 and last), learning-rate logging, a rich progress
 bar; `fit` ends by testing the best checkpoint on the test split. `validate`, `test` and `predict` with a run's
-checkpoint write into that run, under version_N/<command>/.
+checkpoint write their files into that run, under version_N/<command>/, and their metrics into its TensorBoard run.
 
 `python main.py bundle --run runs/<experiment>/version_N` runs the fit-end chain again from that run's best
 checkpoint into its bundle/ (after an interrupt during the fit-end steps, or with other fit-end settings).
@@ -25,10 +25,8 @@ import os
 # benchmarks/contention.py. Set OMP_WAIT_POLICY yourself to choose otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import logging
-import shutil
 import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,7 +44,7 @@ from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.console import EpochLines, FitEndSafeProgressBar
 from lightning_modules.predictions import PredictionsCSV
 from lightning_modules.run_logger import RunLogger
-from cli_errors import is_user_error, one_sentence
+from cli_errors import Invocation, LoopStarted, is_user_error, long_options, one_sentence
 from old_configs import checkpoint_hparams, migrate_config_arguments, migrate_model, model_is_old
 from deploy.errors import EXIT_PARTLY_FAILED, EXIT_USAGE, debug_mode
 from resume import (UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
@@ -61,67 +59,32 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 
 
-class _NoTips(logging.Filter):
-    """Lightning advertises cloud services (litlogger, litmodels) on every run: not ours to show."""
+class _NothingToSay(logging.Filter):
+    """Lightning's info lines that tell this project's user nothing, among the ones that do (which, like ours, come
+    through the same rank_zero logger, so its level cannot tell them apart)."""
+
+    LINES = ("💡 Tip:",  # cloud services (litlogger, litmodels) advertised on every run
+             "Trainer already configured with model summary",  # ours (whole type names) stands in its place
+             "GPU available: False,",  # no GPU to use: it trains on the CPU (one with a GPU says whether it is used)
+             "TPU available: ",
+             "Loading `train_dataloader` to estimate number of stepping batches",
+             "`Trainer.fit` stopped: `max_epochs=",  # the last epoch line says so
+             "Restoring states from the checkpoint path at ")  # the next line says the same: restored or loaded
 
     def filter(self, record: logging.LogRecord) -> bool:
-        # and says it skips its own model summary where ours (whole type names) stands: nothing to act on
-        return not str(record.msg).startswith(("💡 Tip:", "Trainer already configured with model summary"))
+        return not str(record.msg).startswith(self.LINES)
 
 
 for _name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_NoTips())
+    logging.getLogger(_name).addFilter(_NothingToSay())
+# "Seed set to 42" would be the first line of every command, before a config error's one line; config.yaml keeps it.
+logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """`warning: <message>` without the file, line number and source line Python adds (a `rank_zero_warn(...)`
     call of ours or Lightning's means nothing to a user); EDGECLS_DEBUG=1 keeps Python's own format."""
     return f"warning: {message}\n"
-
-
-@dataclass
-class Invocation:
-    """What one command did so far, as its error handling needs it: it outlives a failed EdgeCLI.__init__."""
-
-    loops_started: bool = False  # a sanity-check / train / val / test / predict loop began
-    stepped: bool = False  # a first train (or test, val, predict) batch began
-    new_run_dir: Optional[Path] = None  # the run folder this command creates (None: it already existed)
-    new_parents: list[Path] = field(default_factory=list)  # runs/ and runs/<experiment>/ where created now
-    fit_end_failures: list[str] = field(default_factory=list)
-
-    def discard_new_run(self) -> None:
-        """Remove the run folder this command created before training anything: it holds nothing of value
-        (the resolved config, split lists, an empty event file). A folder that existed before is never touched."""
-        run = self.new_run_dir
-        if run is None or self.stepped or not run.is_dir() or any(run.rglob("*.ckpt")):
-            return
-        shutil.rmtree(run, ignore_errors=True)
-        for parent in self.new_parents:
-            try:
-                parent.rmdir()  # only when empty: another command may have started a run there meanwhile
-            except OSError:
-                pass
-
-
-class LoopStarted(Callback):
-    """Marks the end of set-up (see SETUP_ERRORS) and the first batch (a run that never got there is discarded)."""
-
-    def __init__(self, invocation: Invocation) -> None:
-        self.invocation = invocation
-
-    def on_sanity_check_start(self, trainer, pl_module) -> None:
-        self.invocation.loops_started = True
-
-    def _started(self, trainer, *args) -> None:
-        self.invocation.loops_started = True
-
-    on_train_start = on_validation_start = on_test_start = on_predict_start = _started
-
-    def _stepped(self, trainer, *args) -> None:
-        if not trainer.sanity_checking:
-            self.invocation.stepped = True
-
-    on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _stepped
 
 
 class EdgeCLI(LightningCLI):
@@ -139,6 +102,19 @@ class EdgeCLI(LightningCLI):
         chain = FitEnd(str(bundle_checkpoint) if bundle_checkpoint is not None else None)
         defaults["callbacks"] = [*defaults.get("callbacks", []), chain, LoopStarted(self.invocation)]
         super().__init__(*args, trainer_defaults=defaults, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # No prefix matching: argparse would read a misspelt --trainer.max_epoch as --trainer.max_epochs. Set on the
+        # main parser, as jsonargparse's add_subcommand copies the main parser's allow_abbrev onto each subcommand's.
+        kwargs.setdefault("allow_abbrev", False)
+        parser = super().init_parser(**kwargs)
+        self.invocation.parsers.append(parser)
+        return parser
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:  # the command's own `test/top1 = ...` line; Lightning's boxed table with --verbose true
+            self.parser.set_defaults({"validate.verbose": False, "test.verbose": False})
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI replaces the model settings with the checkpoint's own before anything is checked; the
@@ -299,16 +275,29 @@ class EdgeCLI(LightningCLI):
             return
         chain = FitEnd.of(trainer)
         best = (chain.checkpoint if chain is not None else None) or getattr(trainer.checkpoint_callback, "best_model_path", "")
-        results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
-        if trainer.is_global_zero and results:
-            shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(results[0].items()))
-            source = os.path.relpath(best) if best else "final weights"
-            rank_zero_info(f"test ({source}): {shown}")
-            print(f"test/top1 = {results[0].get('test/top1', float('nan')):.4f} (test split, {trainer.precision}, {source})", flush=True)
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        self._print_top1("test")
         if chain is not None:
             self.invocation.fit_end_failures = chain.failures
             if chain.summary and trainer.is_global_zero:
                 print(chain.summary, flush=True)  # the bundle table is the last thing a fit prints
+
+    def after_validate(self) -> None:
+        self._print_top1("val")
+
+    def after_test(self) -> None:
+        self._print_top1("test")
+
+    def _print_top1(self, split: str) -> None:
+        """The split's metrics on stderr, and on stdout the `test/top1 = ...` line a person or a script reads."""
+        trainer = self.trainer
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/")}
+        if not trainer.is_global_zero or not metrics:
+            return
+        source = os.path.relpath(trainer.ckpt_path) if trainer.ckpt_path else "final weights"
+        rank_zero_info(f"{split} ({source}): " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        print(f"{split}/top1 = {metrics.get(f'{split}/top1', float('nan')):.4f} ({split} split, {trainer.precision}, "
+              f"{source})", flush=True)
 
     def before_fit(self) -> None:
         chain = FitEnd.of(self.trainer)
@@ -376,7 +365,7 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[Edg
         invocation.discard_new_run()
         if debug_mode() or not is_user_error(exc, invocation):
             raise
-        print(f"error: {one_sentence(exc, command, argv)}", file=sys.stderr, flush=True)
+        print(f"error: {one_sentence(exc, command, argv, long_options(invocation.parsers, command))}", file=sys.stderr, flush=True)
         if args is None:
             _exit_now(EXIT_USAGE)
         raise SystemExit(EXIT_USAGE) from None

@@ -102,6 +102,8 @@ class DeployBundle(FitEndStep):
         self.bundle_dir: Optional[Path] = None
         self.report: dict[str, Any] = {}
 
+    LISTS_UNAVAILABLE = True  # its table ends with each skipped or failed artifact and why
+
     def consumes(self) -> tuple[str, ...]:
         return ("onnx:fp32",)
 
@@ -291,8 +293,10 @@ class DeployBundle(FitEndStep):
             trainer.logger.experiment.flush()
         rank_zero_info(f"deploy bundle: {self.bundle_dir}")
         lines = [f"\n{report_format.caption(self.report)}", table]
+        said: dict[tuple[str, str], list[str]] = {}  # one line per reason: both engines skip for the same one
         for item in self.report["unavailable"]:
-            lines.append(f"{item['label']}: {item['status']}: {item['reason']}")
+            said.setdefault((item["status"], item["reason"]), []).append(item["label"])
+        lines += [f"{', '.join(labels)}: {status}: {reason}" for (status, reason), labels in said.items()]
         lines.append(f"bundle: {self.bundle_dir}")
         lines += gate_misses(record)
         lines[-1] += "\n"

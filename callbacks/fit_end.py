@@ -174,6 +174,7 @@ class FitEndStep(Callback):
     """
 
     PRODUCES: tuple[str, ...] = ()
+    LISTS_UNAVAILABLE = False  # prints every skipped or failed artifact with its reason (the bundle's table)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -221,6 +222,11 @@ class FitEndStep(Callback):
 
     def skip_message(self, reason: str) -> str:
         return f"fit-end step {self.name} skipped: {reason}"
+
+    def listed_later(self) -> bool:
+        """A later step of the chain prints what this one did not make, with the reason."""
+        steps = self.chain.steps if self.chain is not None else []
+        return any(s.LISTS_UNAVAILABLE for s in steps[steps.index(self) + 1:]) if self in steps else False
 
     def on_failure(self, record: FitEndRecord, sentence: str) -> None:
         """Record each output this step did not make as failed; steps may publish finer records first."""

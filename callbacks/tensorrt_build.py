@@ -52,7 +52,8 @@ class TensorRTBuild(FitEndStep):
         return tuple(f"tensorrt:{p}@tensorrt" for p in self.precisions)
 
     def skip_message(self, reason: str) -> str:
-        return f"TensorRT build skipped: {reason}"
+        # the reason (an install hint) is said once, beside the engines in the bundle table, where there is one
+        return "TensorRT build skipped (the bundle table says why)" if self.listed_later() else f"TensorRT build skipped: {reason}"
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
         available, reason = tensorrt_status()

@@ -1,4 +1,5 @@
-"""``python -m deploy`` (console script ``edgecls-deploy``): infer, bench, build-engine, triton, install, rollback, list.
+"""`python -m deploy` (console script `edgecls-deploy`): infer, bench, build-engine, triton, check-tensorrt, install,
+rollback, list.
 
 Runs on the device with numpy, OpenCV/PIL, onnxruntime and (for engines) TensorRT; never torch.
 
@@ -227,7 +228,8 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m deploy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m deploy", description="Run an edgecls bundle on this device (also "
+                                     "installed as the edgecls-deploy command); each command has its own --help.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, default_format):
@@ -257,10 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help=cmd_bench.__doc__)
     common(p, None)
-    p.add_argument("--batch", type=_batch_sizes, default="1,8,32", help="comma-separated batch sizes")
+    p.add_argument("--batch", type=_batch_sizes, default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--iterations", type=_positive, default=200,
                    help="timed calls per runtime x artifact x batch size (default 200)")
-    p.add_argument("--warmup", type=_non_negative, default=10, help="untimed calls first (at least one is made)")
+    p.add_argument("--warmup", type=_non_negative, default=10, help="untimed calls first (default 10; at least one is made)")
     p.add_argument("--json", action="store_true", help="print rows as JSON instead of a table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (logs, nsys runs)")
     p.add_argument("--profile", default=None, metavar="DIR",
@@ -282,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=_positive, default=32, help="largest batch the engine accepts (default 32)")
     p.add_argument("--workspace-mb", type=_positive, default=2048,
                    help="GPU memory TensorRT may use while building, in MB (default 2048)")
-    p.add_argument("--timing-cache", default=None, help="default: <bundle>/timing.cache, reused across builds")
-    p.add_argument("--output", default=None, help="engine file name inside the bundle")
+    p.add_argument("--timing-cache", default=None, help="TensorRT's timing cache file, reused across builds "
+                                                         "(default <bundle>/timing.cache)")
+    p.add_argument("--output", default=None, help="engine file name inside the bundle (default model.<precision>.engine)")
     p.set_defaults(func=cmd_build_engine)
 
     p = sub.add_parser("triton", help=cmd_triton.__doc__)
@@ -335,13 +338,14 @@ _STATUS_1 = {
 
 def exit_statuses(command: str) -> str:
     """The exit-status block of one command's --help: 0, 1 where the command can return it, 2 and 141."""
-    lines = ["exit status:", "  0    done" + (" (an artifact that cannot run here is skipped with a warning line)"
-                                             if command == "bench" else "")]
-    if command in _STATUS_1:
-        lines.append(f"  1    {_STATUS_1[command]}")
-    lines += ["  2    a bad argument, an unusable bundle or artifact" + (", too little memory for the batch size"
-                                                                           if command in ("infer", "bench") else "")
-              + " or an unexpected error; one `error:` line on stderr (EDGECLS_DEBUG=1: the traceback)",
+    done = {"bench": " (an artifact that cannot run here is skipped with a warning line)",
+            "check-tensorrt": ": the file keeps every rule"}
+    lines = ["exit status:", "  0    done" + done.get(command, "")] + ([f"  1    {_STATUS_1[command]}"] if command in _STATUS_1 else [])
+    unusable = {"check-tensorrt": "a file that is not readable ONNX", "infer": "an unusable bundle or artifact, too little "
+                "memory for the batch size", "bench": "an unusable bundle or artifact, too little memory for the batch size",
+                "rollback": "no version to switch to", "list": "a models folder that does not exist"}
+    lines += [f"  2    a bad argument, {unusable.get(command, 'an unusable bundle or artifact')} or an unexpected error; "
+              "one `error:` line on stderr (EDGECLS_DEBUG=1: the traceback)",
               "  141  stdout was closed early (`... | head -1`): the command stops quietly"]
     return "\n".join(lines)
 

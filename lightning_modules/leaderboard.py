@@ -18,15 +18,16 @@ from lightning_modules.run_logger import RunLogger, board_tag
 # beside the trial name at 1600 px. So the experiment declares the two settings runs are compared by (those `dvc exp
 # run -S` varies); the other settings stay in each run's hparams.yaml and config.yaml.
 HEADLINE_HPARAMS = ("lr", "max_epochs")
-# (scalar tag as TensorBoard shows it, column title): the plugin shows each run's last value of the tag; a run that
-# never logged it shows an empty cell, never a placeholder. The bundle/ tags are logged by callbacks.DeployBundle at
+# (scalar tag as TensorBoard shows it, column title with its unit): the plugin shows each run's last value of the tag,
+# every number to 5 significant digits (0.98050: top-1 is a fraction here, Δ in points of %); a run that never logged
+# it shows an empty cell, never a placeholder. The bundle/ tags are logged by callbacks.DeployBundle at
 # fit end. The most wanted first: test top-1, the INT8 loss, CPU latency and size are on screen at 1600 px.
 LEADERBOARD_METRICS = (
-    (board_tag("test/top1"), "test top-1"),
+    (board_tag("test/top1"), "test top-1 (0-1)"),
     ("bundle/int8_delta_top1_pt", "INT8 Δtop-1 pt"),
     ("bundle/cpu_latency_ms", "CPU ms"),
     ("bundle/size_mb", "bundle MB"),
-    (board_tag("val/best_top1"), "best val top-1"),
+    (board_tag("val/best_top1"), "best val top-1 (0-1)"),
     ("bundle/params", "params"),
 )
 
@@ -60,10 +61,11 @@ def strategy_name(strategy: Any) -> str:
 
 
 def _hparam_value(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        # the plugin prints every number with three decimals (64.000): a count reads as itself only as text
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # the plugin prints every number to 5 significant digits (64.000, lr 0.0030000): as text, a count reads as
+        # itself and a rate as the YAML writes it (0.003)
         return str(value)
-    if isinstance(value, (bool, float, str)):
+    if isinstance(value, (bool, str)):
         return value
     return json.dumps(value, separators=(",", ":"), default=str)  # a list, or an augment pipeline, as one cell
 

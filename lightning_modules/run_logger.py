@@ -6,8 +6,11 @@ reading order (`1 val`, `2 test`, `3 train`) and the sections read once per fit 
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
+
+from lightning_fabric.loggers.logger import rank_zero_experiment
 
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
@@ -35,6 +38,19 @@ def board_tag(tag: str) -> str:
 
 
 class RunLogger(TensorBoardLogger):
+    """A command given a run's checkpoint (test, validate, predict) logs with sub_dir=<command>: its files (config.yaml,
+    hparams.yaml, predictions.csv) go to version_N/<command>/, beside the fit's, but its events into version_N itself,
+    so that TensorBoard shows its metrics in the run they belong to instead of a run of their own."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._experiment is None and self.sub_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._experiment = SummaryWriter(log_dir=os.path.dirname(self.log_dir), **self._kwargs)
+        return super().experiment
+
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
         super().log_metrics({board_tag(k): v for k, v in metrics.items()}, step)
 

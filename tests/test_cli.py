@@ -92,20 +92,31 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     assert [m.name.tag for m in experiment.metric_infos][:5] == [  # the most wanted first
         "2 test/top1", "bundle/int8_delta_top1_pt", "bundle/cpu_latency_ms", "bundle/size_mb", "1 val/best_top1"]
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    assert session.hparams["lr"].number_value == pytest.approx(0.01)  # the command-line override
+    assert session.hparams["lr"].string_value == "0.01"  # the command-line override
     assert session.hparams["backbone"].string_value == "resnet"
     assert session.hparams["batch_size"].string_value == "64" and session.hparams["max_epochs"].string_value == "2"
 
 
-def test_predict_writes_class_probabilities_for_the_test_split_into_the_checkpoints_run(quickstart, tmp_path, cli):
+def test_test_and_predict_on_a_runs_checkpoint_write_into_that_run(quickstart, tmp_path, cli):
     cli(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "1"], tmp_path)
     run = tmp_path / "runs" / "quickstart" / "version_0"
     fitted = file_hashes(run)
+    # `test` on the run's checkpoint: its metrics join the run's own TensorBoard run (no sub-run version_0/test),
+    # printed as the one line a fit prints, not again in Lightning's boxed table
+    tested = cli(["test", "--config", quickstart, *TINY, "--ckpt_path", run / "checkpoints" / "last.ckpt"], tmp_path)
+    assert re.search(r"^test/top1 = [0-9.]+ \(test split, 32-true, runs/quickstart/version_0/checkpoints/last\.ckpt\)$",
+                     tested.stdout, re.M), tested.stdout
+    assert "Test metric" not in tested.stdout and "DataLoader 0" not in tested.stdout
+    assert [e.value for e in events(run).Scalars("2 test/top1")][-1] == pytest.approx(printed_test_top1(tested.stdout), abs=1e-4)
+    assert not list((run / "test").glob("events.*")) and (run / "test" / "config.yaml").is_file()
+    assert {k: v for k, v in file_hashes(run).items() if k in fitted} == fitted  # the fit's files as they were
+    fitted = {k: v for k, v in file_hashes(run).items() if not k.startswith("events.")}
     proc = cli(["predict", "--config", quickstart, *TINY, "--ckpt_path", run / "checkpoints" / "last.ckpt"], tmp_path)
     out = run / "predict" / "predictions.csv"
     # no new, empty version_1: the predictions sit in the checkpoint's run, and the fit's own files are as they were
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
-    assert {k: v for k, v in file_hashes(run).items() if not k.startswith("predict/")} == fitted
+    # besides predict/, only an event file of no events (Lightning opens the writer of every command)
+    assert {k: v for k, v in file_hashes(run).items() if not k.startswith(("predict/", "events."))} == fitted
     assert str(out.relative_to(tmp_path)) in proc.stdout
     rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
     assert len(rows) == 359  # the digits test split

@@ -25,6 +25,12 @@ def test_a_log_file_gets_one_line_per_epoch_with_its_split_and_precision(tmp_pat
     assert re.search(r"\bnet\s+\| CifarResNet\s+\|", shown) and "MulticlassConfusionMatrix" in shown, shown[:3000]
     assert "…" not in shown
     assert "Epoch 0" not in proc.stdout + proc.stderr  # no progress bar, so no redraws
+    # none of Lightning's lines that tell nothing here (no GPU, no TPU, how it counts batches, that the last epoch
+    # was the last, the seed that config.yaml keeps)
+    for idle in ("GPU available: False", "TPU available", "Loading `train_dataloader`", "`Trainer.fit` stopped",
+                 "Restoring states", "Seed set to"):
+        assert idle not in shown, idle
+    assert shown.count("Loaded model weights from the checkpoint at ") == 1  # which checkpoint is tested
     first = next(line for line in proc.stdout.splitlines() if line.startswith("epoch 1/3"))
     assert "train/top1=" in first  # the epoch's own, logged after the callbacks' epoch end
     assert "train/lr=" in first and "lr-AdamW" not in first  # the name TensorBoard shows it under

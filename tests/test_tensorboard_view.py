@@ -48,7 +48,7 @@ def test_hparams_are_the_settings_a_person_varies_under_readable_names(two_runs)
     acc = events(two_runs / "quickstart" / "version_0")
     start = hparams_data(acc, "session_start_info")
     values = dict(start.hparams)
-    assert values["lr"].number_value == pytest.approx(0.01) and values["max_epochs"].string_value == "1"
+    assert values["lr"].string_value == "0.01" and values["max_epochs"].string_value == "1"
     assert values["backbone"].string_value == "resnet" and values["backbone.width"].string_value == "4"
     assert values["precision"].string_value == "32-true" and values["strategy"].string_value == "single_device"
     assert values["data"].string_value == "digits" and values["batch_size"].string_value == "64"  # a count, shown as 64 not 64.000
@@ -61,7 +61,7 @@ def test_hparams_are_the_settings_a_person_varies_under_readable_names(two_runs)
     # TensorBoard shows the first five declared settings before any metric: only the two runs are compared by
     assert [h.name for h in experiment.hparam_infos] == ["lr", "max_epochs"]
     assert [(m.name.tag, m.display_name) for m in experiment.metric_infos][:4] == [  # the most wanted first
-        ("2 test/top1", "test top-1"), ("bundle/int8_delta_top1_pt", "INT8 Δtop-1 pt"),
+        ("2 test/top1", "test top-1 (0-1)"), ("bundle/int8_delta_top1_pt", "INT8 Δtop-1 pt"),
         ("bundle/cpu_latency_ms", "CPU ms"), ("bundle/size_mb", "bundle MB")]
     assert hparams_data(acc, "session_end_info").status == api_pb2.STATUS_SUCCESS
 
@@ -202,8 +202,10 @@ def test_the_hparams_tab_shows_lr_epochs_top1_and_the_bundle_numbers_on_a_1600_p
         row = table[table.index(f"v{version} quickstart"):]
         shown = f"{best:.{4 - math.floor(math.log10(best))}f}"  # as the table shows it: 5 significant digits
         assert shown in row[:400], (version, shown, row[:400])
+        lr = ("0.01", "0.003")[version]  # as the command line gave it, not to 5 significant digits (0.0030000)
+        assert row.split()[2] == lr, (version, row[:400])
     right_edge = {title: right for title, left, right in headers if right > left}
-    wanted = ["Trial ID", "lr", "max_epochs", "test top-1", "INT8 Δtop-1 pt", "CPU ms", "bundle MB"]
+    wanted = ["Trial ID", "lr", "max_epochs", "test top-1 (0-1)", "INT8 Δtop-1 pt", "CPU ms", "bundle MB"]
     assert [title for title in right_edge if title in wanted] == wanted, headers  # in this order, left to right
     assert max(right_edge[title] for title in wanted) <= 1600, headers  # whole, without scrolling
 

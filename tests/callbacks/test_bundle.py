@@ -74,7 +74,16 @@ def test_fit_writes_a_bundle_whose_manifest_validates_and_sha256s_match(fitted):
     assert any(re.match(r"INT8 TensorRT-form +model\.int8\.onnx +ONNX Runtime ", line) for line in table), table
     assert any(re.match(r"INT8 CPU-form +model\.int8-cpu\.onnx +OpenVINO ", line) for line in table), table
     assert not any(f" {word} " in line for line in table for word in ("any", "tensorrt", "cpu", "TensorRT"))
-    assert "TensorRT FP16: skipped: " in proc.stdout
+    # both engines skip for one reason, said once
+    assert "TensorRT FP16, TensorRT INT8: skipped: " in proc.stdout
+
+
+def test_why_tensorrt_was_skipped_is_said_once_in_the_bundle_table(fitted):
+    _, proc = fitted
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("TensorRT FP16, TensorRT INT8: skipped: "))
+    reason = line.split(": skipped: ", 1)[1]  # e.g. tensorrt is not importable (...); install it with ...
+    assert (proc.stdout + proc.stderr).count(reason) == 1
+    assert "TensorRT build skipped (the bundle table says why)" in proc.stderr
 
 
 def test_report_rows_match_an_independent_evaluation_on_the_test_split(fitted):

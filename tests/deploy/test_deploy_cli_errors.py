@@ -128,6 +128,24 @@ def test_help_documents_the_exit_codes(capsys):
             assert "soak" not in section and "bench" not in section, command
 
 
+def test_help_names_every_command_and_every_option_says_what_it_is():
+    import argparse
+
+    from deploy.__main__ import build_parser
+
+    top = deploy_cli("--help")
+    assert top.returncode == 0
+    description = top.stdout.split("positional arguments:")[0]
+    assert "``" not in top.stdout and "edgecls-deploy" in description
+    commands = build_parser()._subparsers._group_actions[0].choices
+    listed = re.findall(r"^    (\S+)", top.stdout, flags=re.MULTILINE)  # the command list, one name a line
+    assert listed == list(commands) and "check-tensorrt" in listed
+    for name, command in commands.items():
+        bare = [a.option_strings or a.dest for a in command._actions
+                if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+        assert not bare, (name, bare)
+
+
 def test_infer_out_of_memory_names_the_batch_and_a_smaller_one(digits_bundle, run_cli, monkeypatch):
     def no_memory(self, batch):
         raise MemoryError()
