@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from callbacks.bundle import TorchRunner  # noqa: E402
 from callbacks.onnx_export import export_onnx  # noqa: E402
-from callbacks.int8_forms import cpu_family, cpu_int8_form  # noqa: E402
+from callbacks import Int8Quantization  # noqa: E402
 from callbacks.quantization import prepare_for_quantization, quantize_int8, quantize_static_int8  # noqa: E402
 from deploy.benchmark import measure, ratio_verdict  # noqa: E402
 from deploy.cpu_features import physical_cores  # noqa: E402
@@ -56,7 +56,7 @@ def quantize(fp32_path: str, out_path: str, cpu_out_path: str, batches: int = 4)
     calibration = np.random.default_rng(0).standard_normal((8 * batches, 3, 224, 224)).astype(np.float32)
     prepared = prepare_for_quantization(fp32_path, out_path + ".pre.onnx")
     quantize_int8(prepared, out_path, calibration)
-    quantize_static_int8(prepared, cpu_out_path, calibration, cpu_int8_form(cpu_family()))
+    quantize_static_int8(prepared, cpu_out_path, calibration, Int8Quantization(form="cpu").int8_form())
     os.unlink(prepared)
     return out_path, cpu_out_path
 
@@ -332,15 +332,15 @@ def main() -> int:
         rounds32 = Rounds(batch32, 32, 1 if args.quick else 2)
         rounds32.run(3 if args.quick else 5)
         rows = rounds1.rows() + rounds32.rows()
-
         p50 = {(r["runtime"], r["batch"]): r["p50_ms"] for r in rows}
         n1, n32 = len(rounds1.round_p50["ort fp32"]), len(rounds32.round_p50["ort fp32"])
+        cpu = Int8Quantization(form="cpu").int8_form()
         print(f"MobileNetV2 224x224, random weights, {threads} threads for every runner (torch: "
               f"{torch.get_num_threads()}; {physical_cores()} usable physical cores, {os.cpu_count()} CPUs); "
               f"batch 1: {n1} interleaved rounds of {rounds1.per_round} calls ({args.rounds} + {n1 - args.rounds} "
-              f"added in {extra_s:.0f} s while a target was undecided), batch 32: {n32}; "
-              f"load average {load_before:.2f} before the run; ONNX vs torch max |diff| {parity:.2e}; CPU-form "
-              f"INT8: {cpu_int8_form(cpu_family()).name}; OpenVINO hint: latency at batch 1, throughput at 32")
+              f"added in {extra_s:.0f} s while a target was undecided), batch 32: {n32}; load average "
+              f"{load_before:.2f} before the run; ONNX vs torch max |diff| {parity:.2e}; CPU-form INT8: {cpu.name}"
+              f"{' (7-bit weights)' if cpu.reduce_range else ''}; OpenVINO hint: latency at batch 1, throughput at 32")
         print_table(rows, sizes)
         worst = max((r for r in rows if r["batch"] == 1), key=lambda r: r["spread_pct"])
         print()
