@@ -4,7 +4,7 @@ resumes and bundles: its config.yaml and checkpoints are read with today's keys,
 import torch
 import yaml
 
-from edgecls_testing import NO_FIT_END, TINY, error_lines, file_hashes, run_main
+from edgecls_testing import NO_FIT_END, TINY, error_lines, file_hashes
 
 
 def old_model(new: dict) -> dict:
@@ -51,15 +51,15 @@ def as_older_edgecls_wrote_it(run, max_steps=None):
 COSINE = ["--model.lr_scheduler", "lightning_modules.schedules.CosineAnnealingLR"]
 
 
-def test_an_old_run_resumes_and_bundles_with_its_keys_read_as_todays(quickstart, tmp_path):
+def test_an_old_run_resumes_and_bundles_with_its_keys_read_as_todays(quickstart, tmp_path, cli):
     # a cosine schedule, stopped after its first epoch (as a kill would): the resume trains the second one
-    run_main(["fit", "--config", quickstart, *TINY, *NO_FIT_END, *COSINE, "--trainer.max_epochs", "2",
+    cli(["fit", "--config", quickstart, *TINY, *NO_FIT_END, *COSINE, "--trainer.max_epochs", "2",
               "--trainer.max_steps", "8"], tmp_path)
     run = tmp_path / "runs" / "quickstart" / "version_0"
     old = as_older_edgecls_wrote_it(run, max_steps=-1)
     assert old["model"]["optimizer"] == "adamw" and old["data"]["source"] == "digits"
 
-    proc = run_main(["fit", "--config", "runs/quickstart/version_0/config.yaml", "--ckpt_path", "last"], tmp_path)
+    proc = cli(["fit", "--config", "runs/quickstart/version_0/config.yaml", "--ckpt_path", "last"], tmp_path)
     notes = [line for line in proc.stderr.splitlines() if "uses the keys of an older edgecls" in line]
     assert notes == ["config.yaml of runs/quickstart/version_0 uses the keys of an older edgecls; read as data.source: "
                      "DigitsSource(), model.optimizer: AdamW(lr=0.01, weight_decay=0.0005, betas=[0.9, 0.999]), "
@@ -75,13 +75,13 @@ def test_an_old_run_resumes_and_bundles_with_its_keys_read_as_todays(quickstart,
 
     # bundle --run of the finished old run: its config.yaml and its checkpoint's hyperparameters are read as today's
     as_older_edgecls_wrote_it(run)
-    proc = run_main(["bundle", "--run", "runs/quickstart/version_0"], tmp_path)
+    proc = cli(["bundle", "--run", "runs/quickstart/version_0"], tmp_path)
     assert "config.yaml of runs/quickstart/version_0 uses the keys of an older edgecls" in proc.stderr
     assert "test/top1 = " in proc.stdout and not error_lines(proc.stderr)
 
 
-def test_an_old_setting_without_a_counterpart_is_one_sentence_saying_what_to_write(quickstart, tmp_path):
-    run_main(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "2",
+def test_an_old_setting_without_a_counterpart_is_one_sentence_saying_what_to_write(quickstart, tmp_path, cli):
+    cli(["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--trainer.max_epochs", "2",
               "--trainer.max_steps", "8"], tmp_path)
     run = tmp_path / "runs" / "quickstart" / "version_0"
     config = as_older_edgecls_wrote_it(run, max_steps=-1)
@@ -89,7 +89,7 @@ def test_an_old_setting_without_a_counterpart_is_one_sentence_saying_what_to_wri
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     before = file_hashes(run)
 
-    proc = run_main(["fit", "--config", run / "config.yaml", "--ckpt_path", "last"], tmp_path, expect_ok=False)
+    proc = cli(["fit", "--config", run / "config.yaml", "--ckpt_path", "last"], tmp_path, expect_ok=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = error_lines(proc.stderr)
     assert len(errors) == 1, proc.stderr[-3000:]
@@ -117,9 +117,9 @@ data:
 """
 
 
-def test_an_old_sgd_cosine_cifar_recipe_reads_as_the_same_settings_in_todays_keys(tmp_path):
+def test_an_old_sgd_cosine_cifar_recipe_reads_as_the_same_settings_in_todays_keys(tmp_path, cli):
     (tmp_path / "old_cifar.yaml").write_text(OLD_CIFAR_RECIPE)
-    proc = run_main(["fit", "--config", "old_cifar.yaml", "--print_config"], tmp_path)
+    proc = cli(["fit", "--config", "old_cifar.yaml", "--print_config"], tmp_path)
     assert "old_cifar.yaml uses the keys of an older edgecls" in proc.stderr
     printed = yaml.safe_load(proc.stdout)
     optimizer, schedule, data = printed["model"]["optimizer"], printed["model"]["lr_scheduler"], printed["data"]

@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 import pytest
-from edgecls_testing import EXPERIMENTS, run_main
+from edgecls_testing import EXPERIMENTS
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -37,12 +37,12 @@ def write_digit_folder(root, per_class: int = 30) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_scratch_recipe_trains_a_folder_of_real_scans_skips_broken_files_and_beats_chance(tmp_path):
+def test_scratch_recipe_trains_a_folder_of_real_scans_skips_broken_files_and_beats_chance(tmp_path, cli):
     root = tmp_path / "my_images"
     broken = write_digit_folder(root)
-    proc = run_main(["fit", "--config", RECIPE, "--data.source.root", root, "--data.image_size", "32",
-                     "--data.batch_size", "16", "--trainer.max_epochs", "6", "--trainer.enable_progress_bar", "false",
-                     "--data.cache_dir", tmp_path / "cache"], tmp_path, timeout=600)
+    proc = cli(["fit", "--config", RECIPE, "--data.source.root", root, "--data.image_size", "32",
+                "--data.batch_size", "16", "--trainer.max_epochs", "6", "--trainer.enable_progress_bar", "false",
+                "--data.cache_dir", tmp_path / "cache"], tmp_path)
 
     run = tmp_path / "runs" / "imagefolder_scratch" / "version_0"
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())

@@ -2,7 +2,8 @@
 chain included (ONNX, INT8 with the recipe's calibration method, TensorRT skipped here, the verified bundle).
 
 quickstart.yaml and quickstart_pruned.yaml are covered by tests/callbacks/test_bundle.py and test_pruning.py, and
-imagefolder_scratch.yaml by tests/test_recipe_imagefolder_scratch.py. Each recipe here is shrunk only where it
+imagefolder_scratch.yaml by tests/test_recipe_imagefolder_scratch.py, the CIFAR recipes by
+tests/test_recipes_cifar.py (with this file's helpers). Each recipe here is shrunk only where it
 cannot run on 2 CPU cores and no network in seconds: fewer epochs and images, small inputs, and random MobileNetV2
 weights from a local file in place of the ImageNet download. Each override says why where it is made; everything
 else (model, optimizer, schedule, augmentation, calibration method, callbacks and their order) is the recipe's.
@@ -19,7 +20,6 @@ import pytest
 import torch
 import torchvision
 import yaml
-from PIL import Image
 
 from deploy.bundle import load_bundle
 from edgecls_testing import EXPERIMENTS, load_recipe, run_main
@@ -30,13 +30,16 @@ FAST_CLI = ["--trainer.enable_progress_bar", "false"]
 
 @pytest.fixture(autouse=True)
 def cpu_seconds():
-    """Prints the CPU time the recipe's subprocess used (-rP shows it): on shared cores, a fairer size than wall time."""
+    """Prints the CPU time the recipe used, in this process and any it started (-rP shows it): on shared cores, a
+    fairer size than wall time."""
     import resource
 
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    def used() -> float:
+        return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+
+    before = used()
     yield
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(f"recipe subprocess CPU: {after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime:.1f} s")
+    print(f"recipe CPU: {used() - before:.1f} s")
 
 
 # --- real images nobody here prepared ---------------------------------------------------------------------------
@@ -160,7 +163,7 @@ NO_WORKERS = {"num_workers": 0, "persistent_workers": False}
 # --- the recipes --------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow  # a recipe end to end, fit-end chain included
-def test_imagefolder_recipe_on_real_scans_and_photos_with_percentile_calibration_and_a_ragged_last_batch(tmp_path):
+def test_imagefolder_recipe_on_real_scans_and_photos_with_percentile_calibration_and_a_ragged_last_batch(tmp_path, cli):
     root = tmp_path / "my_images"
     total = write_image_folder(root, digits_per_class=27, photo_crops=27)  # 297 images, 11 classes
     weights = random_mobilenet_v2(tmp_path)
@@ -173,7 +176,7 @@ def test_imagefolder_recipe_on_real_scans_and_photos_with_percentile_calibration
                  "cache_dir": str(tmp_path / "cache"),
                  **NO_WORKERS},
     }))
-    run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
+    cli(["fit", "--config", recipe, *FAST_CLI], tmp_path)
 
     run = tmp_path / "runs" / "imagefolder" / "version_0"
     train = (run / "split" / "train.jsonl").read_text().splitlines()
@@ -191,7 +194,7 @@ def test_imagefolder_recipe_on_real_scans_and_photos_with_percentile_calibration
 
 
 @pytest.mark.slow  # a recipe end to end, fit-end chain included
-def test_imagefolder_gpu_recipe_runs_on_a_cpu_with_its_workers_store_bf16_and_channels_last(tmp_path):
+def test_imagefolder_gpu_recipe_runs_on_a_cpu_with_its_workers_store_bf16_and_channels_last(tmp_path, cli):
     """The GPU recipe as shipped (bf16-mixed, channels_last, workers auto, the decoded store, the whole chain), on
     this CPU: it must run anywhere, only slower. Its speed on a GPU is benchmarks/gpu_throughput.py's."""
     root = tmp_path / "my_images"
@@ -203,7 +206,7 @@ def test_imagefolder_gpu_recipe_runs_on_a_cpu_with_its_workers_store_bf16_and_ch
                  "cache_dir": str(tmp_path / "cache")},
     }))
     assert yaml.safe_load(recipe.read_text())["data"]["num_workers"] == "auto"
-    proc = run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
+    proc = cli(["fit", "--config", recipe, *FAST_CLI], tmp_path)
 
     run = tmp_path / "runs" / "imagefolder_gpu" / "version_0"
     classes = [f"digit_{d}" for d in range(10)] + ["photo"]
@@ -214,86 +217,10 @@ def test_imagefolder_gpu_recipe_runs_on_a_cpu_with_its_workers_store_bf16_and_ch
     assert "bf16-mixed" in proc.stdout  # the epoch lines name the precision trained in
 
 
-@pytest.mark.slow  # about 60 s of CPU even shrunk: 3 epochs of a [2,2,2,2] ResNet, pruning, two entropy calibrations
-def test_resnet_cifar10_recipe_prunes_channels_mid_fit_calibrates_with_entropy_and_beats_chance(tmp_path):
-    x, y = handwritten_digits(per_class=110)
-    train, test = np.r_[0:800], np.r_[800:1100]  # 1,100 scans: 600 train, 200 val (held out of train), 300 test
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = digits_rgb32(x[order]), y[order]
-    write_cifar_of(tmp_path / "data", "cifar10", (x[train], y[train]), (x[test], y[test]), [str(d) for d in range(10)])
-    recipe = measured_quickly(shrunk_recipe(tmp_path, "resnet_cifar10.yaml", {
-        "trainer": {"max_epochs": 3},  # 30 epochs of CIFAR is hours on 2 cores
-        # width 16 instead of 64 (16x fewer MACs); pruning 30 % at round_to 8 (rounded down) leaves 8 channels
-        "model": {"backbone_args": {"num_blocks": [2, 2, 2, 2], "width": 16}},
-        # 16x16 instead of 32x32 inputs: 4x fewer MACs again; batch 32 instead of 128, so 600 images make 18 steps
-        "data": {"source": {"init_args": {"root": str(tmp_path / "data")}}, "image_size": 16, "batch_size": 32,
-                 "cache_dir": str(tmp_path / "cache"), **NO_WORKERS},
-    }, callbacks={"callbacks.StructuredPruning": {"at_epoch": 1}}))  # pruned at the start of epoch 1 of 3, not 20 of 30
-    proc = run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
-
-    run = tmp_path / "runs" / "resnet_cifar10" / "version_0"
-    report = check_bundle(run, recipe, [str(d) for d in range(10)], [16, 16])
-    pruning = report["steps"]["StructuredPruning"]
-    assert pruning["epoch"] == 1 and pruning["params_after"] < 0.6 * pruning["params_before"]
-    # the bundle is the pruned network: its checkpoint is from after the pruning, and its ONNX holds fewer weights
-    checkpoint = load_bundle(run / "bundle").manifest["source"]["checkpoint"]
-    assert int(re.search(r"epoch(\d+)", checkpoint).group(1)) >= 1, checkpoint
-    weights = sum(int(np.prod(i.dims)) for i in onnx_initializers(run / "bundle" / "model.onnx"))
-    assert weights < 0.6 * pruning["params_before"]
-    # 3 short epochs at the recipe's lr 1e-3 with s2 augmentation learn little (0.16 here): above chance (0.10) by
-    # 2 standard deviations of a 300-image guess, no more
-    assert test_top1(proc.stdout) > 0.13, proc.stdout[-3000:]
-
-
 def onnx_initializers(path: Path):
     import onnx
 
     return [i for i in onnx.load(str(path)).graph.initializer if len(i.dims) > 1]
-
-
-def digit_pairs(count_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """100 classes of real scans: class 10a+b is digit a beside digit b, each squeezed to 16x28 in a 32x32 image."""
-    x, y = handwritten_digits(per_class=2 * count_per_class)
-    halves = np.stack([np.asarray(Image.fromarray(im).resize((16, 28), Image.BILINEAR)) for im in x])
-    rng = np.random.default_rng(seed)
-    by_digit = [rng.permutation(np.flatnonzero(y == d)) for d in range(10)]
-    images, labels = [], []
-    for label in range(100):
-        tens, units = divmod(label, 10)
-        for i in range(count_per_class):
-            image = np.zeros((32, 32), np.uint8)
-            image[2:30, 0:16] = halves[by_digit[tens][(units * count_per_class + i) % len(by_digit[tens])]]
-            image[2:30, 16:32] = halves[by_digit[units][(tens * count_per_class + i) % len(by_digit[units])]]
-            images.append(image)
-            labels.append(label)
-    return np.repeat(np.stack(images)[..., None], 3, axis=3), np.array(labels, np.int64)
-
-
-@pytest.mark.slow  # a recipe end to end, fit-end chain included
-def test_mobilenetv2_cifar100_recipe_with_local_weights_and_percentile_calibration(tmp_path):
-    x, y = digit_pairs(count_per_class=8, seed=0)  # 100 classes: 450 train, 150 val, 200 test
-    order = np.random.default_rng(1).permutation(len(y))
-    x, y = x[order], y[order]
-    names = [f"pair_{c:02d}" for c in range(100)]
-    write_cifar_of(tmp_path / "data", "cifar100", (x[:600], y[:600]), (x[600:], y[600:]), names)
-    weights = random_mobilenet_v2(tmp_path)
-    recipe = measured_quickly(shrunk_recipe(tmp_path, "mobilenetv2_cifar100.yaml", {
-        "trainer": {"max_epochs": 1},  # 100 epochs of 224x224 CIFAR-100 is days on 2 cores
-        # ImageNet weights cannot be downloaded here: the same network from a local file (random values)
-        "model": {"lr_scheduler": {"init_args": {"T_max": 1}}, "backbone_args": {"weights": None, "weights_path": str(weights)}},
-        # 32x32 (CIFAR's own size) instead of the 224 upscale: 49x fewer pixels through the same network
-        "data": {"source": {"init_args": {"root": str(tmp_path / "data")}}, "image_size": 32,
-                 "cache_dir": str(tmp_path / "cache"), **NO_WORKERS},
-    }))
-    run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
-
-    run = tmp_path / "runs" / "mobilenetv2_cifar100" / "version_0"
-    report = check_bundle(run, recipe, names, [32, 32])
-    assert all("top5" in r for r in report["rows"])  # 100 classes: top-5 is scored too
-    # mean_std auto with MobileNetV2 weights: the weights' own ImageNet statistics, not the digit pairs'
-    preprocessing = load_bundle(run / "bundle").manifest["preprocessing"]
-    assert preprocessing["mean"] == pytest.approx([0.485, 0.456, 0.406]) and preprocessing["std"] == pytest.approx([0.229, 0.224, 0.225])
-    # No accuracy bar: frozen random features and one epoch (see the imagefolder test).
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from torch import nn
 
 from callbacks import AtEpochs, StructuredPruning, export_onnx, prune_channels
 from callbacks.pruning import count_macs_params, sparsity
-from edgecls_testing import EXPERIMENTS, TINY, run_main
+from edgecls_testing import EXPERIMENTS, TINY
 from datamodules import ImageClassificationDataModule
 from deploy.runners import OnnxRuntimeRunner
 from lightning_modules import SELECTION_METRIC, ImageClassifier, build_backbone, classifier_layer
@@ -156,7 +156,7 @@ def test_a_macs_target_is_reached_in_steps_without_overshooting_far():
 
 
 @pytest.mark.slow  # two fits, one resumed
-def test_a_pruned_run_resumes_from_last_without_pruning_again(tmp_path):
+def test_a_pruned_run_resumes_from_last_without_pruning_again(tmp_path, cli):
     config = yaml.safe_load((EXPERIMENTS / "quickstart_pruned.yaml").read_text())
     # The user's YAML at test size: prune at the start of epoch 1; fit-end steps other than the export left out.
     keep = ("callbacks.StructuredPruning", "callbacks.ONNXExport")
@@ -168,7 +168,7 @@ def test_a_pruned_run_resumes_from_last_without_pruning_again(tmp_path):
     tiny = [*TINY[:1], yaml.safe_dump(BACKBONE_ARGS, default_flow_style=True).strip(), *TINY[2:], "--model.lr_scheduler", "lightning_modules.schedules.CosineAnnealingLR"]
 
     # interrupted after 2 of its 3 epochs (8 batches an epoch): a finished run is not resumable
-    first = run_main(["fit", "--config", path, *tiny, "--trainer.max_epochs", "3", "--trainer.max_steps", "16"], tmp_path)
+    first = cli(["fit", "--config", path, *tiny, "--trainer.max_epochs", "3", "--trainer.max_steps", "16"], tmp_path)
     assert re.search(r"structured pruning at epoch 1: params [\d,]+ -> [\d,]+ .*MACs", first.stdout + first.stderr)
     run = tmp_path / "runs" / "quickstart_pruned" / "version_0"
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -180,7 +180,7 @@ def test_a_pruned_run_resumes_from_last_without_pruning_again(tmp_path):
     onnx_params = sum(numpy_helper.to_array(t).size for t in exported.graph.initializer)
     assert onnx_params < state["stats"]["params_before"] * 0.8
 
-    second = run_main(["fit", "--config", path, *tiny, "--trainer.max_epochs", "3", "--ckpt_path", "last"], tmp_path)
+    second = cli(["fit", "--config", path, *tiny, "--trainer.max_epochs", "3", "--ckpt_path", "last"], tmp_path)
     log = second.stdout + second.stderr
     assert "structured pruning at epoch" not in log
     assert re.search(r"^test/top1 = [0-9.]+", second.stdout, re.M)

@@ -8,7 +8,7 @@ import pytest
 
 from datamodules import ImageClassificationDataModule
 from datamodules.sources import SPLITS, DataSource, LoadRequest, Mnist5kSource, SourceData, SyntheticSource
-from edgecls_testing import EXPERIMENTS, run_main
+from edgecls_testing import EXPERIMENTS
 
 
 class StripesSource(DataSource):
@@ -52,12 +52,12 @@ def test_a_bad_option_is_one_sentence_from_the_source_itself():
         ImageClassificationDataModule(source="digits")
 
 
-def test_every_builtin_source_is_found_by_its_class_name_from_the_command_line(tmp_path):
-    proc = run_main(["fit", "--config", EXPERIMENTS / "quickstart.yaml", "--data.source", "SyntheticSource",
-                     "--data.source.classes", "3", "--data.source.count", "30", "--print_config"], tmp_path)
+def test_every_builtin_source_is_found_by_its_class_name_from_the_command_line(tmp_path, cli):
+    proc = cli(["fit", "--config", EXPERIMENTS / "quickstart.yaml", "--data.source", "SyntheticSource",
+                "--data.source.classes", "3", "--data.source.count", "30", "--print_config"], tmp_path)
     assert "class_path: datamodules.sources.SyntheticSource" in proc.stdout and "classes: 3" in proc.stdout
-    proc = run_main(["fit", "--config", EXPERIMENTS / "quickstart.yaml", "--data.source", "ImageFolderSource",
-                     "--data.source.root", tmp_path / "nowhere"], tmp_path, expect_ok=False)
+    proc = cli(["fit", "--config", EXPERIMENTS / "quickstart.yaml", "--data.source", "ImageFolderSource",
+                "--data.source.root", tmp_path / "nowhere"], tmp_path, expect_ok=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (f"error: image folder {tmp_path / 'nowhere'} does not exist or is "
                                                     "not a folder; check data.source.root")

@@ -136,14 +136,14 @@ def test_unknown_names_are_one_sentence_with_close_matches():
 
 
 @pytest.mark.slow
-def test_a_short_fit_of_a_timm_model_ends_with_a_bundle(tmp_path):
+def test_a_short_fit_of_a_timm_model_ends_with_a_bundle(tmp_path, cli):
     import json
 
-    from edgecls_testing import EXPERIMENTS, TINY, run_main
+    from edgecls_testing import EXPERIMENTS, TINY
 
     args = ["fit", "--config", EXPERIMENTS / "quickstart.yaml", *TINY, "--model.backbone", "timm:mobilenetv3_small_050",
             "--model.backbone_args", "{}", "--trainer.max_epochs", "2", "--data.image_size", "32"]
-    run_main(args, tmp_path, timeout=900)
+    cli(args, tmp_path)
     bundle = next((tmp_path / "runs" / "quickstart").glob("version_*/bundle"))
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert {"model.onnx", "model.int8.onnx", "model.int8-cpu.onnx"} <= {p.name for p in bundle.iterdir()}

@@ -13,17 +13,16 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipe helpers live beside the other recipe tests
 
-from edgecls_testing import run_main  # noqa: E402
 from test_recipes import FAST_CLI, NO_WORKERS, check_bundle, measured_quickly, shrunk_recipe, write_image_folder  # noqa: E402
 
 
 @pytest.mark.slow  # a fit plus the whole fit-end chain: ~1 min on 2 shared cores
-def test_mobilenetv3_small_digits_recipe_ends_with_a_bundle_and_learns(tmp_path):
+def test_mobilenetv3_small_digits_recipe_ends_with_a_bundle_and_learns(tmp_path, cli):
     recipe = measured_quickly(shrunk_recipe(tmp_path, "mobilenetv3_small_digits.yaml", {
         "trainer": {"max_epochs": 4},
         "data": {"image_size": 32, "cache_dir": str(tmp_path / "cache")},  # 4x fewer pixels than the recipe's 64
     }))
-    proc = run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
+    proc = cli(["fit", "--config", recipe, *FAST_CLI], tmp_path)
     run = tmp_path / "runs" / "mobilenetv3_small_digits" / "version_0"
     check_bundle(run, recipe, [str(d) for d in range(10)], [32, 32])
     top1 = float(proc.stdout.split("test/top1 = ")[1].split()[0])
@@ -33,7 +32,7 @@ def test_mobilenetv3_small_digits_recipe_ends_with_a_bundle_and_learns(tmp_path)
 
 
 @pytest.mark.slow
-def test_mobilenetv3_transfer_recipe_with_local_weights_on_a_folder(tmp_path):
+def test_mobilenetv3_transfer_recipe_with_local_weights_on_a_folder(tmp_path, cli):
     root = tmp_path / "my_images"
     write_image_folder(root, digits_per_class=12, photo_crops=12)
     weights = tmp_path / "mobilenet_v3_large_random.pth"
@@ -48,7 +47,7 @@ def test_mobilenetv3_transfer_recipe_with_local_weights_on_a_folder(tmp_path):
         # minmax, not the recipe's percentile: on random frozen features at 32 px some activation is constant and
         # onnxruntime's histogram calibrator raises "Too many bins for data range" (reported to the quantization owner)
         "callbacks.Int8Quantization": {"method": "minmax"}}))  # both forms
-    proc = run_main(["fit", "--config", recipe, *FAST_CLI], tmp_path, timeout=900)
+    proc = cli(["fit", "--config", recipe, *FAST_CLI], tmp_path)
     run = tmp_path / "runs" / "mobilenetv3_transfer" / "version_0"
     check_bundle(run, recipe, [f"digit_{d}" for d in range(10)] + ["photo"], [32, 32])
     # frozen features: only the head (classifier.*) trains
