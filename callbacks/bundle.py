@@ -193,7 +193,7 @@ class DeployBundle(FitEndStep):
                 record.note(self.name, f"{art.label} in {name}", f"not measured: {one_sentence(exc)}")
                 continue
             row.update(format=art.format, precision=spec.precision or art.precision, runtime=name, device=device,
-                       form=form_of(art), file=art.file.name,
+                       form=form_of(art), other_runtime=True, file=art.file.name,
                        size_mb=os.path.getsize(art.file) / 1e6, delta_pts=100 * (row["top1"] - reference["top1"]))
             rows.append(row)
         return rows

@@ -39,10 +39,12 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 def leaderboard_values(report: dict[str, Any]) -> dict[str, float]:
     """The bundle's columns of the HPARAMS tab (lightning_modules.leaderboard.LEADERBOARD_METRICS), each logged only
-    when the bundle has it: INT8's worst Δtop-1, the fastest CPU artifact's latency, the parameter count."""
+    when the bundle has it: the worst Δtop-1 of the INT8 files, each as the runtime it is for computes it (not the
+    same file in another runtime, whose INT8 kernels may differ on this CPU), the fastest CPU artifact's latency,
+    the parameter count."""
     rows = report["rows"][1:]  # after the PyTorch reference
     values: dict[str, float] = {}
-    int8 = [r["delta_pts"] for r in rows if r.get("precision") == "int8"]
+    int8 = [r["delta_pts"] for r in rows if r.get("precision") == "int8" and not r.get("other_runtime")]
     if int8:
         values["bundle/int8_delta_top1_pt"] = min(int8)
     cpu = [r["latency_ms"] for r in rows if r.get("format") != "tensorrt"]
