@@ -44,8 +44,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     """Classify images: one JSON line per image on stdout, one error line per unreadable image on stderr;
     exit 1 when any image failed."""
     from deploy.preprocess import Preprocessor, expand_inputs, preprocess
+    from deploy.forms import device_qdq
     from deploy.runners import open_runner
-
     from deploy.selection import resolve
 
     bundle = load_bundle(resolve_bundle_dir(args.bundle), verify=False)
@@ -54,14 +54,18 @@ def cmd_infer(args: argparse.Namespace) -> int:
     entry = choice.entry
     why = {"only": "the only one that fits the flags", "cache": f"the fastest measured here (cached in {choice.cache_path})",
            "measured": f"the fastest measured here just now (cached in {choice.cache_path})"}.get(choice.source, choice.source)
-    print(f"using {entry['file']} in {choice.runtime}: {why}", file=sys.stderr, flush=True)
+    exact = device_qdq(entry["format"], entry.get("runtime"), choice.runtime, providers(args)) == "exact"
+    # said here once, not again by open_runner's warning
+    how = (" with its Q/DQ as written (this CPU's fused int8 kernels saturate on TensorRT's form; "
+           "model.int8-cpu.onnx is the INT8 file made for this CPU)") if exact else ""
+    print(f"using {entry['file']} in {choice.runtime}{how}: {why}", file=sys.stderr, flush=True)
     prep = Preprocessor(bundle.preprocessing)
     paths = expand_inputs(args.images)
     if not paths:
         raise UsageError("no images given (folders are searched for image files); pass files or folders")
     topk = max(1, min(args.topk, len(bundle.classes)))
     failed = 0
-    with open_runner(bundle, entry, providers(args), args.threads, choice.runtime, args.hint) as runner:
+    with open_runner(bundle, entry, providers(args), args.threads, choice.runtime, args.hint, say=False) as runner:
         for start in range(0, len(paths), args.batch_size):
             chunk = paths[start:start + args.batch_size]
             with nvtx_range("preprocess"):

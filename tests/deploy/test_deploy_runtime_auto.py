@@ -170,3 +170,19 @@ def test_infer_says_which_file_and_runtime_it_uses_and_why(bundle_copy, digits_b
     assert first.startswith("using model") and "the fastest measured here just now (cached in " in first
     assert main(["infer", "--bundle", bundle_copy, digits_bundle.image_paths[0]]) == 0
     assert "the fastest measured here (cached in " in capsys.readouterr().err.splitlines()[0]
+
+
+def test_auto_on_tensorrts_int8_file_where_fused_kernels_saturate_says_so_in_its_using_line(
+        bundle_copy, digits_bundle, capsys, monkeypatch):
+    from deploy import cpu_features
+    from deploy.__main__ import main
+
+    monkeypatch.setattr(cpu_features, "cpu_family_name", lambda machine=None: "x86_64")
+    monkeypatch.setattr(cpu_features, "has_vnni", lambda flags=None: False)  # AVX2 without VNNI, a Zen 3
+    with_metrics(bundle_copy, {"model.onnx": 0.95, "model.int8.onnx": 0.948})
+    assert main(["infer", "--bundle", bundle_copy, "--runtime", "onnxruntime", "--format", "onnx-int8",
+                 digits_bundle.image_paths[0]]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["using model.int8.onnx in onnxruntime with its Q/DQ as written (this CPU's fused int8 kernels "
+                   "saturate on TensorRT's form; model.int8-cpu.onnx is the INT8 file made for this CPU): the only "
+                   "one that fits the flags"], err
