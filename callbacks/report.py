@@ -67,6 +67,20 @@ def caption(report: dict[str, Any]) -> str:
             "validation split within max_drop; MB = 10⁶ bytes.")
 
 
+def runtime_gaps(report: dict[str, Any], budget_pts: float = 0.5) -> list[str]:
+    """One line per file that scores more than `budget_pts` lower in another runtime than in its own (an INT8 file
+    whose int8 kernels there differ on this CPU): its INT8 gate column is the file's verdict, not that run's."""
+    own = {r.get("file"): r for r in report["rows"][1:] if not r.get("other_runtime")}
+    lines = []
+    for r in report["rows"]:
+        base = own.get(r.get("file"))
+        if r.get("other_runtime") and base is not None and 100 * (base["top1"] - r["top1"]) > budget_pts:
+            lines.append(f"{r['file']} in {runtime_name(r['runtime'])} scores {100 * r['top1']:.2f} % against "
+                         f"{100 * base['top1']:.2f} % in {runtime_name(base['runtime'])} on this machine: its INT8 gate "
+                         "is the file's own, and `deploy infer --runtime auto` judges that pairing by its own top-1")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     rows = table_rows(report["rows"])
     lines = [f"# {report['name']}: deploy bundle report", "", caption(report), "",
@@ -75,6 +89,7 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:  # a row not measured the runtime's default way says how
         if r.get("measured_as"):
             lines += ["", f"**{r['file']} in {runtime_name(r['runtime'])}, measured**: {r['measured_as']}"]
+    lines += [x for gap in runtime_gaps(report) for x in ("", gap)]
     for title, body in report.get("notes", []):
         lines += ["", f"**{title}**: {body}"]
     unavailable = report.get("unavailable", [])
