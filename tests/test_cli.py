@@ -68,7 +68,7 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     assert any(t.startswith("weights/grad_norm/net.conv1.weight") for t in scalars)
     steps = [e.step for e in acc.Scalars("weights/grad_norm")]
     assert steps == list(range(0, 16, 2))  # every log_grad_norm_every optimizer steps, 2 epochs of 8
-    for tag in ("3 train/loss_step", "1 val/top1", "1 val/top5", "1 val/f1", "1 val/best_top1", "2 test/top1", "3 train/lr",
+    for tag in ("3 train/loss_step", "1 val/top1", "1 val/top5", "1 val/f1", "1 val/top1_best", "2 test/top1", "3 train/lr",
                 "3 train/epoch"):
         assert tag in scalars, tag
     # TensorBoard's Scalars and Time Series tabs show sections sorted by name: val, test, train, gradient norms last,
@@ -84,13 +84,13 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     assert not [title for title, tags in charts.items() if any(t.startswith("weights/grad_norm/") for t in tags)]
     norms = sorted(t for t in scalars if t.startswith("weights/"))
     assert norms[0] == "weights/grad_norm" and len(norms) > 10
-    assert acc.Scalars("1 val/best_top1")[-1].value == max(e.value for e in acc.Scalars("1 val/top1"))
-    assert "1 val/confusion_matrix" in acc.Tags()["images"]
+    assert acc.Scalars("1 val/top1_best")[-1].value == max(e.value for e in acc.Scalars("1 val/top1"))
+    assert "1 val/top1_confusion" in acc.Tags()["images"]
 
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert [m.name.tag for m in experiment.metric_infos][:5] == [  # the most wanted first
-        "2 test/top1", "bundle/int8_delta_top1_pt", "bundle/cpu_latency_ms", "bundle/size_mb", "1 val/best_top1"]
+        "2 test/top1", "bundle/int8_delta_top1_pt", "bundle/cpu_latency_ms", "bundle/size_mb", "1 val/top1_best"]
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert session.hparams["lr"].string_value == "0.01"  # the command-line override
     assert session.hparams["backbone"].string_value == "resnet"

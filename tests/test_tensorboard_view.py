@@ -79,7 +79,7 @@ def test_every_leaderboard_metric_has_a_value_and_none_is_a_placeholder(two_runs
     assert acc.Scalars("bundle/params")[-1].value == bundle["params"] > 1000
 
     trained = events(two_runs / "quickstart" / "version_1")
-    best = trained.Scalars("1 val/best_top1")
+    best = trained.Scalars("1 val/top1_best")
     # one value per finished epoch, none before the first (a 0.0 there would be a failed run's "best")
     assert len(best) == 2 and best[0].step > 0 and best[-1].value == max(e.value for e in trained.Scalars("1 val/top1"))
     assert not any(t.startswith("bundle/") for t in trained.Tags()["scalars"])  # no bundle: empty cells, not zeros
@@ -200,7 +200,7 @@ def test_the_hparams_tab_shows_lr_epochs_top1_and_the_bundle_numbers_on_a_1600_p
     text, headers = page_text(f"{board}/#hparams", wait_for="v1 quickstart", measure=HEADERS)
     table = text[text.index("Trial ID"):]
     for version in (0, 1):
-        best = events(two_runs / "quickstart" / f"version_{version}").Scalars("1 val/best_top1")[-1].value
+        best = events(two_runs / "quickstart" / f"version_{version}").Scalars("1 val/top1_best")[-1].value
         row = table[table.index(f"v{version} quickstart"):]
         shown = f"{best:.{4 - math.floor(math.log10(best))}f}"  # as the table shows it: 5 significant digits
         assert shown in row[:400], (version, shown, row[:400])
@@ -220,6 +220,9 @@ def test_the_time_series_tab_opens_on_val_and_test_then_train_and_ends_with_the_
     assert sections == ["1 val", "2 test", "3 train", "bundle", "data", "weights"], sections
     # the first two sections open expanded: their charts are on the page (titled "<section> /<tag>"), the others' not
     assert " 1 val /top1 " in text and " 2 test /top1 " in text and " 3 train /top1 " not in text, text
+    # within a section cards go by name: val's first row holds the curves, the best and the confusion matrix after
+    cards = list(dict.fromkeys(re.findall(r" 1 val /(\S+) ", text)))
+    assert cards[:3] == ["f1", "loss", "top1"] and {"top1_best", "top1_confusion"} <= set(cards[3:]), cards
     assert "grad_2.0" not in text and "lr-AdamW" not in text and " epoch " not in text  # Lightning's own names are gone
 
 
