@@ -44,7 +44,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     """Classify images: one JSON line per image on stdout, one error line per unreadable image on stderr;
     exit 1 when any image failed."""
     from deploy.preprocess import Preprocessor, expand_inputs, preprocess
-    from deploy.forms import device_qdq
+    from deploy.forms import EXACT_USING, device_qdq
     from deploy.runners import open_runner
     from deploy.selection import resolve
 
@@ -55,9 +55,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     why = {"only": "the only one that fits the flags", "cache": f"the fastest measured here (cached in {choice.cache_path})",
            "measured": f"the fastest measured here just now (cached in {choice.cache_path})"}.get(choice.source, choice.source)
     exact = device_qdq(entry["format"], entry.get("runtime"), choice.runtime, providers(args)) == "exact"
-    # said here once, not again by open_runner's warning
-    how = (" with its Q/DQ as written (this CPU's fused int8 kernels saturate on TensorRT's form; "
-           "model.int8-cpu.onnx is the INT8 file made for this CPU)") if exact else ""
+    how = EXACT_USING if exact else ""  # said here once, not again by open_runner's warning
     print(f"using {entry['file']} in {choice.runtime}{how}: {why}", file=sys.stderr, flush=True)
     prep = Preprocessor(bundle.preprocessing)
     paths = expand_inputs(args.images)

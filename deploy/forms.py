@@ -76,3 +76,8 @@ def exact_notice(file: str) -> str:
     return (f"{file} is TensorRT's INT8 form, whose int8 × int8 sums ONNX Runtime's fused kernels saturate on an x86 "
             "CPU without VNNI like this one, so it runs here with its Q/DQ as written (right answers, TensorRT's "
             "arithmetic); model.int8-cpu.onnx is the INT8 file for this CPU")
+
+
+# What `deploy infer` adds to its `using` line where it runs a TensorRT-form file exact (device_qdq).
+EXACT_USING = (" with its Q/DQ as written (this CPU's fused int8 kernels saturate on TensorRT's form; "
+               "model.int8-cpu.onnx is the INT8 file made for this CPU)")
