@@ -45,6 +45,7 @@ from callbacks.pruning import count_macs_params, sparsity  # noqa: E402
 from callbacks.quantization import prepare_for_quantization, quantize_int8  # noqa: E402
 from datamodules import ImageClassificationDataModule  # noqa: E402
 from deploy.benchmark import measure  # noqa: E402
+from deploy.forms import accuracy_qdq  # noqa: E402
 from deploy.runners import OnnxRuntimeRunner  # noqa: E402
 from lightning_modules import ImageClassifier  # noqa: E402
 
@@ -141,8 +142,8 @@ def main() -> int:
         threads = args.threads or None
         order = ["fp32", "int8", "masks 50%", "pruned ratio 0.3", "pruned ratio 0.5", "pruned MACs/2"]
         # the INT8 file is TensorRT's form: its top-1 as TensorRT computes it (Q/DQ run as written), its latency fused
-        accuracy = {name: evaluate(OnnxRuntimeRunner(files[name], threads=threads,
-                                                     qdq="exact" if name == "int8" else "fused").infer,
+        qdq = {name: accuracy_qdq("onnx-int8" if name == "int8" else "onnx", "tensorrt") for name in order}
+        accuracy = {name: evaluate(OnnxRuntimeRunner(files[name], threads=threads, qdq=qdq[name]).infer,
                                    numpy_batches(data.test_dataloader()))["top1"] for name in order}
         p50 = interleaved_p50({name: OnnxRuntimeRunner(files_224[name], threads=threads) for name in order},
                               args.iterations, args.rounds)

@@ -65,18 +65,20 @@ def ptq_study(run: Path, preprocessing: dict, num_samples: int, methods: list[st
     from callbacks.fit_end import evaluate, numpy_batches
     from callbacks.qat import QAT_OP_TYPES
     from callbacks.quantization import loader_batches, prepare_for_quantization, quantize_int8
+    from deploy.forms import accuracy_qdq
     from deploy.runners import OnnxRuntimeRunner
 
     dm = run_datamodule(run, preprocessing)
 
-    def top1(path: Path, qdq: str = "exact") -> float:  # TensorRT-form files: scored as TensorRT computes them
+    def top1(path: Path, format: str = "onnx-int8") -> float:  # TensorRT-form files: scored as TensorRT computes them
+        qdq = accuracy_qdq(format, "tensorrt")
         return evaluate(OnnxRuntimeRunner(str(path), qdq=qdq).infer, numpy_batches(dm.test_dataloader()))["top1"]
 
     def calibration():
         return loader_batches(dm.calibration_dataloader(num_samples, batch_size=16))
 
     fp32 = run / "bundle" / "model.onnx"
-    out = {"fp32": top1(fp32, "fused")}
+    out = {"fp32": top1(fp32, "onnx")}
     with tempfile.TemporaryDirectory(prefix="edgecls-ptq-") as tmp:
         prepared = prepare_for_quantization(fp32, Path(tmp) / "prepared.onnx")
         plain = Path(tmp) / "int8.onnx"

@@ -55,8 +55,6 @@ import onnx
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType
 
-from deploy.cpu_features import has_vnni  # noqa: F401  (its home was here; importers still find it)
-
 FAMILIES = {"x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64", "i686": "x86_64",
             "aarch64": "aarch64", "arm64": "aarch64", "armv8": "aarch64"}
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}

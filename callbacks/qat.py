@@ -325,8 +325,9 @@ class QuantizationAwareTraining(FitEndStep):
         ptq = record.find("onnx-int8", "int8", runtime="tensorrt")
         size = input_size(pl_module)
 
-        def top1(path: Path, loader, qdq: str = accuracy_qdq("onnx-int8", "tensorrt")) -> float:
+        def top1(path: Path, loader, format: str = "onnx-int8") -> float:
             # every INT8 file here is TensorRT's form: scored as TensorRT computes it (deploy.forms)
+            qdq = accuracy_qdq(format, "tensorrt")
             return evaluate(OnnxRuntimeRunner(str(path), qdq=qdq).infer, numpy_batches(loader))["top1"]
 
         model, _ = self.best_model(trainer, pl_module)
@@ -345,8 +346,8 @@ class QuantizationAwareTraining(FitEndStep):
                                "TensorRT rejects; this is a bug in the QAT export")
         parity = export_parity(net, out, next(iter(NetworkBatches(dm.val_dataloader())))[0])
 
-        val = {"fp32": top1(fp32.file, dm.val_dataloader(), "fused"), "qat": top1(out, dm.val_dataloader())}
-        test = {"fp32": top1(fp32.file, dm.test_dataloader(), "fused"), "qat": top1(out, dm.test_dataloader())}
+        val = {"fp32": top1(fp32.file, dm.val_dataloader(), "onnx"), "qat": top1(out, dm.val_dataloader())}
+        test = {"fp32": top1(fp32.file, dm.test_dataloader(), "onnx"), "qat": top1(out, dm.test_dataloader())}
         # plain minmax PTQ (no node kept in FP32), from the same calibration ranges QAT starts from: the bar QAT clears
         plain = self.staging / ".model.int8-ptq-plain.onnx"
         prepared = prepare_for_quantization(fp32.file, self.staging / ".model.prepared-qat.onnx")
