@@ -120,7 +120,7 @@ def fit(root: str, size: int, batch: int, workers: int, cache: str, batches: int
     """The project's fit (experiments/imagefolder_gpu.yaml, no fit-end chain), images/s after the first epoch."""
     import pytorch_lightning as pl
 
-    from main import cli_main
+    from cli.app import cli_main
 
     class EpochTimer(pl.Callback):
         def __init__(self) -> None:

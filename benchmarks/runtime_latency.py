@@ -215,7 +215,7 @@ def is_variant(name: str) -> bool:
 def variant_runners(args, fp32: str, int8_cpu: str, threads: int) -> tuple[dict, list[str]]:
     """Batch-1 rows for each --openvino-variant (KEY=VALUE,...: CPU plugin properties on top of the runner's
     own): the FP32 and the CPU-form INT8 file compiled with them, named `vN openvino ...`."""
-    from deploy.openvino_runner import OpenVinoRunner
+    from deploy.runtimes.openvino import OpenVinoRunner
 
     runners, legend = {}, []
     for number, text in enumerate([] if "none" in args.openvino_variant else args.openvino_variant, 1):

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lightning_modules import build_backbone  # noqa: E402
-from main import cli_main  # noqa: E402
+from cli.app import cli_main  # noqa: E402
 
 QUICKSTART = str(REPO / "experiments" / "quickstart.yaml")
 

@@ -38,7 +38,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def leaderboard_values(report: dict[str, Any]) -> dict[str, float]:
-    """The bundle's columns of the HPARAMS tab (lightning_modules.leaderboard.LEADERBOARD_METRICS), each logged only
+    """The bundle's columns of the HPARAMS tab (training.leaderboard.LEADERBOARD_METRICS), each logged only
     when the bundle has it: the worst Δtop-1 of the INT8 files, each as the runtime it is for computes it (not the
     same file in another runtime, whose INT8 kernels may differ on this CPU), the fastest CPU artifact's latency,
     the parameter count."""

@@ -283,14 +283,14 @@ def _bf16_status() -> tuple[bool, str]:
 
 
 def _openvino(path, threads, hint, precision) -> Runner:
-    from deploy.openvino_runner import OpenVinoRunner
+    from deploy.runtimes.openvino import OpenVinoRunner
 
     return OpenVinoRunner(path, threads, hint or "auto", precision=precision)
 
 
 def __getattr__(name: str):
-    if name == "OpenVinoRunner":  # it lives in deploy.openvino_runner; this name is kept for importers
-        from deploy.openvino_runner import OpenVinoRunner
+    if name == "OpenVinoRunner":  # it lives in deploy.runtimes.openvino; this name is kept for importers
+        from deploy.runtimes.openvino import OpenVinoRunner
 
         return OpenVinoRunner
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

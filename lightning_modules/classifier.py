@@ -19,10 +19,10 @@ from lightning_modules import schedules
 from lightning_modules.architecture import apply_layer_shapes, layer_shapes
 from lightning_modules.backbones import PretrainedInput, build_backbone, pretrained_input
 from lightning_modules.figures import confusion_matrix_figure
-from lightning_modules.leaderboard import leaderboard_hparams, write_leaderboard_end, write_leaderboard_session
-from lightning_modules.run_logger import RunLogger, board_tag
+from training.leaderboard import leaderboard_hparams, write_leaderboard_end, write_leaderboard_session
+from training.run_logger import RunLogger, board_tag
 
-# Gradient L2 norms, a section after the metrics (lightning_modules.run_logger: TensorBoard lists sections by name,
+# Gradient L2 norms, a section after the metrics (training.run_logger: TensorBoard lists sections by name,
 # the splits first) and tags within one by name, so the total (the section's own name) comes first and the
 # per-parameter norms (GRAD_NORM/<parameter>) after it.
 GRAD_NORM = "weights/grad_norm"

@@ -47,7 +47,7 @@ class InProcessCLI:
         self.monkeypatch = monkeypatch
 
     def __call__(self, args, cwd: Path, expect_ok: bool = True, env: Optional[dict] = None) -> subprocess.CompletedProcess:
-        import main
+        from cli.app import cli_main
 
         args = [str(a) for a in args]
         self.monkeypatch.chdir(cwd)
@@ -66,7 +66,7 @@ class InProcessCLI:
         lightning.setLevel(logging.INFO)
         code = 0
         try:
-            main.cli_main(args)
+            cli_main(args)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         finally:

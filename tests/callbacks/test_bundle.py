@@ -268,7 +268,7 @@ def killed(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)  # as a power cut or the OOM killer would, mid-write
 bundle.write_manifest = killed
 sys.argv = ["main.py"] + sys.argv[1:]
-from main import cli_main
+from cli.app import cli_main
 cli_main()
 """
 

@@ -157,7 +157,7 @@ def test_every_conv_of_the_cpu_int8_file_runs_as_an_integer_kernel_in_onnx_runti
 def test_a_run_config_saved_with_the_former_cpu_class_still_parses(quickstart, tmp_path, capsys):
     import yaml
 
-    from main import cli_main
+    from cli.app import cli_main
 
     config = yaml.safe_load(open(quickstart))
     config["trainer"]["callbacks"] = [  # as a fit's config.yaml lists them, every argument written out

@@ -29,7 +29,7 @@ def broken(*args, **kwargs):
     raise RuntimeError("injected fault: the calibrator ran out of disk")
 quantization.quantize_int8 = broken
 sys.argv = ["main.py"] + sys.argv[1:]
-from main import cli_main
+from cli.app import cli_main
 sys.exit(cli_main())
 """
 

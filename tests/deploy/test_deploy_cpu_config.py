@@ -54,7 +54,7 @@ def test_openvino_runs_on_the_usable_physical_cores_latency_at_batch_1_throughpu
 
 def test_further_openvino_properties_and_the_async_call_give_the_same_logits_and_bad_ones_fail_at_open(digits_bundle):
     from deploy.bundle import BundleError
-    from deploy.openvino_runner import OpenVinoRunner
+    from deploy.runtimes.openvino import OpenVinoRunner
 
     path = os.path.join(digits_bundle.path, "model.onnx")
     x = digits_bundle.inputs[:4]

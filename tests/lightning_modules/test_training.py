@@ -16,7 +16,7 @@ from edgecls_testing import TINY, run_main
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import load_bundle
 from lightning_modules import ImageClassifier
-from lightning_modules.run_logger import RunLogger
+from training.run_logger import RunLogger
 
 
 class NaNLossAt(nn.Module):

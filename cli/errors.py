@@ -15,8 +15,8 @@ from pytorch_lightning import Callback
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules.workers import LoaderStalled
-from lightning_modules.checkpoint_io import DiskFull
-from resume import UserError
+from training.checkpoint_io import DiskFull
+from cli.resume import UserError
 
 # How a user's mistake is told from a bug. Our data, model and callback code reports bad YAML values, missing
 # folders and unusable images as ValueError / OSError / RuntimeError with one good sentence, from many places,

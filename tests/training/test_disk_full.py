@@ -76,7 +76,7 @@ def test_a_full_disk_during_the_test_step_is_one_sentence_too(quickstart, tmp_pa
     """The test step's TensorBoard writes used to end in a traceback: any ENOSPC in a command is the sentence."""
     import errno
 
-    from lightning_modules.run_logger import RunLogger
+    from training.run_logger import RunLogger
 
     real = RunLogger.log_metrics
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from resume import UserError, run_of_checkpoint, yaml_load
+from cli.resume import UserError, run_of_checkpoint, yaml_load
 
 # The model settings of the optimizer and schedule before they were callables, with their defaults then.
 OLD_MODEL_DEFAULTS = {"lr": 1e-3, "weight_decay": 1e-4, "betas": [0.9, 0.999], "momentum": 0.9,

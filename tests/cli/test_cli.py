@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from edgecls_testing import EXPERIMENTS, NO_FIT_END, TINY, file_hashes
-from main import cli_main
+from cli.app import cli_main
 
 
 def events(run_dir: Path) -> EventAccumulator:

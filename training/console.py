@@ -9,7 +9,7 @@ from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import RichProgressBar
 
 from lightning_modules.classifier import SELECTION_METRIC
-from lightning_modules.run_logger import reading_order_tag
+from training.run_logger import reading_order_tag
 
 
 class FitEndSafeProgressBar(RichProgressBar):

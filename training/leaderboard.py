@@ -11,7 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from lightning_modules.run_logger import RunLogger, board_tag
+from training.run_logger import RunLogger, board_tag
 
 # The HPARAMS tab as the experiment's leaderboard. TensorBoard's hparams plugin gives every column 10em (160 px),
 # shows the first five hparams the experiment declares and then its first five metrics, and leaves about 6 columns

@@ -39,15 +39,15 @@ from pytorch_lightning.utilities import rank_zero_info
 from callbacks.fit_end import FitEnd
 from datamodules import ImageClassificationDataModule
 from lightning_modules import ImageClassifier
-from lightning_modules.best_checkpoint import BestCheckpoint
-from lightning_modules.checkpoint_io import AtomicCheckpointIO
-from lightning_modules.console import EpochLines, FitEndSafeProgressBar
-from lightning_modules.predictions import PredictionsCSV
-from lightning_modules.run_logger import RunLogger
-from cli_errors import Invocation, LoopStarted, is_user_error, long_options, one_sentence
-from old_configs import checkpoint_hparams, migrate_config_arguments, migrate_model, model_is_old
+from training.best_checkpoint import BestCheckpoint
+from training.checkpoint_io import AtomicCheckpointIO
+from training.console import EpochLines, FitEndSafeProgressBar
+from training.predictions import PredictionsCSV
+from training.run_logger import RunLogger
+from cli.errors import Invocation, LoopStarted, is_user_error, long_options, one_sentence
+from cli.old_configs import checkpoint_hparams, migrate_config_arguments, migrate_model, model_is_old
 from deploy.errors import EXIT_PARTLY_FAILED, EXIT_USAGE, debug_mode
-from resume import (UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
+from cli.resume import (UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
                     newest_resumable_run, run_of_checkpoint, yaml_load)
 
 RUNS_DIR = "runs"

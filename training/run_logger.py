@@ -61,7 +61,7 @@ class RunLogger(TensorBoardLogger):
     def log_hparams_plugin(self, data) -> None:
         """One of the hparams plugin's summaries (tensorboard.plugins.hparams.plugin_data_pb2.HParamsPluginData with
         its experiment, session_start_info or session_end_info set), written as Lightning's log_hyperparams writes
-        its own: lightning_modules.leaderboard says why the project writes these itself."""
+        its own: training.leaderboard says why the project writes these itself."""
         from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.plugins.hparams import metadata
 

@@ -46,7 +46,7 @@ def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
     one with other model/data settings than the run's, or one that would stretch a one-cycle schedule."""
     import torch
 
-    from old_configs import migrate
+    from cli.old_configs import migrate
 
     where = os.path.relpath(run)
     saved = migrate(yaml_load((run / "config.yaml").read_text()), f"config.yaml of {where}")
