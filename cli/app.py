@@ -1,4 +1,4 @@
-"""edgecls entry point: `python main.py fit --config experiments/quickstart.yaml` (or the `edgecls` command).
+"""The edgecls command (`python main.py fit --config experiments/quickstart.yaml`, or `edgecls`): the composition root.
 
 LightningCLI with fit / validate / test / predict. Defaults a YAML does not have to repeat: a TensorBoard run
 under runs/<experiment>/version_N, checkpoints (best val/top1 and last), learning-rate logging, a rich progress
@@ -44,11 +44,11 @@ from training.checkpoint_io import AtomicCheckpointIO
 from training.console import EpochLines, FitEndSafeProgressBar
 from training.predictions import PredictionsCSV
 from training.run_logger import RunLogger
-from cli.errors import Invocation, LoopStarted, is_user_error, long_options, one_sentence
-from cli.old_configs import checkpoint_hparams, migrate_config_arguments, migrate_model, model_is_old
+from cli.errors import Invocation, LoopStarted, UserError, is_user_error, long_options, one_sentence
+from cli.old_configs import checkpoint_hparams, migrate_config_arguments, migrate_model, model_is_old, yaml_load
+from cli.resume import bundle_arguments, check_foreign_checkpoint, check_resume
 from deploy.errors import EXIT_PARTLY_FAILED, EXIT_USAGE, debug_mode
-from cli.resume import (UserError, bundle_arguments, check_foreign_checkpoint, check_resume,
-                    newest_resumable_run, run_of_checkpoint, yaml_load)
+from deploy.run_folder import config_file, last_checkpoint, newest_resumable_run, run_number, run_of_checkpoint
 
 RUNS_DIR = "runs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -117,6 +117,8 @@ class EdgeCLI(LightningCLI):
             self.parser.set_defaults({"validate.verbose": False, "test.verbose": False})
 
     def _parse_ckpt_path(self) -> None:
+        # An override of LightningCLI's private step: it has no public hook between parsing and applying a checkpoint's
+        # hyperparameters, which is where the settings as given must be kept (below).
         # LightningCLI replaces the model settings with the checkpoint's own before anything is checked; the
         # settings as the user gave them are kept here, so that a checkpoint that does not match them is refused
         # (resume.py) instead of silently changing the network the YAML describes.
@@ -180,11 +182,11 @@ class EdgeCLI(LightningCLI):
             return
         if ckpt_path == "last":
             self._resume_run = newest_resumable_run(Path(RUNS_DIR) / self.experiment_name())
-            ckpt = self._resume_run / "checkpoints" / "last.ckpt" if self._resume_run else None
+            ckpt = last_checkpoint(self._resume_run) if self._resume_run else None
         else:
             ckpt = Path(ckpt_path)
         run = run_of_checkpoint(ckpt) if ckpt else None
-        if run is not None and (run / "config.yaml").is_file():
+        if run is not None and config_file(run).is_file():
             with warnings.catch_warnings():
                 # dumped exactly as LightningCLI's SaveConfigCallback writes config.yaml, to compare like with like
                 warnings.simplefilter("ignore")
@@ -238,7 +240,7 @@ class EdgeCLI(LightningCLI):
         if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
             return
         run = run_of_checkpoint(Path(ckpt_path))
-        if run is not None and (run / "config.yaml").is_file():
+        if run is not None and config_file(run).is_file():
             return  # a run's own checkpoint: check_resume compares it with the run's config
         given = dict(self._model_as_given or {})
         facts = self.datamodule.facts
@@ -252,7 +254,7 @@ class EdgeCLI(LightningCLI):
             run = self._bundle_run
             return RunLogger(save_dir=run.parents[1], name=run.parent.name, version=run.name, default_hp_metric=False)
         if self.subcommand == "fit":
-            version = int(self._resume_run.name.removeprefix("version_")) if self._resume_run else None
+            version = run_number(self._resume_run) if self._resume_run else None
             return RunLogger(save_dir=RUNS_DIR, name=self.experiment_name(), version=version, default_hp_metric=False)
         ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
         run = run_of_checkpoint(Path(ckpt_path)) if ckpt_path else None

@@ -16,7 +16,6 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules.workers import LoaderStalled
 from training.checkpoint_io import DiskFull
-from cli.resume import UserError
 
 # How a user's mistake is told from a bug. Our data, model and callback code reports bad YAML values, missing
 # folders and unusable images as ValueError / OSError / RuntimeError with one good sentence, from many places,
@@ -26,6 +25,10 @@ from cli.resume import UserError
 # AttributeError and friends are bugs wherever they come from.
 SETUP_ERRORS = (ValueError, OSError, RuntimeError, MisconfigurationException)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # wherever raised: the disk, not the code, is what to fix
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a refused resume, a missing checkpoint): one sentence, exit status 2."""
 
 
 @dataclass
@@ -166,6 +169,7 @@ def parse_error_sentence(exc: BaseException, command: str, argv: list[str], opti
 def long_options(parsers: Sequence[Any], command: str) -> list[str]:
     """The long options `command`'s parser accepts (every parser's, where the command is not known)."""
     mine = [p for p in parsers if p.prog.split()[-1] == command] or parsers
+    # argparse keeps a parser's option strings only in this private mapping (no public accessor)
     return sorted({o for p in mine for o in p._option_string_actions if o.startswith("--")})
 
 

@@ -14,7 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from cli.resume import UserError, run_of_checkpoint, yaml_load
+from cli.errors import UserError
+from deploy.run_folder import is_run_config, read_checkpoint
+
+def yaml_load(text: str) -> dict[str, Any]:
+    """A YAML document as a dict ({} for an empty one)."""
+    import yaml
+
+    return yaml.safe_load(text) or {}
+
 
 # The model settings of the optimizer and schedule before they were callables, with their defaults then.
 OLD_MODEL_DEFAULTS = {"lr": 1e-3, "weight_decay": 1e-4, "betas": [0.9, 0.999], "momentum": 0.9,
@@ -138,9 +146,8 @@ def read_as(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def _describe(path: Path) -> str:
-    run = path.parent
-    if path.name == "config.yaml" and run_of_checkpoint(run / "checkpoints" / "x.ckpt") is not None:
-        return f"config.yaml of {run}"
+    if is_run_config(path):
+        return f"config.yaml of {path.parent}"
     return str(path)
 
 
@@ -175,12 +182,10 @@ def migrate_config_arguments(argv: list[str]) -> Optional[list[str]]:
 
 def checkpoint_hparams(path: Path) -> dict[str, Any]:
     """A checkpoint's model hyperparameters as LightningCLI reads them ({} for a file that is not one)."""
-    import torch
-
     if not path.is_file():
         return {}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = read_checkpoint(path)
     except Exception:  # noqa: BLE001 (LightningCLI's own load, or resume.py's checks, report it)
         return {}
     hparams = dict(state.get("hyper_parameters") or {})

@@ -5,53 +5,27 @@ again."""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 
-
-class UserError(Exception):
-    """A mistake the user can fix (a refused resume, a missing checkpoint): one sentence, exit status 2."""
-
-
-def yaml_load(text: str) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(text) or {}
-
+from cli.errors import UserError
+from cli.old_configs import migrate, yaml_load
+from deploy.run_folder import (checkpoints, config_file, epochs_done, last_checkpoint, read_checkpoint,
+                               run_of_checkpoint)
 
 # Trainer settings that size a one-cycle schedule (Lightning's estimated_stepping_batches): the schedule is built
 # once, for the whole fit, and a resume that changes any of them steps past its end.
 ONECYCLE_LENGTH_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches", "devices", "num_nodes")
 
 
-def newest_resumable_run(experiment_dir: Path) -> Optional[Path]:
-    """`fit --ckpt_path last` continues the newest run of this experiment that has a last.ckpt, in place."""
-    runs = [c.parents[1] for c in experiment_dir.glob("version_*/checkpoints/last.ckpt")]
-    runs = [r for r in runs if r.name.removeprefix("version_").isdigit()]
-    return max(runs, key=lambda r: int(r.name.removeprefix("version_")), default=None)
-
-
-def run_of_checkpoint(ckpt: Path) -> Optional[Path]:
-    """The run folder (…/version_N) a checkpoint under …/version_N/checkpoints/ belongs to, else None."""
-    ckpt = Path(ckpt)
-    if ckpt.parent.name == "checkpoints" and re.fullmatch(r"version_\d+", ckpt.parent.parent.name):
-        return ckpt.parent.parent
-    return None
-
-
 def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
     """Refuse, before anything is written, a resume that would corrupt `run`: one that has nothing left to train,
     one with other model/data settings than the run's, or one that would stretch a one-cycle schedule."""
-    import torch
-
-    from cli.old_configs import migrate
-
     where = os.path.relpath(run)
-    saved = migrate(yaml_load((run / "config.yaml").read_text()), f"config.yaml of {where}")
+    saved = migrate(yaml_load(config_file(run).read_text()), f"config.yaml of {where}")
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        state = read_checkpoint(ckpt)
     except Exception as exc:
         raise UserError(f"cannot read {ckpt} ({type(exc).__name__}: {exc}); it may be a partly written file, "
                         "so resume from another checkpoint of the run (--ckpt_path <file>)") from None
@@ -65,15 +39,13 @@ def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
         max_epochs = 1000  # Lightning's default when neither is set
     # How far the run got is its last.ckpt's to say, whichever of its checkpoints is given: resuming a finished
     # run from its best checkpoint is refused as resuming it from last is.
-    newest = run / "checkpoints" / "last.ckpt"
+    newest = last_checkpoint(run)
     if newest.is_file() and newest.resolve() != Path(ckpt).resolve():
         try:
-            state = {**state, **torch.load(newest, map_location="cpu", weights_only=True, mmap=True)}
+            state = {**state, **read_checkpoint(newest)}
         except Exception:  # noqa: BLE001 (an unreadable last.ckpt: the given checkpoint's own progress decides)
             pass
-    progress = ((state.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
-    epochs_done = (progress.get("current") or {}).get("processed", state.get("epoch", -1) + 1)
-    if max_epochs not in (None, -1) and epochs_done >= max_epochs:
+    if max_epochs not in (None, -1) and epochs_done(state) >= max_epochs:
         raise UserError(
             f"{where} already finished its {max_epochs} epochs (trainer.max_epochs in its config.yaml), so there "
             "is nothing to resume; to train longer, start a new run: drop --ckpt_path and set --trainer.max_epochs")
@@ -122,10 +94,8 @@ def check_foreign_checkpoint(ckpt: Path, model: dict[str, Any], data: Any) -> No
     """Refuse, before anything is written, a checkpoint from another experiment (copied out of its run folder)
     whose network, classes or input differ from this config (`data`: the DataModule's DataFacts): one sentence
     naming what differs."""
-    import torch
-
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        state = read_checkpoint(ckpt)
     except Exception as exc:
         raise UserError(f"cannot read {ckpt} ({type(exc).__name__}: {exc}); it may be a partly written or foreign "
                         "file: pass a .ckpt written by this project") from None
@@ -161,19 +131,16 @@ def _normal(value: Any) -> Any:
 def check_finished_training(run: Path) -> Path:
     """`bundle --run`: the run's last.ckpt, which must show the run's max_epochs done (the fit-end chain runs on a
     trained network); an unfinished run is resumed instead, and bundles at its end."""
-    import torch
-
-    last = run / "checkpoints" / "last.ckpt"
-    if not (run / "config.yaml").is_file() or not last.is_file():
+    last = last_checkpoint(run)
+    if not config_file(run).is_file() or not last.is_file():
         raise UserError(f"{run} is not a run folder with config.yaml and checkpoints/last.ckpt; give --run "
                         "runs/<experiment>/version_N of a fit")
     try:
-        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        state = read_checkpoint(last)
     except Exception as exc:
         raise UserError(f"cannot read {last} ({type(exc).__name__}: {exc}); it may be a partly written file") from None
-    max_epochs = (yaml_load((run / "config.yaml").read_text()).get("trainer") or {}).get("max_epochs")
-    progress = ((state.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
-    done = (progress.get("current") or {}).get("processed", state.get("epoch", -1) + 1)
+    max_epochs = (yaml_load(config_file(run).read_text()).get("trainer") or {}).get("max_epochs")
+    done = epochs_done(state)
     if max_epochs not in (None, -1) and done < max_epochs:
         raise UserError(f"{run} has trained {done} of its {max_epochs} epochs, so there is nothing to bundle yet; "
                         "finish it with `python main.py fit --config <its YAML> --ckpt_path last`, which bundles at "
@@ -202,6 +169,6 @@ def bundle_arguments(argv: list[str]) -> tuple[Path, Optional[Path], list[str]]:
         named = named if named.is_file() else run / named
         if not named.is_file() or run_of_checkpoint(named) is None or run_of_checkpoint(named).resolve() != run.resolve():
             raise UserError(f"--checkpoint {known.checkpoint} is not a checkpoint of {run}; give one of "
-                            f"{', '.join(sorted(p.name for p in (run / 'checkpoints').glob('*.ckpt')))}")
-    return run, named, ["fit", "--config", str(run / "config.yaml"), *rest, "--ckpt_path", str(last),
+                            f"{', '.join(p.name for p in checkpoints(run))}")
+    return run, named, ["fit", "--config", str(config_file(run)), *rest, "--ckpt_path", str(last),
                  "--experiment", run.parent.name]

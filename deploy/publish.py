@@ -18,25 +18,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
 from typing import Optional, Sequence
 
 from deploy.bundle import MANIFEST, BundleError, atomic_write_json, load_bundle
+from deploy.run_folder import bundle_dir, newest_run
 
-_RUN = re.compile(r"^version_(\d+)$")
 HEADLINE = ("top1", "cpu_ms")  # metrics.json; the rest of short_metrics goes to more_metrics.json
 
 
 def newest_bundle(runs_dir: str) -> str:
     """runs/<experiment>/version_<highest N>/bundle."""
-    runs = sorted(((int(m.group(1)), name) for name in (os.listdir(runs_dir) if os.path.isdir(runs_dir) else [])
-                   if (m := _RUN.match(name))), reverse=True)
-    if not runs:
+    run = newest_run(runs_dir)
+    if run is None:
         raise BundleError(f"{runs_dir}: no version_N runs here; run `python main.py fit --config ...` first")
-    bundle = os.path.join(runs_dir, runs[0][1], "bundle")
+    bundle = os.fspath(bundle_dir(run))
     if not os.path.isfile(os.path.join(bundle, MANIFEST)):
         raise BundleError(f"{bundle}: the newest run has no bundle (see its fit log for the failed fit-end step); "
                           "fix that step and run the fit again")
