@@ -27,7 +27,8 @@ from deploy.errors import debug_mode
 from deploy.errors import first_line as one_sentence
 from deploy.forms import EXACT_ACCURACY, accuracy_qdq, artifact_form, device_qdq
 from deploy.install import COMPANIONS
-from deploy.runners import DEFAULT_RUNTIME, RUNTIMES, Runner, runner_for_file
+import deploy.runtimes  # noqa: F401 (the built-in runtimes register themselves)
+from deploy.registry import RUNTIMES, Runner, default_runtime, runner_for_file
 
 # a row's, kept in the manifest
 METRIC_KEYS = ("top1", "top5", "delta_pts", "latency_ms", "throughput", "device", "measured_as")
@@ -145,7 +146,7 @@ class DeployBundle(FitEndStep):
                     art.file.unlink(missing_ok=True)
                     print(f"fit-end step {self.name}: {sentence}; left out of the bundle", file=sys.stderr, flush=True)
                 else:
-                    row.update(format=art.format, precision=art.precision, runtime=DEFAULT_RUNTIME[art.format],
+                    row.update(format=art.format, precision=art.precision, runtime=default_runtime(art.format),
                                form=form_of(art), file=art.file.name, device=gpu_name if art.format == "tensorrt" else device,
                                size_mb=os.path.getsize(art.file) / 1e6,
                                delta_pts=100 * (row["top1"] - reference["top1"]), gate=gate_verdict(art))

@@ -20,7 +20,7 @@ from torch import nn
 from callbacks.fit_end import FitEndStep, first_batch, input_size
 from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.atomic import atomic_path
-from deploy.runners import OnnxRuntimeRunner
+from deploy.runtimes.onnxruntime import OnnxRuntimeRunner
 
 # Opset 18 is the lowest the torch.export-based exporter emits natively (asking lower exports at 18 and then
 # down-converts, which failed on MobileNetV2's ReduceMean); TensorRT 10.0 parses 9-20, TensorRT 11 up to 25.

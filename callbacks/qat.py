@@ -39,7 +39,7 @@ from callbacks.quantization import asymmetric_zero_points, loader_batches, prepa
 from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.atomic import atomic_path
 from deploy.forms import accuracy_qdq
-from deploy.runners import OnnxRuntimeRunner
+from deploy.runtimes.onnxruntime import OnnxRuntimeRunner
 
 # the operators whose inputs ModelOpt's INT8 config quantizes (nn.Conv2d, nn.Linear), as ONNX names them
 QAT_OP_TYPES = ("Conv", "Gemm", "MatMul")

@@ -23,7 +23,7 @@ from callbacks.int8_forms import (CPU_RUNTIME, FORMATS, TENSORRT_FORM, Int8Form,
 from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.cpu_features import has_vnni
 from deploy.forms import EXACT_ACCURACY, accuracy_qdq
-from deploy.runners import OnnxRuntimeRunner
+from deploy.runtimes.onnxruntime import OnnxRuntimeRunner
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
 

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from deploy.bench_command import cmd_bench, format_table
-from deploy.bundle import BundleError, FORMATS, add_artifact, artifact_entry, load_bundle, verify_artifact
+from deploy.bundle import BundleError, add_artifact, artifact_entry, load_bundle, verify_artifact
 from deploy.cli_common import (EXIT_INPUTS_FAILED, EXIT_OK, EXIT_USAGE, UsageError, error, is_allocation_failure,
                                out_of_memory, providers, select, softmax, stdout_closed, warning)
 from deploy.cuda_memory import CudaUnavailable
@@ -34,7 +34,8 @@ from deploy.errors import debug_mode, message_line
 from deploy.install import resolve_bundle_dir
 from deploy.plugins import load_plugins
 from deploy.nvtx_ranges import nvtx_range
-from deploy.runners import RUNTIMES
+import deploy.runtimes  # noqa: F401 (the built-in runtimes register themselves)
+from deploy.registry import FORMATS, RUNTIMES
 from deploy.selection import BUDGET_PTS
 
 EXIT_STATUS = "exit status:" + (__doc__ or "").partition("Exit status:")[2].rstrip()
@@ -45,7 +46,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     exit 1 when any image failed."""
     from deploy.preprocess import Preprocessor, expand_inputs, preprocess
     from deploy.forms import EXACT_USING, device_qdq
-    from deploy.runners import open_runner
+    from deploy.registry import open_runner
     from deploy.selection import resolve
 
     bundle = load_bundle(resolve_bundle_dir(args.bundle), verify=False)
@@ -106,7 +107,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 def cmd_triton(args: argparse.Namespace) -> int:
     """Write a Triton model repository (config.pbtxt, labels, model file) for one bundle artifact."""
-    from deploy.runners import OnnxRuntimeRunner
+    from deploy.runtimes.onnxruntime import OnnxRuntimeRunner
     from deploy.triton import write_triton_repository
 
     bundle = load_bundle(args.bundle, verify=False)
@@ -116,7 +117,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
     entry = bundle.artifact(args.format, prefer=prefer)
     verify_artifact(bundle.path, entry)
     io_names = ("input", "logits")
-    if entry["format"] != "tensorrt":
+    if FORMATS[entry["format"]].triton[1].endswith(".onnx"):  # an ONNX file names its tensors itself
         runner = OnnxRuntimeRunner(bundle.artifact_path(entry))
         io_names = (runner.input_name, runner.output_name)
     model_dir = write_triton_repository(bundle, args.out, entry, args.name, args.max_batch_size, args.instance_kind,
@@ -294,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("triton", help=cmd_triton.__doc__)
     p.add_argument("--bundle", required=True, help="bundle folder (holds manifest.json)")
     p.add_argument("--out", required=True, help="model repository folder (created if needed)")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="which artifact to serve (default onnx)")
+    p.add_argument("--format", choices=[name for name, spec in FORMATS.items() if spec.triton], default="onnx",
+                   help="which artifact to serve (default onnx)")
     p.add_argument("--name", default=None, help="model name (default: the manifest's name)")
     p.add_argument("--max-batch-size", type=_positive, default=None,
                    help="Triton's max_batch_size (default: the engine's, or 32)")

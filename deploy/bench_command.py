@@ -18,7 +18,7 @@ def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dic
     """The measured rows (one per runtime × artifact × batch), and the out-of-memory error that stopped the run
     early (None when none did), so the rows measured before it are still printed."""
     from deploy.benchmark import measure
-    from deploy.runners import open_runner
+    from deploy.registry import open_runner
     from deploy.selection import runtime_scores
 
     batches = args.batch
@@ -172,7 +172,7 @@ def _bench_profiles(args: argparse.Namespace, bundle, cands: list) -> None:
 def _bench_soak(args: argparse.Namespace, bundle, cands: list) -> int:
     """A stress loop of --soak seconds per candidate; exit 1 (one sentence each) where memory grew past the bound."""
     from deploy.benchmark import soak
-    from deploy.runners import open_runner
+    from deploy.registry import open_runner
 
     out = sys.stderr if args.json else sys.stdout
     failed = 0

@@ -21,7 +21,6 @@ from deploy.preprocessing_rules import PreprocessingError, check_preprocessing
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
-FORMATS = ["onnx", "onnx-int8", "tensorrt"]  # and any a plugin adds (deploy.runners.register_format)
 _REBUILD_HINT = "re-create the bundle with the training run's fit-end callbacks or fix the file by hand"
 
 
@@ -62,8 +61,11 @@ def validate_artifact(entry: Any, where: str = MANIFEST) -> dict:
         raise _fail(where, f"artifact 'status' must be one of {list(STATUSES)}, got {status!r}")
     name = entry.get("file")
     label = name or f"{entry.get('format')} {entry.get('precision')}"
-    if entry.get("format") not in FORMATS:
-        raise _fail(where, f"artifact {label}: 'format' must be one of {list(FORMATS)}, got {entry.get('format')!r}")
+    # any format name: one that no runtime here reads (a plugin's, not installed) is skipped by the commands that run
+    # files, with one line each, and the rest of the bundle is used (deploy.registry.unrunnable_notice)
+    if not (isinstance(entry.get("format"), str) and entry["format"]):
+        raise _fail(where, f"artifact {label}: 'format' must be a non-empty string such as 'onnx', got "
+                           f"{entry.get('format')!r}")
     if not isinstance(entry.get("precision"), str):
         raise _fail(where, f"artifact {label}: 'precision' must be a string such as 'fp32', 'fp16' or 'int8'")
     if status != "ok":

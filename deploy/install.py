@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from typing import Optional
 
@@ -66,17 +67,28 @@ def resolve_bundle_dir(path: str) -> str:
 def smoke_test(bundle_dir: str) -> int:
     """One inference per ONNX artifact in ONNX Runtime on a zero image: it loads, takes the manifest's input
     shape and returns one finite score per class. Returns how many artifacts ran."""
-    from deploy.runners import OnnxRuntimeRunner
+    import deploy.runtimes  # noqa: F401 (the built-in runtimes register themselves)
+    from deploy.registry import FORMATS, RUNTIMES, runtime_spec, unrunnable_notice
 
     bundle = load_bundle(bundle_dir, verify=True)
-    onnx = [e for e in bundle.artifacts if e["format"] in ("onnx", "onnx-int8")]
+    testable = [e for e in bundle.artifacts if getattr(FORMATS.get(e["format"]), "smoke_runtime", None)]
+    onnx = []
+    for entry in testable:
+        smoke = RUNTIMES.get(FORMATS[entry["format"]].smoke_runtime)
+        if smoke is not None and smoke.available():
+            onnx.append(entry)
+        else:  # a format whose runtime this device lacks: the rest of the bundle is still checked
+            print(unrunnable_notice(entry), file=sys.stderr, flush=True)
+    unknown = [e for e in bundle.artifacts if e["format"] not in FORMATS]
+    for entry in unknown:
+        print(unrunnable_notice(entry), file=sys.stderr, flush=True)
     if not onnx:
         raise BundleError(f"{os.path.join(bundle_dir, MANIFEST)}: no ONNX artifact to smoke-test, so this bundle "
                           "cannot be checked here; install a bundle made by the fit-end callbacks")
     batch = np.zeros((1, *bundle.input_shape), dtype=np.float32)
     for entry in onnx:
         path = bundle.artifact_path(entry)
-        with OnnxRuntimeRunner(path, strict=True) as runner:
+        with runtime_spec(FORMATS[entry["format"]].smoke_runtime).open(path) as runner:
             try:
                 logits = runner.infer(batch)
             except Exception as exc:  # onnxruntime's own exception types

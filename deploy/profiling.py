@@ -46,7 +46,7 @@ def profile_onnxruntime(path: str, out_dir: str, batch: int = 1, iterations: int
     """ONNX Runtime's profiler over `iterations` runs (after one warm-up run, left out of the totals)."""
     import onnxruntime as ort
 
-    from deploy.runners import ORT_PROVIDERS
+    from deploy.runtimes.onnxruntime import ORT_PROVIDERS
 
     options = ort.SessionOptions()
     options.enable_profiling = True

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+import deploy.runtimes  # noqa: F401 (the built-in runtimes register themselves)
 from deploy.bundle import Bundle, BundleError, atomic_write_json, verify_artifact
 
 CACHE_NAME = ".runtime-choice.json"
@@ -70,7 +71,7 @@ def cpu_model() -> str:
 
 
 def available_runtimes() -> list[str]:
-    from deploy.runners import RUNTIMES
+    from deploy.registry import RUNTIMES
 
     return [name for name, spec in RUNTIMES.items() if spec.available()]
 
@@ -79,12 +80,15 @@ def candidates(bundle: Bundle, runtime: Optional[str] = None, format: Optional[s
                precision: Optional[str] = None) -> list[Candidate]:
     """Every (artifact, runtime) pair the flags allow; an explicit runtime is tried even where it looks
     unavailable, so its own sentence says why it cannot run."""
-    from deploy.runners import runtime_spec
+    from deploy.registry import FORMATS, runtime_spec, unrunnable_notice
 
     names = [runtime_spec(runtime).name] if runtime else available_runtimes()
     found = []
     for entry in bundle.artifacts:
         if format not in (None, entry["format"]) or precision not in (None, entry["precision"]):
+            continue
+        if entry["format"] not in FORMATS:  # a plugin's format without its plugin here: the rest still runs
+            warnings.warn(unrunnable_notice(entry), RuntimeWarning, stacklevel=2)
             continue
         for name in names:
             if entry["format"] in runtime_spec(name).formats:
@@ -108,7 +112,7 @@ def runtime_scores(entry: dict, runtime: Optional[str] = None) -> tuple[str, dic
     `runtime_metrics[runtime]` where the fit-end step measured that pair (OpenVINO's bf16 run of the FP32
     file has its own top-1), else the file's own. A runtime that computes in another precision than the
     file and was never scored has no metrics: its accuracy is unknown, not the file's."""
-    from deploy.runners import RUNTIMES
+    from deploy.registry import RUNTIMES
 
     spec = RUNTIMES.get(runtime) if runtime else None
     own = (entry.get("runtime_metrics") or {}).get(runtime) if runtime else None
@@ -129,7 +133,7 @@ def within_budget(entry: dict, reference: Optional[float], budget_pts: float, ru
 
 
 def device_identity(threads: Optional[int], hint: Optional[str], providers: Sequence[str]) -> dict:
-    from deploy.runners import RUNTIMES
+    from deploy.registry import RUNTIMES
 
     return {"cpu": cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
             "runtimes": {name: spec.version() for name, spec in RUNTIMES.items() if spec.available()},
@@ -190,7 +194,7 @@ def time_candidates(bundle: Bundle, cands: Sequence[Candidate], providers: Seque
     """Batch-1 p50 ms per candidate key, timed in interleaved rounds so load that comes and goes on the device
     lands on all of them alike; a candidate that cannot run here is left out with a warning."""
     from deploy.benchmark import measure
-    from deploy.runners import open_runner
+    from deploy.registry import open_runner
 
     runners, samples = {}, {}
     try:

@@ -11,10 +11,9 @@ import shutil
 from typing import Optional
 
 from deploy.atomic import atomic_path, atomic_write_bytes
+import deploy.runtimes  # noqa: F401 (the built-in runtimes register themselves)
 from deploy.bundle import Bundle, BundleError
-
-PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "onnx-int8": ("onnxruntime_onnx", "model.onnx"),
-             "tensorrt": ("tensorrt_plan", "model.plan")}
+from deploy.registry import FORMATS
 
 
 def config_pbtxt(name: str, platform: str, input_name: str, output_name: str, input_dims: list[int],
@@ -56,7 +55,11 @@ def write_triton_repository(bundle: Bundle, out_dir: str, entry: dict, model_nam
                             max_batch_size: Optional[int] = None, instance_kind: Optional[str] = None,
                             io_names: tuple[str, str] = ("input", "logits")) -> str:
     """Write one model into a Triton repository folder; returns the model folder."""
-    platform, filename = PLATFORMS[entry["format"]]
+    spec = FORMATS.get(entry["format"])
+    if spec is None or spec.triton is None:
+        raise BundleError(f"{entry['file']}: Triton does not serve {entry['format']} files; pass --format with one of "
+                          f"{', '.join(n for n, f in FORMATS.items() if f.triton)}")
+    platform, filename = spec.triton
     name = model_name or bundle.manifest["name"]
     if not name or any(c in name for c in "/\\ \""):
         raise BundleError(f"Triton model name {name!r} must be non-empty without slashes, spaces or quotes; pass --name")

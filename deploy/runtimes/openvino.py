@@ -1,4 +1,5 @@
-"""OpenVINO's CPU plugin as a Runner, set for the CPU it runs on.
+"""OpenVINO's CPU plugin as a Runner, set for the CPU it runs on, and its two runtimes (openvino, openvino-bf16),
+registered as a plugin registers one.
 
 Threads are the physical cores this process may use (deploy.cpu_features: the affinity mask folded by the
 kernel's topology), not OpenVINO's own guess, which on small or shared machines can leave cores idle or
@@ -23,7 +24,7 @@ import numpy as np
 from deploy.bundle import BundleError
 from deploy.cpu_features import physical_cores
 from deploy.errors import message_line
-from deploy.runners import Runner, static_dim
+from deploy.registry import Runner, RuntimeSpec, importable, register_runtime, static_dim
 
 STATIC_SHAPES = 4  # batch sizes kept compiled with a static shape under the latency hint
 
@@ -160,3 +161,25 @@ class OpenVinoRunner(Runner):
     def close(self) -> None:
         self._latency.clear()
         self._throughput = None
+
+
+def _bf16_status() -> tuple[bool, str]:
+    from deploy.cpu_features import has_bf16
+
+    ok, what = importable("openvino", "openvino", "openvino")()
+    if ok and not has_bf16():
+        return False, "this CPU has no native bf16 (AVX512_BF16, AMX or Arm BF16)"
+    return ok, what
+
+
+register_runtime(RuntimeSpec(
+    "openvino", ("onnx", "onnx-int8"),
+    lambda path, providers=("cpu",), threads=None, hint=None: OpenVinoRunner(path, threads, hint or "auto",
+                                                                             precision="f32"),
+    importable("openvino", "openvino", "openvino"), "openvino"))
+# The FP32 ONNX file run in bf16 where the CPU computes in bf16 natively: its own row with its own accuracy.
+register_runtime(RuntimeSpec(
+    "openvino-bf16", ("onnx",),
+    lambda path, providers=("cpu",), threads=None, hint=None: OpenVinoRunner(path, threads, hint or "auto",
+                                                                             precision="bf16"),
+    _bf16_status, "openvino", precision="bf16"))
