@@ -104,6 +104,7 @@ class DeployBundle(FitEndStep):
         self.report: dict[str, Any] = {}
 
     LISTS_UNAVAILABLE = True  # its table ends with each skipped or failed artifact and why
+    COLLECTS = True  # it bundles what every other step made and noted, so it runs last wherever it is listed
 
     def consumes(self) -> tuple[str, ...]:
         return ("onnx:fp32",)

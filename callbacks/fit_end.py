@@ -31,7 +31,8 @@ from callbacks.records import FAILED, SKIPPED, ArtifactRecord, FitEndRecord
 STAGING = ".bundle-staging"  # artifacts collect here; DeployBundle renames it to bundle/ when all is written
 BUNDLE = "bundle"
 
-# Which step class makes each "format:precision", for the hint in an order error (filled by __init_subclass__).
+# Which step class (its class path, as a recipe names it) makes each "format:precision", for the hint of a missing
+# step (filled by __init_subclass__).
 PRODUCERS: dict[str, str] = {}
 
 
@@ -70,8 +71,8 @@ def key_matches(wanted: str, made: str) -> bool:
 
 class FitEnd(Callback):
     """The owner of the fit-end chain: it holds the run's record, the staging folder, the best model (loaded
-    once) and the summary, and runs the steps (every FitEndStep in trainer.callbacks, in the order listed) under
-    the failure rule of the module docstring. Found by type (`FitEnd.of(trainer)`); the CLI adds one to every
+    once) and the summary, and runs the steps (every FitEndStep in trainer.callbacks, in the order their inputs
+    allow: see order_steps) under the failure rule of the module docstring. Found by type (`FitEnd.of(trainer)`); the CLI adds one to every
     trainer, and the first step adds one to a trainer built by hand."""
 
     def __init__(self, checkpoint: Optional[str] = None) -> None:
@@ -96,9 +97,7 @@ class FitEnd(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self.steps = [c for c in trainer.callbacks if isinstance(c, FitEndStep)]
-        for step in self.steps:
-            check_order(self.steps, step)
+        self.steps = order_steps([c for c in trainer.callbacks if isinstance(c, FitEndStep)])
         self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: log_dir broadcasts
         self.staging = self.run_dir / STAGING
         for step in self.steps:
@@ -165,7 +164,8 @@ class StepSkipped(Exception):
 
 
 class FitEndStep(Callback):
-    """Base class of the fit-end steps: Lightning callbacks that FitEnd runs, in the order listed, at fit end.
+    """Base class of the fit-end steps: Lightning callbacks that FitEnd runs at fit end, each after the steps
+    that make what it consumes (in the order listed where that allows either; see order_steps).
 
     A step declares what it consumes and produces as "format:precision[@runtime]" keys (`consumes()`,
     `produces()`) and does its work in `run(trainer, pl_module, record)`, publishing what it made into the record.
@@ -175,11 +175,12 @@ class FitEndStep(Callback):
 
     PRODUCES: tuple[str, ...] = ()
     LISTS_UNAVAILABLE = False  # prints every skipped or failed artifact with its reason (the bundle's table)
+    COLLECTS = False  # reads what every other step made and noted (the bundle): runs after all of them
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         for key in cls.PRODUCES:
-            PRODUCERS.setdefault(key, cls.__name__)
+            PRODUCERS.setdefault(key, class_path(cls))
 
     def __init__(self) -> None:
         self.chain: Optional[FitEnd] = None
@@ -251,23 +252,42 @@ class FitEndStep(Callback):
         return "; ".join(parts)
 
 
-def check_order(steps: list[FitEndStep], step: FitEndStep) -> None:
-    """Every input a step consumes is produced by a step listed before it: one sentence at fit start, not a
-    failure at fit end."""
-    mine = steps.index(step)
-    for key in step.consumes():
-        makers = [i for i, s in enumerate(steps) if any(key_matches(key, made) for made in s.produces())]
-        if not makers:
-            maker = _producer_of(key)
-            raise ValueError(
-                f"{step.name} needs {key}, which no step in trainer.callbacks makes; add "
-                f"'- class_path: callbacks.{maker}' before it in the experiment YAML"
-            )
-        if makers[0] > mine:
-            raise ValueError(
-                f"{step.name} is listed before {steps[makers[0]].name} in trainer.callbacks, but runs on its "
-                f"output ({key}); list {steps[makers[0]].name} first"
-            )
+def class_path(cls: type) -> str:
+    """How a recipe names a step class: callbacks.<Class> for the ones the callbacks package exports, else
+    <module>.<Class> (a user's own module)."""
+    module = cls.__module__
+    if module.startswith("callbacks.") and module.count(".") == 1:
+        import callbacks
+
+        if cls.__name__ in callbacks.__all__:
+            return f"callbacks.{cls.__name__}"
+    return f"{module}.{cls.__qualname__}"
+
+
+def order_steps(steps: list[FitEndStep]) -> list[FitEndStep]:
+    """The steps in the order they run: each after the first listed step that makes an input it consumes, the
+    collecting steps (DeployBundle) after all others, and otherwise as listed. So a recipe adds a step with one
+    line anywhere in trainer.callbacks (e.g. after a shared list: see cli/recipe_lists.py). A consumed input no
+    step makes, or steps that need each other's output, are one sentence at fit start, not a failure at fit end."""
+    for step in steps:
+        for key in step.consumes():
+            if not any(key_matches(key, made) for s in steps for made in s.produces()):
+                raise ValueError(
+                    f"{class_path(type(step))} needs {key}, which no step in trainer.callbacks makes; add "
+                    f"'- class_path: {_producer_of(key)}' to trainer.callbacks in the experiment YAML")
+    placed: list[FitEndStep] = []
+    for group in ([s for s in steps if not s.COLLECTS], [s for s in steps if s.COLLECTS]):
+        waiting = list(group)
+        while waiting:
+            made = [key for s in placed for key in s.produces()]
+            ready = next((s for s in waiting if all(any(key_matches(k, m) for m in made) for k in s.consumes())), None)
+            if ready is None:
+                names = ", ".join(class_path(type(s)) for s in waiting)
+                raise ValueError(f"the fit-end steps {names} each need an output another of them makes, so none can "
+                                 "run first; remove one of them from trainer.callbacks")
+            placed.append(ready)
+            waiting.remove(ready)
+    return placed
 
 
 def _producer_of(key: str) -> str:
@@ -277,7 +297,7 @@ def _producer_of(key: str) -> str:
 
     for name in callbacks.__all__:
         getattr(callbacks, name)
-    return next((name for made, name in PRODUCERS.items() if key_matches(key, made)), "the step that makes it")
+    return next((path for made, path in PRODUCERS.items() if key_matches(key, made)), "<the step that makes it>")
 
 
 def fit_end_record(trainer: pl.Trainer) -> FitEndRecord:

@@ -45,6 +45,7 @@ from training.console import EpochLines, FitEndSafeProgressBar
 from training.predictions import PredictionsCSV
 from training.run_logger import RunLogger
 from cli.errors import Invocation, LoopStarted, UserError, is_user_error, long_options, one_sentence
+from cli.recipe_lists import splice_callback_lists
 from cli.old_configs import checkpoint_hparams, migrate_config_arguments, migrate_model, model_is_old, yaml_load
 from cli.resume import bundle_arguments, check_foreign_checkpoint, check_resume
 from deploy.errors import EXIT_PARTLY_FAILED, EXIT_USAGE, debug_mode
@@ -357,6 +358,7 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> Optional[Edg
         if command == "bundle":
             bundle_run, bundle_checkpoint, kwargs["args"] = bundle_arguments(argv)
         kwargs["args"] = migrate_config_arguments(kwargs["args"] or argv) or kwargs["args"]  # an older edgecls's keys
+        kwargs["args"] = splice_callback_lists(kwargs["args"] or argv) or kwargs["args"]  # a shared list plus one line
         EdgeCLI(ImageClassifier, ImageClassificationDataModule, invocation=invocation, bundle_run=bundle_run,
                 bundle_checkpoint=bundle_checkpoint, **kwargs)
     except SystemExit as exc:  # --help, --print_config

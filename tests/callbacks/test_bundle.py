@@ -249,10 +249,9 @@ def test_gate_keeps_the_most_harmful_nodes_in_fp32(capsys, tmp_path):
 
 @pytest.mark.parametrize("callbacks,message", [
     ([TensorRTBuild(precisions=["fp16"])], "TensorRTBuild needs onnx:fp32, .*callbacks.ONNXExport"),
-    ([DeployBundle(), ONNXExport()], "DeployBundle is listed before ONNXExport"),
     ([ONNXExport(), TensorRTBuild(precisions=["int8"])], "TensorRTBuild needs onnx-int8:int8@tensorrt, .*callbacks.Int8Quantization"),
 ])
-def test_a_missing_or_misplaced_step_is_one_sentence_at_fit_start(callbacks, message, tmp_path):
+def test_a_missing_step_is_one_sentence_at_fit_start(callbacks, message, tmp_path):
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, default_root_dir=tmp_path, callbacks=callbacks,
                          enable_progress_bar=False)
     model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))

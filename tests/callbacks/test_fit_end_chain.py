@@ -15,7 +15,7 @@ import callbacks.quantization as quantization
 import callbacks.tensorrt_build as tensorrt_build
 from callbacks import DeployBundle, Int8Quantization, ONNXExport, TensorRTBuild, export_onnx
 from callbacks.quantization import array_batches, asymmetric_zero_points, prepare_for_quantization, quantize_int8
-from callbacks.fit_end import fit_end_failures
+from callbacks.fit_end import FitEndStep, fit_end_failures, order_steps
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import load_bundle
 from deploy.runners import OnnxRuntimeRunner
@@ -142,3 +142,27 @@ def test_an_int8_file_that_missed_its_gate_is_labelled_in_the_table_and_said_in_
              "delta_pts": -1, "gate": "not met"}]
     table = report.plain_table({"rows": rows})
     assert table.splitlines()[0].rstrip().endswith("INT8 gate") and table.splitlines()[-1].rstrip().endswith("not met")
+
+
+def test_steps_run_in_the_order_their_inputs_allow_and_the_bundle_last():
+    steps = [DeployBundle(), TensorRTBuild(precisions=["int8"]), ONNXExport(), Int8Quantization()]
+    assert [type(s).__name__ for s in order_steps(steps)] == [
+        "ONNXExport", "Int8Quantization", "TensorRTBuild", "DeployBundle"]
+    listed = [ONNXExport(), Int8Quantization(), Int8Quantization(form="cpu"), TensorRTBuild(), DeployBundle()]
+    assert order_steps(listed) == listed  # a list already in order runs as listed
+
+
+class MakesMine(FitEndStep):
+    PRODUCES = ("mine:fp32",)
+
+
+class TakesMine(FitEndStep):
+    def consumes(self):
+        return ("mine:fp32",)
+
+
+def test_a_missing_step_is_named_by_its_class_path_wherever_it_lives():
+    with pytest.raises(ValueError, match=r"^test_fit_end_chain\.TakesMine needs mine:fp32, which no step in "
+                                         r"trainer\.callbacks makes; add '- class_path: test_fit_end_chain\.MakesMine'"):
+        order_steps([TakesMine(), DeployBundle(), ONNXExport()])
+    assert [type(s).__name__ for s in order_steps([TakesMine(), MakesMine()])] == ["MakesMine", "TakesMine"]

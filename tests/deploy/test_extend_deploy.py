@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from edgecls_testing import EXPERIMENTS, REPO, TINY, load_recipe, readme_blocks, run_main
+from edgecls_testing import REPO, TINY, readme_blocks, readme_recipe, run_main
 
 
 def deploy(args, cwd, plugins):
@@ -50,13 +50,7 @@ def test_the_readme_runtime_gives_onnx_runtimes_logits(digits_bundle, tmp_path, 
 
 def test_an_artifact_format_is_one_file_and_one_yaml_line(tmp_path):
     (tmp_path / "torchscript_format.py").write_text(readme_blocks("Add an artifact format")["python"])
-    config = load_recipe(EXPERIMENTS / "quickstart.yaml")
-    steps = config["trainer"]["callbacks"]
-    steps[:] = [s for s in steps if s["class_path"] in ("callbacks.ONNXExport", "callbacks.DeployBundle")]
-    steps.insert(1, {"class_path": "torchscript_format.TorchScriptExport"})  # the one line
-    steps[-1]["init_args"] = {"latency_iterations": 5, "throughput_iterations": 1}
-    recipe = tmp_path / "ts.yaml"
-    recipe.write_text(json.dumps(config))
+    recipe = readme_recipe("Add an artifact format", tmp_path)
     run_main(["fit", "--config", recipe, *TINY, "--trainer.max_epochs", "1"], tmp_path,
              env={"PYTHONPATH": f"{tmp_path}:{REPO}"})
     bundle = tmp_path / "runs" / "quickstart" / "version_0" / "bundle"
