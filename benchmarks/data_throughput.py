@@ -112,7 +112,7 @@ def main() -> None:
                                            decoded_cache=False)  # decode every epoch, as the torchvision side does
         dm.setup("fit")
         albu = images_per_second(dm.train_dataloader())
-        paths = dm._datasets["train"].images.paths
+        paths = dm.dataset("train").images.paths
         tv_loader = DataLoader(TorchvisionS2(paths), batch_size=args.batch_size, shuffle=True, drop_last=True,
                                num_workers=workers, persistent_workers=True, worker_init_fn=init_loader_worker)
         tv = images_per_second(tv_loader)

@@ -200,7 +200,7 @@ def main() -> None:
     for name, rate, _ in rows:
         print(f"{name:<{width}}  {rate:>9,.0f}  {rate / reference:>15.2f}")
     print(f"(network alone = {'channels_last' if GPU else 'the faster layout'}, {reference:,.0f} img/s; the store was "
-          f"built in {built:.1f} s for {len(cached._datasets['train']) + len(cached._datasets['val']) + len(cached._datasets['test']):,} images)")
+          f"built in {built:.1f} s for {sum(len(cached.dataset(s)) for s in ('train', 'val', 'test')):,} images)")
     ratio = (store_rate / per) / (file_rate / per)
     print(f"target loader img/s per core with the decoded store >= 4x without it: {ratio:.1f}x -> "
           f"{'met' if ratio >= 4 else 'NOT met'}")

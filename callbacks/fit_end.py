@@ -205,7 +205,8 @@ class FitEndStep(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and FitEnd.of(trainer) is None:
             # A trainer built by hand (a notebook, a test): the chain's owner joins it. Appended while Lightning
-            # iterates the callbacks for this hook, so its own setup runs in this same pass.
+            # iterates the callbacks for this hook, so its own setup runs in this same pass: a built trainer has no
+            # public way to take a callback, and a list appended to during iteration visits the new item.
             trainer.callbacks.append(FitEnd())
 
     def best_model(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[pl.LightningModule, str]:

@@ -42,6 +42,7 @@ from lightning_modules import ImageClassifier
 from training.best_checkpoint import BestCheckpoint
 from training.checkpoint_io import AtomicCheckpointIO
 from training.console import EpochLines, FitEndSafeProgressBar
+from training.leaderboard import Leaderboard
 from training.predictions import PredictionsCSV
 from training.run_logger import RunLogger
 from cli.errors import Invocation, LoopStarted, UserError, is_user_error, long_options, one_sentence
@@ -216,6 +217,8 @@ class EdgeCLI(LightningCLI):
             callbacks.append(ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False))
         if has_logger and not _has(callbacks, LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        if has_logger and not _has(callbacks, Leaderboard):
+            callbacks.append(Leaderboard())  # the HPARAMS tab and the CUSTOM SCALARS layout of a TensorBoard run
         if trainer_config.get("enable_progress_bar", True) is not False and not _has(callbacks, ProgressBar):
             # A terminal gets a live bar; a log file one line per epoch (a bar there is a redraw per batch).
             if sys.stdout.isatty():

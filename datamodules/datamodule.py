@@ -329,6 +329,10 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             self.setup()
         return self._datasets[name]
 
+    def dataset(self, name: str) -> ImageDataset:
+        """The train, val or test split's dataset, set up on first use (benchmarks read its images and size)."""
+        return self._dataset(name)
+
     def train_dataloader(self) -> DataLoader:
         ds = self._dataset("train")
         # drop_last keeps a size-1 last batch away from BatchNorm, unless the split is smaller than one batch

@@ -3,14 +3,12 @@ gradient-norm monitoring and a guard against non-finite steps."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
-from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import AttributeDict, grad_norm, rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import grad_norm, rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
@@ -19,29 +17,11 @@ from lightning_modules import schedules
 from lightning_modules.architecture import apply_layer_shapes, layer_shapes
 from lightning_modules.backbones import PretrainedInput, build_backbone, pretrained_input
 from lightning_modules.figures import confusion_matrix_figure
-from training.leaderboard import leaderboard_hparams, write_leaderboard_end, write_leaderboard_session
-from training.run_logger import RunLogger, board_tag
 
 # Gradient L2 norms, a section after the metrics (training.run_logger: TensorBoard lists sections by name,
 # the splits first) and tags within one by name, so the total (the section's own name) comes first and the
 # per-parameter norms (GRAD_NORM/<parameter>) after it.
 GRAD_NORM = "weights/grad_norm"
-# TensorBoard's CUSTOM SCALARS tab, in reading order: train and val side by side on one chart each, then the
-# optimization. Tags are regular expressions, of the names TensorBoard shows (board_tag). The per-parameter norms
-# stay out of it (with a dozen runs they drew hundreds of lines on one chart); TIME SERIES and SCALARS keep one
-# chart per parameter under weights/.
-READING_ORDER = {
-    "loss and accuracy": {
-        "loss (train, val)": ["Multiline", [board_tag("train/loss_epoch"), board_tag("val/loss")]],
-        "top-1 (train, val, best val)": ["Multiline", [board_tag(t) for t in ("train/top1", "val/top1", "val/best_top1")]],
-        "val f1 and top-5": ["Multiline", [board_tag("val/f1"), board_tag("val/top5")]],
-    },
-    "optimization": {
-        "learning rate": ["Multiline", [board_tag("train/lr") + ".*"]],
-        "gradient norm (all parameters)": ["Multiline", [f"{GRAD_NORM}$"]],
-        "skipped non-finite steps": ["Multiline", [board_tag("train/skipped_steps")]],
-    },
-}
 # What the best checkpoint and early stopping rank validations by: val/top1 plus the number of times the network was
 # replaced mid-fit (structured pruning, pruning masks), so every validation of the network the fit ends with ranks
 # above every one of an earlier network, and within one network the order is val/top1's. Not sent to the loggers.
@@ -263,10 +243,12 @@ class ImageClassifier(pl.LightningModule):
             return
         matrix = confmat.compute().cpu()  # computed on every rank: it syncs across processes
         confmat.reset()
-        if self.trainer.sanity_checking or not isinstance(self.logger, TensorBoardLogger) or self.global_rank != 0:
+        # a logger that takes figures (training.run_logger.RunLogger.log_figure); the module knows no logger class
+        log_figure = getattr(self.logger, "log_figure", None)
+        if self.trainer.sanity_checking or log_figure is None or self.global_rank != 0:
             return
         names = getattr(self.trainer.datamodule, "class_names", None)
-        self.logger.experiment.add_figure(board_tag(f"{stage}/confusion_matrix"), confusion_matrix_figure(matrix, names), self.global_step)
+        log_figure(f"{stage}/confusion_matrix", confusion_matrix_figure(matrix, names), self.global_step)
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -293,14 +275,6 @@ class ImageClassifier(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._set_memory_format()
-        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
-            # The leaderboard reads flat settings (optimizer and scheduler by name, lr, weight_decay).
-            flat = SimpleNamespace(hparams=AttributeDict({**self.hparams, **self.optimization_settings()}))
-            params = leaderboard_hparams(flat, self.trainer)
-            self.logger.log_hyperparams(params)  # hparams.yaml; with no metrics Lightning writes no events
-            if isinstance(self.logger, RunLogger):
-                write_leaderboard_session(self.logger, params)
-            self.logger.experiment.add_custom_scalars(READING_ORDER)
         n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
         rank_zero_info(f"{self.hparams.backbone}: {sum(p.numel() for p in self.parameters()):,} parameters ({n_train:,} trainable)")
 
@@ -313,9 +287,15 @@ class ImageClassifier(pl.LightningModule):
     def on_fit_end(self) -> None:
         self.net.to(memory_format=torch.contiguous_format)  # what export, pruning and a plain user expect
         self._format = torch.contiguous_format
-        if isinstance(self.logger, RunLogger) and self.trainer.is_global_zero:
-            # A fit stopped by persistent non-finite steps is listed as failed (the plugin filters on status).
-            write_leaderboard_end(self.logger, failed=self.bad_steps_in_a_row >= self.hparams.max_bad_steps)
+
+    @property
+    def stopped_by_bad_steps(self) -> bool:
+        """The fit was stopped by persistent non-finite steps (training.leaderboard lists it as failed)."""
+        return self.bad_steps_in_a_row >= self.hparams.max_bad_steps
+
+    def leaderboard_settings(self) -> dict[str, Any]:
+        """The settings as flat values (optimizer and schedule by name, lr, weight_decay), for the leaderboard."""
+        return {**self.hparams, **self.optimization_settings()}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["layer_shapes"] = layer_shapes(self.net)

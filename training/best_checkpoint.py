@@ -26,5 +26,6 @@ class BestCheckpoint(ModelCheckpoint):
     @property
     def _legacy_state_key(self) -> str:
         # Lightning looks a callback's state up under this key where its state_key is not in the checkpoint:
-        # main.py's best checkpoint as it was before it ranked by SELECTION_METRIC.
+        # main.py's best checkpoint as it was before it ranked by SELECTION_METRIC. A private Lightning hook, overridden
+        # because it is the only way to read a callback's state under another key.
         return EARLIER

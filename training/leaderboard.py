@@ -1,4 +1,6 @@
-"""The HPARAMS tab as the experiment's leaderboard: the settings a person varies, the metrics that rank runs."""
+"""The HPARAMS tab as the experiment's leaderboard (the settings a person varies, the metrics that rank runs) and the
+CUSTOM SCALARS tab in reading order: a callback of the trainer's (cli.app adds one to every run with a TensorBoard
+logger), so the LightningModule knows no logger."""
 
 from __future__ import annotations
 
@@ -8,9 +10,14 @@ import re
 import time
 from typing import Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.loggers import TensorBoardLogger
+from types import SimpleNamespace
 
+import pytorch_lightning as pl
+from pytorch_lightning import Callback
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import AttributeDict
+
+from lightning_modules.classifier import GRAD_NORM
 from training.run_logger import RunLogger, board_tag
 
 # The HPARAMS tab as the experiment's leaderboard. TensorBoard's hparams plugin gives every column 10em (160 px),
@@ -30,6 +37,45 @@ LEADERBOARD_METRICS = (
     (board_tag("val/best_top1"), "best val top-1 (0-1)"),
     ("bundle/params", "params"),
 )
+
+
+# TensorBoard's CUSTOM SCALARS tab, in reading order: train and val side by side on one chart each, then the
+# optimization. Tags are regular expressions, of the names TensorBoard shows (board_tag). The per-parameter norms
+# stay out of it (with a dozen runs they drew hundreds of lines on one chart); TIME SERIES and SCALARS keep one
+# chart per parameter under weights/.
+READING_ORDER = {
+    "loss and accuracy": {
+        "loss (train, val)": ["Multiline", [board_tag("train/loss_epoch"), board_tag("val/loss")]],
+        "top-1 (train, val, best val)": ["Multiline", [board_tag(t) for t in ("train/top1", "val/top1", "val/best_top1")]],
+        "val f1 and top-5": ["Multiline", [board_tag("val/f1"), board_tag("val/top5")]],
+    },
+    "optimization": {
+        "learning rate": ["Multiline", [board_tag("train/lr") + ".*"]],
+        "gradient norm (all parameters)": ["Multiline", [f"{GRAD_NORM}$"]],
+        "skipped non-finite steps": ["Multiline", [board_tag("train/skipped_steps")]],
+    },
+}
+
+class Leaderboard(Callback):
+    """At fit start: the run's settings into hparams.yaml and the HPARAMS tab, and the CUSTOM SCALARS layout; at fit
+    end: the run's status (failed where the module says persistent non-finite steps stopped it)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = trainer.logger
+        if not isinstance(logger, TensorBoardLogger) or not trainer.is_global_zero:
+            return
+        settings = getattr(pl_module, "leaderboard_settings", None)
+        flat = SimpleNamespace(hparams=AttributeDict(settings() if settings is not None else pl_module.hparams))
+        params = leaderboard_hparams(flat, trainer)
+        logger.log_hyperparams(params)  # hparams.yaml; with no metrics Lightning writes no events
+        if isinstance(logger, RunLogger):
+            write_leaderboard_session(logger, params)
+        logger.experiment.add_custom_scalars(READING_ORDER)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if isinstance(trainer.logger, RunLogger) and trainer.is_global_zero:
+            # A fit stopped by persistent non-finite steps is listed as failed (the plugin filters on status).
+            write_leaderboard_end(trainer.logger, failed=bool(getattr(pl_module, "stopped_by_bad_steps", False)))
 
 
 def leaderboard_hparams(module: pl.LightningModule, trainer: pl.Trainer) -> dict[str, Any]:

@@ -58,6 +58,11 @@ class RunLogger(TensorBoardLogger):
         super().log_metrics({board_tag(k): v for k, v in metrics.items()}, step)
 
     @rank_zero_only
+    def log_figure(self, tag: str, figure: Any, step: int) -> None:
+        """A matplotlib figure under the tag as TensorBoard shows it (board_tag)."""
+        self.experiment.add_figure(board_tag(tag), figure, step)
+
+    @rank_zero_only
     def log_hparams_plugin(self, data) -> None:
         """One of the hparams plugin's summaries (tensorboard.plugins.hparams.plugin_data_pb2.HParamsPluginData with
         its experiment, session_start_info or session_end_info set), written as Lightning's log_hyperparams writes
@@ -67,4 +72,5 @@ class RunLogger(TensorBoardLogger):
 
         kind = data.WhichOneof("data")
         summary = Summary(value=[Summary.Value(tag=f"_hparams_/{kind}", metadata=metadata.create_summary_metadata(data))])
+        # SummaryWriter has no public call for a prebuilt Summary proto; its file writer's add_summary is the one way
         self.experiment._get_file_writer().add_summary(summary)

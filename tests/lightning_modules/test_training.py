@@ -16,6 +16,7 @@ from edgecls_testing import TINY, run_main
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import load_bundle
 from lightning_modules import ImageClassifier
+from training.leaderboard import Leaderboard
 from training.run_logger import RunLogger
 
 
@@ -42,10 +43,10 @@ class WeightsAt(pl.Callback):
         self.before[trainer.global_step] = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
 
 
-def fit(model, max_epochs=1, logger=False, **trainer_kwargs):
+def fit(model, max_epochs=1, logger=False, extra_callbacks=(), **trainer_kwargs):
     snapshots = WeightsAt()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=logger, enable_checkpointing=False,
-                         enable_progress_bar=False, limit_val_batches=2, callbacks=[snapshots], **trainer_kwargs)
+                         enable_progress_bar=False, limit_val_batches=2, callbacks=[snapshots, *extra_callbacks], **trainer_kwargs)
     data = ImageClassificationDataModule(image_size=16, batch_size=64)
     trainer.fit(model, datamodule=data)
     return trainer, snapshots
@@ -99,7 +100,7 @@ def test_persistent_non_finite_steps_stop_the_fit_with_one_clear_message_and_a_f
     model.criterion = NaNLossAt(model, set(range(2, 100)))
     logger = RunLogger(tmp_path, name="run", default_hp_metric=False)
     with pytest.warns(UserWarning, match=r"stopping the fit: 3 steps in a row were non-finite \(last at step 4\).*gradient_clip_val"):
-        trainer, snapshots = fit(model, max_epochs=3, logger=logger)
+        trainer, snapshots = fit(model, max_epochs=3, logger=logger, extra_callbacks=[Leaderboard()])
     acc = EventAccumulator(logger.log_dir)
     acc.Reload()
     end = plugin_data_pb2.HParamsPluginData.FromString(acc.PluginTagToContent("hparams")["_hparams_/session_end_info"])
