@@ -11,9 +11,7 @@ import pytest
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipe helpers live beside the other recipe tests
-
-from test_recipes import FAST_CLI, NO_WORKERS, check_bundle, measured_quickly, shrunk_recipe, write_image_folder  # noqa: E402
+from test_recipes import FAST_CLI, NO_WORKERS, check_bundle, measured_quickly, shrunk_recipe, write_image_folder
 
 
 @pytest.mark.slow  # a fit plus the whole fit-end chain: ~1 min on 2 shared cores
