@@ -85,6 +85,44 @@ class InProcessCLI:
 NO_FIT_END = ["--trainer.callbacks", "[]"]
 
 
+def printed_top1s(stdout: str, split: str = "test") -> list[float]:
+    """Every figure of the `test/top1 = 0.9812 (test split, ...)` lines a command printed, in order."""
+    import re
+
+    return [float(m) for m in re.findall(rf"^{split}/top1 = ([0-9.]+)", stdout, re.M)]
+
+
+def printed_top1(stdout: str, split: str = "test") -> float:
+    """The figure of the last `test/top1 = ...` line a command printed (the one a person or a script reads); the
+    test fails, with the output's end, where there is none."""
+    found = printed_top1s(stdout, split)
+    assert found, f"no `{split}/top1 = ` line was printed:\n{stdout[-2000:]}"
+    return found[-1]
+
+
+def tiny_model(**kwargs):
+    """The tests' ImageClassifier: a width-4 [1,1,1,1] ResNet for 10 classes at 16x16 (kwargs: its other settings)."""
+    from lightning_modules import ImageClassifier
+
+    return ImageClassifier(**{"num_classes": 10, "backbone_args": {"num_blocks": [1, 1, 1, 1], "width": 4},
+                              "input_size": (16, 16), **kwargs})
+
+
+def tiny_fit(root: Path, callbacks: list, model=None, datamodule=None, max_epochs: int = 1,
+             limit_train_batches: int = 4, **trainer_kwargs):
+    """A fit of tiny_model (or `model`) on the digits at 16x16 with `callbacks` (fit-end steps run at its end, their
+    files under `root`): the trainer, to test its best checkpoint or read its record. No logger, no bar."""
+    import pytorch_lightning as pl
+
+    from datamodules import ImageClassificationDataModule
+
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=max_epochs, limit_train_batches=limit_train_batches,
+                         limit_val_batches=2, enable_progress_bar=False, logger=False, default_root_dir=root,
+                         callbacks=callbacks, **trainer_kwargs)
+    trainer.fit(model or tiny_model(), datamodule=datamodule or ImageClassificationDataModule(image_size=16))
+    return trainer
+
+
 def error_lines(stderr: str) -> list[str]:
     """The `error: ...` lines main.py printed on stderr."""
     return [line for line in stderr.splitlines() if line.startswith("error: ")]

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from callbacks import DeployBundle, Int8Quantization, ONNXExport, TensorRTBuild
 from callbacks.quantization import asymmetric_zero_points, prepare_for_quantization, quantize_int8
-from edgecls_testing import REPO, TINY, run_as_written, run_main
+from edgecls_testing import REPO, TINY, run_as_written, run_main, tiny_fit, tiny_model
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import BundleError, load_bundle
 from deploy.forms import device_qdq
@@ -207,12 +207,8 @@ class StateAtFitEnd(pl.Callback):
 def test_gate_keeps_the_most_harmful_nodes_in_fp32(capsys, tmp_path):
     quant = Int8Quantization(num_samples=128, max_drop=-100.0, max_excluded=2)  # a gate no model passes
     before = StateAtFitEnd()
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, limit_val_batches=2,
-                         enable_progress_bar=False, logger=False, default_root_dir=tmp_path,
-                         callbacks=[before, ONNXExport(exporter="torchscript"), quant,
-                                    DeployBundle(latency_iterations=5, throughput_iterations=2)])
-    model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
-    trainer.fit(model, datamodule=ImageClassificationDataModule(image_size=16))
+    trainer = tiny_fit(tmp_path, [before, ONNXExport(exporter="torchscript"), quant,
+                                  DeployBundle(latency_iterations=5, throughput_iterations=2)])
     # the miss is said once, after the table (DeployBundle prints it here, with no CLI to defer it), and labelled
     missed = capsys.readouterr().out
     assert "INT8 gate not met: model.int8.onnx (INT8 TensorRT-form) loses" in missed and "more than the -100.0 pt allowed" in missed
@@ -254,7 +250,7 @@ def test_gate_keeps_the_most_harmful_nodes_in_fp32(capsys, tmp_path):
 def test_a_missing_step_is_one_sentence_at_fit_start(callbacks, message, tmp_path):
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, default_root_dir=tmp_path, callbacks=callbacks,
                          enable_progress_bar=False)
-    model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
+    model = tiny_model()
     with pytest.raises(ValueError, match=message):
         trainer.fit(model, datamodule=ImageClassificationDataModule(image_size=16))
     assert trainer.global_step == 0  # refused before any training

@@ -14,21 +14,17 @@ from callbacks.fit_end import fit_end_record, numpy_batches
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import load_bundle
 from deploy.runners import OnnxRuntimeRunner
-from edgecls_testing import run_as_written
-from lightning_modules import ImageClassifier
+from edgecls_testing import run_as_written, tiny_fit
 
 
 @pytest.fixture(scope="module")
 def cpu_fit(tmp_path_factory):
     root = tmp_path_factory.mktemp("cpu_int8")
     pl.seed_everything(0)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=8, limit_val_batches=2,
-                         enable_progress_bar=False, logger=False, default_root_dir=root,
-                         callbacks=[ONNXExport(exporter="torchscript"), Int8Quantization(num_samples=128),
-                                    Int8Quantization(form="cpu", num_samples=128, max_drop=1.0),
-                                    DeployBundle(latency_iterations=5, throughput_iterations=2)])
-    model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
-    trainer.fit(model, datamodule=ImageClassificationDataModule(image_size=16))
+    trainer = tiny_fit(root, [ONNXExport(exporter="torchscript"), Int8Quantization(num_samples=128),
+                              Int8Quantization(form="cpu", num_samples=128, max_drop=1.0),
+                              DeployBundle(latency_iterations=5, throughput_iterations=2)],
+                       max_epochs=2, limit_train_batches=8)
     return root / "bundle", trainer
 
 

@@ -9,18 +9,15 @@ import sys
 import numpy as np
 import onnx
 import pytest
-import pytorch_lightning as pl
 
 import callbacks.quantization as quantization
 import callbacks.tensorrt_build as tensorrt_build
 from callbacks import DeployBundle, Int8Quantization, ONNXExport, TensorRTBuild, export_onnx
 from callbacks.quantization import array_batches, asymmetric_zero_points, prepare_for_quantization, quantize_int8
 from callbacks.fit_end import FitEndStep, fit_end_failures, order_steps
-from datamodules import ImageClassificationDataModule
 from deploy.bundle import load_bundle
 from deploy.runners import OnnxRuntimeRunner
-from edgecls_testing import REPO, TINY
-from lightning_modules import ImageClassifier
+from edgecls_testing import REPO, TINY, tiny_fit, tiny_model
 
 INJECT_INT8_FAULT = """
 import sys
@@ -59,14 +56,6 @@ def test_a_failing_step_costs_only_itself_and_the_fit_exits_non_zero(tmp_path):
         "Int8Quantization: injected fault: the calibrator ran out of disk"]
 
 
-def tiny_fit(tmp_path, steps):
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, limit_val_batches=2,
-                         enable_progress_bar=False, logger=False, default_root_dir=tmp_path, callbacks=steps)
-    model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
-    trainer.fit(model, datamodule=ImageClassificationDataModule(image_size=16))
-    return trainer
-
-
 def test_a_failed_prerequisite_marks_its_dependants_skipped_with_why(tmp_path, monkeypatch):
     builds = []
     monkeypatch.setattr(tensorrt_build, "tensorrt_status", lambda: (True, "TensorRT 10.3 on a test GPU"))
@@ -98,7 +87,7 @@ def test_a_failed_export_leaves_no_bundle_and_keeps_the_checkpoints(tmp_path):
 @pytest.fixture(scope="module")
 def prepared_model(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("calibration")
-    model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
+    model = tiny_model()
     fp32 = export_onnx(model.net.eval(), tmp / "model.onnx", (16, 16), exporter="torchscript")
     x = np.random.default_rng(0).standard_normal((512, 3, 16, 16)).astype(np.float32)
     return prepare_for_quantization(fp32, tmp / "prepared.onnx"), x, tmp

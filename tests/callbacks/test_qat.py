@@ -25,8 +25,7 @@ from callbacks.quantization import asymmetric_zero_points  # noqa: E402
 from datamodules import ImageClassificationDataModule  # noqa: E402
 from deploy.runners import OnnxRuntimeRunner  # noqa: E402
 from deploy.tensorrt_check import check_tensorrt  # noqa: E402
-from edgecls_testing import REPO  # noqa: E402
-from lightning_modules import ImageClassifier  # noqa: E402
+from edgecls_testing import REPO, tiny_fit  # noqa: E402
 
 
 def tiny_net() -> nn.Module:
@@ -95,14 +94,11 @@ def qat_fit(tmp_path_factory):
     """A fit with the QAT step, then the main trainer's test of the best checkpoint, as main.py runs it."""
     root = tmp_path_factory.mktemp("qat")
     pl.seed_everything(0)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=8, limit_val_batches=2,
-                         enable_progress_bar=False, logger=False, default_root_dir=root,
-                         callbacks=[ONNXExport(exporter="torchscript"), Int8Quantization(num_samples=64, max_excluded=0),
-                                    QuantizationAwareTraining(epochs=1, num_samples=64, lr=1e-4),
-                                    DeployBundle(latency_iterations=5, throughput_iterations=2)])
-    model = ImageClassifier(num_classes=10, backbone_args={"num_blocks": [1, 1, 1, 1], "width": 4}, input_size=(16, 16))
     dm = ImageClassificationDataModule(image_size=16)
-    trainer.fit(model, datamodule=dm)
+    trainer = tiny_fit(root, [ONNXExport(exporter="torchscript"), Int8Quantization(num_samples=64, max_excluded=0),
+                              QuantizationAwareTraining(epochs=1, num_samples=64, lr=1e-4),
+                              DeployBundle(latency_iterations=5, throughput_iterations=2)],
+                       datamodule=dm, max_epochs=2, limit_train_batches=8)
     tested = trainer.test(ckpt_path="best", datamodule=dm, verbose=False)[0]
     return root / "bundle", tested
 

@@ -9,7 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from edgecls_testing import EXPERIMENTS, NO_FIT_END, TINY, file_hashes
+from edgecls_testing import EXPERIMENTS, NO_FIT_END, TINY, file_hashes, printed_top1
 from cli.app import cli_main
 
 
@@ -17,12 +17,6 @@ def events(run_dir: Path) -> EventAccumulator:
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
     acc.Reload()
     return acc
-
-
-def printed_test_top1(stdout: str) -> float:
-    match = re.search(r"^test/top1 = ([0-9.]+)", stdout, re.M)
-    assert match, f"fit did not print the test top-1:\n{stdout[-2000:]}"
-    return float(match.group(1))
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in EXPERIMENTS.glob("*.yaml")))
@@ -48,7 +42,12 @@ def test_command_line_overrides_reach_the_config(quickstart, capsys):
 
 def test_quickstart_fast_dev_run(quickstart, tmp_path, cli):
     proc = cli(["fit", "--config", quickstart, "--trainer.fast_dev_run", "true", *TINY], tmp_path)
-    assert 0.0 <= printed_test_top1(proc.stdout) <= 1.0
+    # one train and one val batch, then the test of the final weights on one batch of 64 images: a top-1 of k/64
+    assert re.search(r"^test/top1 = [0-9.]+ \(test split, 32-true, final weights\)$", proc.stdout, re.M), proc.stdout
+    correct = printed_top1(proc.stdout) * 64
+    assert abs(correct - round(correct)) < 64 * 5e-5, proc.stdout
+    # a smoke run: no checkpoint and no bundle left behind
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("manifest.json"))
 
 
 def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickstart, tmp_path, cli):
@@ -107,7 +106,7 @@ def test_test_and_predict_on_a_runs_checkpoint_write_into_that_run(quickstart, t
     assert re.search(r"^test/top1 = [0-9.]+ \(test split, 32-true, runs/quickstart/version_0/checkpoints/last\.ckpt\)$",
                      tested.stdout, re.M), tested.stdout
     assert "Test metric" not in tested.stdout and "DataLoader 0" not in tested.stdout
-    assert [e.value for e in events(run).Scalars("2 test/top1")][-1] == pytest.approx(printed_test_top1(tested.stdout), abs=1e-4)
+    assert [e.value for e in events(run).Scalars("2 test/top1")][-1] == pytest.approx(printed_top1(tested.stdout), abs=1e-4)
     assert not list((run / "test").glob("events.*")) and (run / "test" / "config.yaml").is_file()
     assert {k: v for k, v in file_hashes(run).items() if k in fitted} == fitted  # the fit's files as they were
     fitted = {k: v for k, v in file_hashes(run).items() if not k.startswith("events.")}
@@ -134,7 +133,7 @@ def test_resumed_fit_ends_where_an_uninterrupted_fit_ends(quickstart, tmp_path, 
 
     # --ckpt_path last continued version_0 in place instead of starting a version_1 from scratch
     assert sorted(p.name for p in (split / "runs" / "quickstart").iterdir()) == ["version_0"]
-    assert printed_test_top1(resumed.stdout) == printed_test_top1(straight.stdout) > 0.5
+    assert printed_top1(resumed.stdout) == printed_top1(straight.stdout) > 0.5
     a = torch.load(whole / "runs/quickstart/version_0/checkpoints/last.ckpt", weights_only=True, map_location="cpu")
     b = torch.load(split / "runs/quickstart/version_0/checkpoints/last.ckpt", weights_only=True, map_location="cpu")
     assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]

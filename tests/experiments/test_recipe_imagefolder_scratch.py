@@ -1,11 +1,10 @@
 """experiments/imagefolder_scratch.yaml, as a user runs it: a folder of real scans with a few broken files in it."""
 
 import os
-import re
 
 import numpy as np
 import pytest
-from edgecls_testing import EXPERIMENTS
+from edgecls_testing import EXPERIMENTS, printed_top1
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -51,5 +50,5 @@ def test_scratch_recipe_trains_a_folder_of_real_scans_skips_broken_files_and_bea
     assert set(listed) == set(broken)
     for name, words in broken.items():
         assert words in listed[name], (name, listed[name])
-    top1 = float(re.search(r"^test/top1 = ([0-9.]+)", proc.stdout, re.M).group(1))
+    top1 = printed_top1(proc.stdout)
     assert top1 > 0.5, proc.stdout[-3000:]  # chance is 0.1

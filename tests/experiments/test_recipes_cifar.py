@@ -1,4 +1,4 @@
-"""The CIFAR recipes in experiments/ as a user runs them, shrunk as tests/test_recipes.py shrinks every recipe (its
+"""The CIFAR recipes in experiments/ as a user runs them, shrunk as test_recipes.py shrinks every recipe (its
 docstring says how): resnet_cifar10.yaml and mobilenetv2_cifar100.yaml on real digit scans written in CIFAR's
 on-disk format, fit-end chain included. A file of their own, so that the two pytest workers share the recipe runs."""
 
@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from deploy.bundle import load_bundle
-from test_recipes import (FAST_CLI, NO_WORKERS, check_bundle, cpu_seconds, digits_rgb32, handwritten_digits,  # noqa: F401 (cpu_seconds: autouse)
-                          measured_quickly, onnx_initializers, random_mobilenet_v2, shrunk_recipe, test_top1,
-                          write_cifar_of)
+from edgecls_testing import printed_top1
+from recipe_data import digits_rgb32, handwritten_digits, write_cifar_of
+from recipe_helpers import (FAST_CLI, NO_WORKERS, check_bundle, cpu_seconds, measured_quickly,  # noqa: F401 (cpu_seconds: autouse)
+                            onnx_initializers, random_mobilenet_v2, shrunk_recipe)
 
 
 @pytest.mark.slow  # about 60 s of CPU even shrunk: 3 epochs of a [2,2,2,2] ResNet, pruning, two entropy calibrations
@@ -47,7 +48,7 @@ def test_resnet_cifar10_recipe_prunes_channels_mid_fit_calibrates_with_entropy_a
     assert weights < 0.6 * pruning["params_before"]
     # 3 short epochs at the recipe's lr 1e-3 with s2 augmentation learn little (0.16 here): above chance (0.10) by
     # 2 standard deviations of a 300-image guess, no more
-    assert test_top1(proc.stdout) > 0.13, proc.stdout[-3000:]
+    assert printed_top1(proc.stdout) > 0.13, proc.stdout[-3000:]
 
 
 def digit_pairs(count_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,14 +4,13 @@ images with a local weights file standing in for ImageNet's (nothing downloads h
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torchvision
 
-from test_recipes import FAST_CLI, NO_WORKERS, check_bundle, measured_quickly, shrunk_recipe, write_image_folder
+from edgecls_testing import printed_top1
+from recipe_data import write_image_folder
+from recipe_helpers import FAST_CLI, NO_WORKERS, check_bundle, measured_quickly, shrunk_recipe
 
 
 @pytest.mark.slow  # a fit plus the whole fit-end chain: ~1 min on 2 shared cores
@@ -23,7 +22,7 @@ def test_mobilenetv3_small_digits_recipe_ends_with_a_bundle_and_learns(tmp_path,
     proc = cli(["fit", "--config", recipe, *FAST_CLI], tmp_path)
     run = tmp_path / "runs" / "mobilenetv3_small_digits" / "version_0"
     check_bundle(run, recipe, [str(d) for d in range(10)], [32, 32])
-    top1 = float(proc.stdout.split("test/top1 = ")[1].split()[0])
+    top1 = printed_top1(proc.stdout)
     # 4 short epochs at half the recipe's size reach ~0.3-0.9; with torchvision's BatchNorm momentum 0.01 (instead
     # of the builder's 0.1 from scratch) eval-mode top-1 sits at chance (0.10) this early
     assert top1 > 0.2, proc.stdout[-2000:]

@@ -2,7 +2,6 @@
 and the same YAML trains with two DDP processes on the CPU."""
 
 import functools
-import re
 
 import pytest
 import pytorch_lightning as pl
@@ -12,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from torch import nn
 
-from edgecls_testing import TINY, run_main
+from edgecls_testing import TINY, printed_top1s, run_main
 from datamodules import ImageClassificationDataModule
 from deploy.bundle import load_bundle
 from lightning_modules import ImageClassifier
@@ -124,7 +123,7 @@ def test_two_process_cpu_ddp_fit_writes_one_run_one_bundle_and_synced_metrics(qu
     assert sorted(p.name for p in runs.rglob("manifest.json")) == ["manifest.json"]
     bundle = load_bundle(runs / "version_0" / "bundle", verify=True)
     assert {a["format"] for a in bundle.artifacts} == {"onnx", "onnx-int8"}
-    printed = [float(m) for m in re.findall(r"^test/top1 = ([0-9.]+)", proc.stdout, re.M)]
+    printed = printed_top1s(proc.stdout)
     assert len(printed) == 1  # rank zero reports, once
 
     # The two processes each tested half of the split; the synced metric is the whole split's.
