@@ -1,7 +1,7 @@
 """Device runtimes and artifact formats from outside the project, loaded before a `python -m deploy` command runs.
 
-A plugin is a module that calls `deploy.runners.register_runtime` (and `register_format` for a new kind of file)
-when imported. It is found two ways, as Python tools usually find plugins: modules named in the EDGECLS_PLUGINS
+A plugin is a module that calls `deploy.registry.register_runtime` (and `register_format` for a new kind of file)
+when imported, as the built-in runtimes in deploy/runtimes/ do (`deploy.runners` keeps the same names). It is found two ways, as Python tools usually find plugins: modules named in the EDGECLS_PLUGINS
 variable (comma-separated, importable from PYTHONPATH or the current folder), and the `edgecls.plugins` entry
 points of installed packages. Training needs neither: the recipe's `class_path` imports the module itself.
 """

@@ -76,6 +76,9 @@ def available_runtimes() -> list[str]:
     return [name for name, spec in RUNTIMES.items() if spec.available()]
 
 
+_SKIPPED_SAID: set[str] = set()
+
+
 def candidates(bundle: Bundle, runtime: Optional[str] = None, format: Optional[str] = None,
                precision: Optional[str] = None) -> list[Candidate]:
     """Every (artifact, runtime) pair the flags allow; an explicit runtime is tried even where it looks
@@ -88,7 +91,9 @@ def candidates(bundle: Bundle, runtime: Optional[str] = None, format: Optional[s
         if format not in (None, entry["format"]) or precision not in (None, entry["precision"]):
             continue
         if entry["format"] not in FORMATS:  # a plugin's format without its plugin here: the rest still runs
-            warnings.warn(unrunnable_notice(entry), RuntimeWarning, stacklevel=2)
+            if entry["file"] not in _SKIPPED_SAID:  # one line per file, however often a command asks
+                _SKIPPED_SAID.add(entry["file"])
+                warnings.warn(unrunnable_notice(entry), RuntimeWarning, stacklevel=2)
             continue
         for name in names:
             if entry["format"] in runtime_spec(name).formats:
