@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-import sys
+import warnings
 import tempfile
 from typing import Optional
 
@@ -78,10 +78,10 @@ def smoke_test(bundle_dir: str) -> int:
         if smoke is not None and smoke.available():
             onnx.append(entry)
         else:  # a format whose runtime this device lacks: the rest of the bundle is still checked
-            print(unrunnable_notice(entry), file=sys.stderr, flush=True)
-    unknown = [e for e in bundle.artifacts if e["format"] not in FORMATS]
-    for entry in unknown:
-        print(unrunnable_notice(entry), file=sys.stderr, flush=True)
+            warnings.warn(unrunnable_notice(entry), RuntimeWarning, stacklevel=2)
+    for entry in bundle.artifacts:
+        if entry["format"] not in FORMATS:  # a plugin's format without its plugin here
+            warnings.warn(unrunnable_notice(entry), RuntimeWarning, stacklevel=2)
     if not onnx:
         raise BundleError(f"{os.path.join(bundle_dir, MANIFEST)}: no ONNX artifact to smoke-test, so this bundle "
                           "cannot be checked here; install a bundle made by the fit-end callbacks")

@@ -18,8 +18,9 @@ from deploy.registry import FORMATS
 
 def config_pbtxt(name: str, platform: str, input_name: str, output_name: str, input_dims: list[int],
                  num_classes: int, max_batch_size: int, preferred_batch_sizes: list[int],
-                 queue_delay_us: int = 100, instance_kind: Optional[str] = None) -> str:
-    """Triton model configuration (protobuf text); dims exclude the batch dimension, as Triton expects."""
+                 queue_delay_us: int = 100, instance_kind: Optional[str] = None, layout: str = "NCHW") -> str:
+    """Triton model configuration (protobuf text); dims exclude the batch dimension, as Triton expects, in the
+    order of `layout` (the format's: NCHW, or NHWC for a file that takes channels last)."""
     preferred = sorted({b for b in preferred_batch_sizes if 1 <= b <= max_batch_size})
     lines = [
         f'name: "{name}"',
@@ -29,7 +30,7 @@ def config_pbtxt(name: str, platform: str, input_name: str, output_name: str, in
         "  {",
         f'    name: "{input_name}"',
         "    data_type: TYPE_FP32",
-        "    format: FORMAT_NCHW",
+        f"    format: FORMAT_{layout}",
         f"    dims: [ {', '.join(str(d) for d in input_dims)} ]",
         "  }",
         "]",
@@ -87,7 +88,9 @@ def write_triton_repository(bundle: Bundle, out_dir: str, entry: dict, model_nam
     with atomic_path(target) as tmp:
         shutil.copyfile(bundle.artifact_path(entry), tmp)
     atomic_write_bytes(os.path.join(model_dir, "labels.txt"), ("\n".join(bundle.classes) + "\n").encode("utf-8"))
-    text = config_pbtxt(name, platform, io_names[0], io_names[1], list(bundle.input_shape), len(bundle.classes),
-                        max_batch, [1, 8, max_batch], instance_kind=instance_kind)
+    channels, height, width = bundle.input_shape
+    dims = [height, width, channels] if spec.layout == "NHWC" else [channels, height, width]
+    text = config_pbtxt(name, platform, io_names[0], io_names[1], dims, len(bundle.classes),
+                        max_batch, [1, 8, max_batch], instance_kind=instance_kind, layout=spec.layout)
     atomic_write_bytes(os.path.join(model_dir, "config.pbtxt"), text.encode("utf-8"))
     return model_dir

@@ -72,3 +72,10 @@ def test_an_artifact_format_is_one_file_and_one_yaml_line(tmp_path):
         "warning: model.torchscript.pt (torchscript) skipped: no runtime here reads that format (set EDGECLS_PLUGINS "
         "to the plugin that adds it)"]
     assert bench_rows(plain.stdout, "model.onnx") and not bench_rows(plain.stdout, "model.torchscript.pt")
+    # and install, whose smoke test runs what it can here: the ONNX file, the other file said in one line
+    installed = deploy(["install", "--bundle", bundle, "--to", tmp_path / "models"], tmp_path, "")
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    assert [line for line in installed.stderr.splitlines() if "model.torchscript.pt" in line] == [
+        "warning: model.torchscript.pt (torchscript) skipped: no runtime here reads that format (set EDGECLS_PLUGINS "
+        "to the plugin that adds it)"]
+    assert "1 ONNX file(s) smoke-tested" in installed.stdout
