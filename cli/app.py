@@ -129,6 +129,7 @@ class EdgeCLI(LightningCLI):
         if command and self.config[command].get("ckpt_path"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                # LightningCLI's own _parser(subcommand): no public accessor gives the subcommand's parser to dump with
                 self._model_as_given = yaml_load(self._parser(command).dump(self.config[command], skip_none=False)).get("model")
             hparams = checkpoint_hparams(Path(self.config[command]["ckpt_path"]))
             if model_is_old(hparams):
@@ -199,6 +200,7 @@ class EdgeCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         self._check_foreign_checkpoint()  # model and data are built (their classes linked), no run folder yet
+        # LightningCLI's _get reads the instantiated section of the current subcommand; it has no public equivalent
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = logger = self._run_logger()

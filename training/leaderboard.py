@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from pytorch_lightning import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import AttributeDict
 
+from deploy.run_folder import run_number
 from lightning_modules.classifier import GRAD_NORM
 from training.run_logger import RunLogger, board_tag
 
@@ -152,5 +154,6 @@ def write_leaderboard_end(logger: RunLogger, failed: bool) -> None:
 def trial_name(logger: TensorBoardLogger) -> str:
     """`v3 quickstart` for runs/quickstart/version_3: the version first, where a cut-off name still tells runs apart."""
     version = logger.version
-    version = f"v{version}" if isinstance(version, int) else str(version).replace("version_", "v")
+    number = version if isinstance(version, int) else run_number(Path(str(version)))
+    version = f"v{number}" if number is not None else str(version)
     return f"{version} {logger.name}"

@@ -48,6 +48,8 @@ class RunLogger(TensorBoardLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
+        # TensorBoardLogger keeps its writer and the writer's arguments in _experiment and _kwargs, and its experiment
+        # property (overridden here to write into the run, not the sub_dir) has no public hook for the writer's folder
         if self._experiment is None and self.sub_dir:
             from torch.utils.tensorboard import SummaryWriter
 
