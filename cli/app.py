@@ -123,7 +123,7 @@ class EdgeCLI(LightningCLI):
         # hyperparameters, which is where the settings as given must be kept (below).
         # LightningCLI replaces the model settings with the checkpoint's own before anything is checked; the
         # settings as the user gave them are kept here, so that a checkpoint that does not match them is refused
-        # (resume.py) instead of silently changing the network the YAML describes.
+        # (cli/resume.py) instead of silently changing the network the YAML describes.
         command = self.config.get("subcommand")
         self._model_as_given = None
         if command and self.config[command].get("ckpt_path"):
