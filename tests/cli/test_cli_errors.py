@@ -77,12 +77,12 @@ def test_edgecls_debug_shows_the_traceback(quickstart, tmp_path, cli):
 
 
 def test_a_fit_that_fails_in_set_up_leaves_no_run_folder_and_keeps_older_runs(quickstart, tmp_path, cli, monkeypatch):
-    import main
+    from cli.errors import Invocation
 
     # cosine without max_epochs fails in configure_optimizers: after config.yaml and the split lists are written
     fails_late = ["fit", "--config", quickstart, *TINY, *NO_FIT_END, "--model.lr_scheduler", "lightning_modules.schedules.CosineAnnealingLR", "--trainer.max_epochs", "-1"]
     with monkeypatch.context() as patched:
-        patched.setattr(main.Invocation, "discard_new_run", lambda self: None)  # to see what a failed set-up wrote
+        patched.setattr(Invocation, "discard_new_run", lambda self: None)  # to see what a failed set-up wrote
         kept = cli(fails_late, tmp_path, expect_ok=False)
     older = tmp_path / "runs" / "quickstart" / "version_0"
     assert kept.returncode == 2 and (older / "config.yaml").is_file() and (older / "split" / "train.jsonl").is_file()
