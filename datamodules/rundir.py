@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Iterable
+from typing import Iterable, Optional
+
+import xxhash
 
 try:
     import fcntl
@@ -26,6 +28,38 @@ def write_text_atomic(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+CHECKSUM_KEY = "xxh3_128"  # of the object's other keys, as canonical JSON
+
+
+def _canonical_digest(data: dict) -> str:
+    return xxhash.xxh3_128_hexdigest(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+
+
+def write_json_checked(path: str, data: dict, indent: Optional[int] = 1) -> None:
+    """A cache file: ``data`` plus a checksum of it, so a reader can tell what was written from what is there now."""
+    write_text_atomic(path, json.dumps({**data, CHECKSUM_KEY: _canonical_digest(data)}, indent=indent))
+
+
+def read_json_checked(path: str) -> tuple[Optional[dict], Optional[str]]:
+    """(data, None) when ``path`` holds what ``write_json_checked`` wrote; (None, why not) otherwise, and (None, None)
+    when there is no file (a cache not built yet needs no word)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    if not isinstance(data, dict):
+        return None, "is not a JSON object"
+    digest = data.pop(CHECKSUM_KEY, None)
+    if digest is None:
+        return None, "has no checksum (an older version wrote it)"
+    if digest != _canonical_digest(data):
+        return None, "does not match its checksum (changed since it was written)"
+    return data, None
 
 
 def write_split_lists(run_dir: str, splits: dict[str, Iterable[tuple[str, str]]]) -> list[str]:
