@@ -23,7 +23,7 @@ from datamodules.rundir import read_json_checked, write_json_checked
 from datamodules.sources.base import SPLITS, SourceData, SplitData
 from datamodules.split import stratified_split
 from datamodules.stats import PixelSums, file_signature, fingerprint
-from deploy.images import ImageDecodeError, is_image_file, read_image
+from deploy.images import ImageDecodeError, is_image_file, read_image, shown_name
 
 
 @dataclass
@@ -35,8 +35,36 @@ class StatsRequest:
     load: Callable[[str], Optional[tuple[list[float], list[float]]]]
 
 
+# A folder whose name starts with "." is not a class: such folders are what tools leave (.ipynb_checkpoints,
+# .thumbnails, .git, .Trash-1000, macOS's .fseventsd), and torchvision's ImageFolder, which takes every folder, makes
+# Jupyter's .ipynb_checkpoints a class of its own. So they are skipped, and named in one line where they hold images.
 def _visible_dirs(folder: str) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _hidden_dirs_with_images(folder: str) -> list[str]:
+    """Hidden sub-folders of ``folder`` that hold image files at their top level (what a user may have meant as a
+    class); looking no deeper keeps a large .git cheap."""
+    out = []
+    for entry in os.scandir(folder):
+        if entry.is_dir() and entry.name.startswith("."):
+            try:
+                if any(f.is_file() and is_image_file(f.name) for f in os.scandir(entry.path)):
+                    out.append(entry.name)
+            except OSError:
+                continue
+    return sorted(out)
+
+
+def _check_text_names(base: str, names: list[str]) -> None:
+    """Class names become the bundle's labels (text on the device): a folder name that is not UTF-8 cannot be one."""
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"class folder {shown_name(os.path.join(base, name))} has a name that is not UTF-8 "
+                             "text, and class names become the bundle's labels; rename it (convmv -f latin1 -t "
+                             "utf8 renames such folders)") from None
 
 
 def check_root(root: Optional[str]) -> str:
@@ -62,6 +90,7 @@ def class_names(root: Optional[str]) -> list[str]:
     folders = presplit_folders(root)
     base = folders["train"] if folders else root
     names = _visible_dirs(base)
+    _check_text_names(base, names)
     if len(names) < 2:
         raise ValueError(f"{base} has {len(names)} class folder(s) {names}; a classifier needs at least 2, one "
                          "sub-folder of images per class")
@@ -223,6 +252,11 @@ def load_imagefolder_source(root: Optional[str], ratios: Sequence[float], seed: 
     root = check_root(root)
     classes = class_names(root)
     folders = presplit_folders(root)
+    for base in (folders or {"": root}).values():
+        hidden = _hidden_dirs_with_images(base)
+        if hidden:
+            rank_zero_info(f"{shown_name(base)}: hidden folder(s) {[shown_name(h) for h in hidden]} hold images but "
+                           "are not classes (a name starting with '.' is skipped); rename one to use it as a class")
     if folders:
         unknown = {s: sorted(set(_visible_dirs(f)) - set(classes)) for s, f in folders.items()}
         for s, extra in unknown.items():
