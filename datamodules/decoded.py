@@ -43,7 +43,6 @@ LOCK_NAME = "lock"
 TMP_PREFIX = ".images-"
 
 
-
 class StoreLease:
     """A shared lock on one store, held as long as something that reads the store lives in this process (the
     DataModule's datasets keep it; loader workers open the store while their parent holds it)."""
@@ -152,7 +151,7 @@ def row_hashes(file: str, chunk_bytes: int = 32 * 2**20) -> np.ndarray:
 
 def store_prefix(cache_dir: str, root: str, size: Sequence[int], interpolation: str) -> str:
     """What a folder's stores at one size share: a new store replaces the one before it (the files changed)."""
-    tag = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:12]
+    tag = hashlib.sha256(os.fsencode(os.path.abspath(root))).hexdigest()[:12]
     return os.path.join(cache_dir, f"decoded-{tag}-{int(size[0])}x{int(size[1])}-{interpolation}")
 
 

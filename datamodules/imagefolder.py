@@ -116,7 +116,7 @@ def list_images(folder: str, classes: Sequence[str]) -> tuple[list[str], list[in
 def _verdict_cache_path(cache_dir: Optional[str], root: str) -> Optional[str]:
     if not cache_dir:
         return None
-    tag = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
+    tag = hashlib.sha256(os.fsencode(os.path.abspath(root))).hexdigest()[:16]
     return os.path.join(cache_dir, f"image-checks-{tag}.json")
 
 

@@ -153,7 +153,7 @@ def test_file_names_that_are_not_utf8_survive_the_fit_the_split_lists_and_exclud
 
     from datamodules.rundir import read_split_list
 
-    root = str(tmp_path / "odd")
+    root = str(tmp_path / os.fsdecode(b"odd \xe9"))  # the folder itself, too
     odd = [b"\xff\xfe.png", b"caf\xe9 latin-1.png", b"ok.png", b"\x80\x81.png", b"fine.png", b"more.png"]
     _digit_pngs(os.path.join(root, "zero"), 0, 6, odd)
     _digit_pngs(os.path.join(root, "one"), 1, 6, [b"%d.png" % i for i in range(6)])
