@@ -27,6 +27,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import mmap
 import os
 import shutil
 from typing import Optional, Sequence
@@ -126,26 +127,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def row_hashes(file: str, chunk_bytes: int = 32 * 2**20) -> np.ndarray:
-    """xxh3_64 of every row of an [N, ...] .npy, read sequentially in large chunks (no page-by-page mmap faults)."""
-    header = np.load(file, mmap_mode="r")
-    rows, row_bytes = header.shape[0], int(np.prod(header.shape[1:])) * header.itemsize
-    offset = header.offset
-    del header
-    out = np.empty(rows, dtype=np.uint64)
-    per_chunk = max(1, chunk_bytes // max(1, row_bytes))
-    buffer = bytearray(per_chunk * row_bytes)
-    view = memoryview(buffer)
-    with open(file, "rb", buffering=0) as f:
-        f.seek(offset)
-        for start in range(0, rows, per_chunk):
-            count = min(per_chunk, rows - start)
-            want = count * row_bytes
-            got = f.readinto(view[:want])
-            if got != want:
-                raise ValueError(f"{file} ends after {start + got // max(1, row_bytes)} of {rows} rows")
-            for i in range(count):
-                out[start + i] = xxhash.xxh3_64_intdigest(view[i * row_bytes:(i + 1) * row_bytes])
+def row_hashes(file: str) -> np.ndarray:
+    """xxh3_64 of every row of an [N, ...] .npy, read through a memory map in order (no copy out of the page cache;
+    measured as fast as large sequential reads, and it leaves the pages the first epoch reads in the cache)."""
+    rows = np.load(file, mmap_mode="r")
+    try:
+        rows._mmap.madvise(mmap.MADV_SEQUENTIAL)
+    except (AttributeError, OSError, ValueError):
+        pass  # an advice only
+    out = np.empty(len(rows), dtype=np.uint64)
+    for i in range(len(rows)):
+        out[i] = xxhash.xxh3_64_intdigest(rows[i])
     return out
 
 
