@@ -25,7 +25,7 @@ from datamodules.stats import (PixelSums, fingerprint, load_cached_mean_std, sav
 from datamodules.workers import (DEFAULT_TIMEOUT_S, Uint8Batches, auto_workers, cap_workers,  # noqa: F401
                                 init_loader_worker, make_loader, usable_cores)
 from datamodules.sources import DataSource, DigitsSource, LoadRequest, SourceData
-from deploy.images import ImageDecodeError
+from deploy.images import ImageDecodeError, shown_name
 from deploy.preprocessing_rules import (IMAGENET_MEAN, IMAGENET_STD, check_crop, check_interpolation, check_mean_std,
                                         size_pair)
 
@@ -265,7 +265,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
                        + f"; mean {np.round(pre.mean, 4).tolist()} std {np.round(pre.std, 4).tolist()} "
                        f"({self.stats_origin})")
         if self.excluded:
-            lines = "\n".join(f"  {f}: {r}" for f, r in self.excluded)
+            lines = "\n".join(f"  {shown_name(f)}: {r}" for f, r in self.excluded)
             rank_zero_warn(f"{len(self.excluded)} image(s) could not be decoded and were left out:\n{lines}")
         if run_dir is not None:  # every rank's workers report files that go bad mid-fit into the one run directory
             for ds in self._datasets.values():

@@ -86,9 +86,11 @@ class StoredImages(FileImages):
     """Image files read from the folder's decoded store (``datamodules.decoded``): rows of a memory-mapped
     [N, H, W, 3] uint8 array, each image decoded once and resized to the data's image_size. Names stay the files'."""
 
-    def __init__(self, paths: Sequence[str], root: Optional[str], store_file: str, rows: Sequence[int]):
+    def __init__(self, paths: Sequence[str], root: Optional[str], store_file: str, rows: Sequence[int],
+                 lease: object = None):
         super().__init__(paths, root)
         self.store_file = store_file
+        self.lease = lease  # the store's shared lock (datamodules.decoded.StoreLease): no other fit removes it meanwhile
         self._rows = SharedArray(np.asarray(rows, dtype=np.int64))
         self._map: Optional[np.ndarray] = None
 
@@ -98,7 +100,7 @@ class StoredImages(FileImages):
         return np.array(self._map[self._rows.array[i]])  # a writable copy: transforms may work in place
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_map": None}
+        return {**self.__dict__, "_map": None, "lease": None}  # a worker reads while its parent holds the lease
 
 
 class SyntheticImages(IndexedRows):

@@ -9,7 +9,6 @@ the train split's mean/std in the same decode pass.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from datamodules.datasets import FileImages, StoredImages
 from datamodules.decoded import DecodedStore
-from datamodules.rundir import write_text_atomic
+from datamodules.rundir import read_json_checked, write_json_checked
 from datamodules.sources.base import SPLITS, SourceData, SplitData
 from datamodules.split import stratified_split
 from datamodules.stats import PixelSums, file_signature, fingerprint
-from deploy.images import ImageDecodeError, is_image_file, read_image
+from deploy.images import ImageDecodeError, is_image_file, read_image, shown_name
 
 
 @dataclass
@@ -36,8 +35,36 @@ class StatsRequest:
     load: Callable[[str], Optional[tuple[list[float], list[float]]]]
 
 
+# A folder whose name starts with "." is not a class: such folders are what tools leave (.ipynb_checkpoints,
+# .thumbnails, .git, .Trash-1000, macOS's .fseventsd), and torchvision's ImageFolder, which takes every folder, makes
+# Jupyter's .ipynb_checkpoints a class of its own. So they are skipped, and named in one line where they hold images.
 def _visible_dirs(folder: str) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _hidden_dirs_with_images(folder: str) -> list[str]:
+    """Hidden sub-folders of ``folder`` that hold image files at their top level (what a user may have meant as a
+    class); looking no deeper keeps a large .git cheap."""
+    out = []
+    for entry in os.scandir(folder):
+        if entry.is_dir() and entry.name.startswith("."):
+            try:
+                if any(f.is_file() and is_image_file(f.name) for f in os.scandir(entry.path)):
+                    out.append(entry.name)
+            except OSError:
+                continue
+    return sorted(out)
+
+
+def _check_text_names(base: str, names: list[str]) -> None:
+    """Class names become the bundle's labels (text on the device): a folder name that is not UTF-8 cannot be one."""
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"class folder {shown_name(os.path.join(base, name))} has a name that is not UTF-8 "
+                             "text, and class names become the bundle's labels; rename it (convmv -f latin1 -t "
+                             "utf8 renames such folders)") from None
 
 
 def check_root(root: Optional[str]) -> str:
@@ -63,6 +90,7 @@ def class_names(root: Optional[str]) -> list[str]:
     folders = presplit_folders(root)
     base = folders["train"] if folders else root
     names = _visible_dirs(base)
+    _check_text_names(base, names)
     if len(names) < 2:
         raise ValueError(f"{base} has {len(names)} class folder(s) {names}; a classifier needs at least 2, one "
                          "sub-folder of images per class")
@@ -88,16 +116,21 @@ def list_images(folder: str, classes: Sequence[str]) -> tuple[list[str], list[in
 def _verdict_cache_path(cache_dir: Optional[str], root: str) -> Optional[str]:
     if not cache_dir:
         return None
-    tag = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
+    tag = hashlib.sha256(os.fsencode(os.path.abspath(root))).hexdigest()[:16]
     return os.path.join(cache_dir, f"image-checks-{tag}.json")
 
 
 def _load_verdicts(path: Optional[str]) -> dict[str, list]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (TypeError, OSError, ValueError):
+    """{absolute path: [size, mtime_ns, mode, reason or None]} as written; a cache that is not is said and ignored."""
+    if path is None:
         return {}
+    data, problem = read_json_checked(path)
+    verdicts = data.get("verdicts") if data is not None else None
+    if data is not None and not isinstance(verdicts, dict):
+        problem = "holds no verdicts"
+    if problem is not None:
+        rank_zero_info(f"image check cache {path} {problem}: checking every file again")
+    return verdicts if problem is None and verdicts is not None else {}
 
 
 def _stat_key(path: str) -> Optional[list[int]]:
@@ -155,7 +188,7 @@ def check_images(paths: Sequence[str], root: str, cache_dir: Optional[str], thre
                 verdicts[os.path.abspath(path)] = [*key, reason]
     if cache_path and verdicts != {k: cached.get(k) for k in verdicts}:
         try:
-            write_text_atomic(cache_path, json.dumps({**cached, **verdicts}))
+            write_json_checked(cache_path, {"verdicts": {**cached, **verdicts}}, indent=None)
         except OSError:
             pass  # an unwritable cache only costs a re-check next time
     return reasons, total
@@ -170,6 +203,12 @@ class StoreRequest:
     resize: Callable[[np.ndarray], np.ndarray]
 
 
+def _say_kept(store: DecodedStore) -> None:
+    if store.kept:
+        rank_zero_info(f"decoded store: {len(store.kept)} older store(s) of {store.root} kept while another fit "
+                       f"reads them ({', '.join(store.kept)}); a later fit removes them")
+
+
 def _decode_pass(all_paths: list[str], train_paths: list[str], root: str, cache_dir: Optional[str], threads: int,
                  want_sums: bool, stats: Optional[StatsRequest], decoded: Optional[StoreRequest]):
     """Check every file (and sum the train pixels, and fill the decoded store, where wanted) in one decode pass;
@@ -180,10 +219,14 @@ def _decode_pass(all_paths: list[str], train_paths: list[str], root: str, cache_
         store = DecodedStore(cache_dir, root, key, all_paths, decoded.size, decoded.interpolation)
         if store.load():
             rank_zero_info(f"decoded store: {len(all_paths):,} images at {decoded.size[0]}x{decoded.size[1]} read "
-                           f"from {store.dir} ({store.nbytes / 1e6:,.1f} MB), no file decoded")
+                           f"from {store.dir} ({store.nbytes / 1e6:,.1f} MB, every row as written), no file decoded")
+            _say_kept(store)
             rows = {p: i for i, p in enumerate(all_paths)}
             sums = store.sum_rows([rows[p] for p in train_paths if p not in store.reasons]) if want_sums else None
             return store.reasons, sums, store
+        if store.mismatch:
+            rank_zero_info(f"decoded store {store.dir} is not what was written ({store.mismatch}): decoding the "
+                           "files again")
         store.begin()
     resize = decoded.resize if decoded is not None else (stats.resize if want_sums else None)
     try:
@@ -198,6 +241,7 @@ def _decode_pass(all_paths: list[str], train_paths: list[str], root: str, cache_
         rank_zero_info(f"decoded store: {len(all_paths):,} images decoded once at {decoded.size[0]}x"
                        f"{decoded.size[1]} into {store.dir} ({store.nbytes / 1e6:,.1f} MB); later epochs and fits "
                        "read it instead of the files (data.decoded_cache: false turns it off)")
+        _say_kept(store)
     return reasons, (sums if want_sums else None), store
 
 
@@ -208,6 +252,11 @@ def load_imagefolder_source(root: Optional[str], ratios: Sequence[float], seed: 
     root = check_root(root)
     classes = class_names(root)
     folders = presplit_folders(root)
+    for base in (folders or {"": root}).values():
+        hidden = _hidden_dirs_with_images(base)
+        if hidden:
+            rank_zero_info(f"{shown_name(base)}: hidden folder(s) {[shown_name(h) for h in hidden]} hold images but "
+                           "are not classes (a name starting with '.' is skipped); rename one to use it as a class")
     if folders:
         unknown = {s: sorted(set(_visible_dirs(f)) - set(classes)) for s, f in folders.items()}
         for s, extra in unknown.items():
@@ -241,7 +290,7 @@ def load_imagefolder_source(root: Optional[str], ratios: Sequence[float], seed: 
     for s in SPLITS:
         paths, labels = listed[s]
         keep = [paths[i] for i, p in enumerate(paths) if p not in reasons]
-        images = (StoredImages(keep, root, store.file, [row[p] for p in keep]) if store is not None
+        images = (StoredImages(keep, root, store.file, [row[p] for p in keep], store.lease) if store is not None
                   else FileImages(keep, root))
         splits[s] = SplitData(images, np.asarray([labels[i] for i, p in enumerate(paths) if p not in reasons],
                                                  dtype=np.int64))

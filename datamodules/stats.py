@@ -9,15 +9,16 @@ the division happens once at the end in float64.
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
+from pytorch_lightning.utilities import rank_zero_info
 
-from datamodules.rundir import write_text_atomic
+from datamodules.rundir import read_json_checked, write_json_checked
 
 
 @dataclass
@@ -101,16 +102,33 @@ def file_signature(paths: Sequence[str]) -> list[tuple[str, int, int]]:
     return out
 
 
+def _check_mean_std(data: dict) -> tuple[list[float], list[float]]:
+    """The cache's values, or ValueError: three finite means and three finite positive stds."""
+    try:
+        mean, std = [float(v) for v in data["mean"]], [float(v) for v in data["std"]]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("has no mean and std lists") from None
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"holds {len(mean)} means and {len(std)} stds instead of 3 each")
+    if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise ValueError(f"holds mean {mean} std {std}, not finite with positive stds")
+    return mean, std
+
+
 def load_cached_mean_std(cache_dir: Optional[str], key: str) -> Optional[tuple[list[float], list[float]]]:
+    """The cached statistics, or None: missing, or not what was written (said in one line, then recomputed)."""
     if not cache_dir:
         return None
     path = os.path.join(cache_dir, f"mean_std-{key}.json")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return [float(v) for v in data["mean"]], [float(v) for v in data["std"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # missing or damaged cache: recompute
+    data, problem = read_json_checked(path)
+    if data is not None:
+        try:
+            return _check_mean_std(data)
+        except ValueError as exc:
+            problem = str(exc)
+    if problem is not None:
+        rank_zero_info(f"mean/std cache {path} {problem}: computing the statistics again")
+    return None
 
 
 def save_cached_mean_std(cache_dir: Optional[str], key: str, mean: list[float], std: list[float],
@@ -119,7 +137,7 @@ def save_cached_mean_std(cache_dir: Optional[str], key: str, mean: list[float], 
         return None
     path = os.path.join(cache_dir, f"mean_std-{key}.json")
     try:
-        write_text_atomic(path, json.dumps({"mean": mean, "std": std, **info}, indent=1))
+        write_json_checked(path, {"mean": mean, "std": std, **info})
     except OSError:
         return None  # a read-only cache dir only costs a recomputation next time
     return path

@@ -42,8 +42,9 @@ EXIT_STATUS = "exit status:" + (__doc__ or "").partition("Exit status:")[2].rstr
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    """Classify images: one JSON line per image on stdout, one error line per unreadable image on stderr;
-    exit 1 when any image failed."""
+    """Classify images: one JSON line per image on stdout (a name that is not UTF-8: file_bytes, base64), one error
+    line per unreadable image on stderr; exit 1 when any image failed."""
+    from deploy.images import name_fields
     from deploy.preprocess import Preprocessor, expand_inputs, preprocess
     from deploy.forms import EXACT_USING, device_qdq
     from deploy.registry import open_runner
@@ -83,7 +84,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             for row, index in zip(softmax(logits), kept):
                 order = np.argsort(-row, kind="stable")[:topk]
                 top = [{"class": bundle.classes[i], "index": int(i), "probability": round(float(row[i]), 6)} for i in order]
-                print(json.dumps({"file": chunk[index], "top": top}), flush=True)
+                print(json.dumps({**name_fields(chunk[index]), "top": top}), flush=True)
     return EXIT_INPUTS_FAILED if failed else EXIT_OK
 
 

@@ -11,6 +11,7 @@ image, truncated, over the pixel limit, or any exception inside a decoder plugin
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import stat
@@ -43,6 +44,32 @@ def is_image_file(name: str) -> bool:
     """True for a visible file with an image extension (compared case-insensitively)."""
     base = os.path.basename(name)
     return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
+
+
+# A file name is bytes on POSIX; Python hands undecodable bytes over as lone surrogates (os.fsdecode's
+# surrogateescape), which strict UTF-8 text and standard JSON cannot hold. Where a name is written as JSON, it is
+# "file": the name when it is valid text, else "file_bytes": its bytes in base64 (the way back) with "file_shown":
+# the name with those bytes as \xNN escapes (for a reader).
+def name_fields(name: str, key: str = "file") -> dict[str, str]:
+    """The JSON fields for one file name (see above)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(name)
+        return {f"{key}_bytes": base64.b64encode(raw).decode("ascii"), f"{key}_shown": shown_name(name)}
+    return {key: name}
+
+
+def name_from_fields(row: dict, key: str = "file") -> str:
+    """The file name ``name_fields`` wrote, as os.fsdecode gives it (opens the same file)."""
+    if key in row:
+        return row[key]
+    return os.fsdecode(base64.b64decode(row[f"{key}_bytes"]))
+
+
+def shown_name(name: str) -> str:
+    """A file name as printable text: bytes that are not UTF-8 become \\xNN (a message never fails on a name)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:

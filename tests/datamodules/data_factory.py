@@ -171,3 +171,32 @@ def tiny_trainer(tmp_path, **kwargs) -> pl.Trainer:
                     enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
+
+
+class LightningLines:
+    """The lines Lightning's rank-zero logger says while the ``with`` block runs (its logger does not propagate, so
+    caplog alone misses them)."""
+
+    def __init__(self, caplog):
+        import logging
+
+        self.caplog = caplog
+        self.logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+        self.lines: list[str] = []
+
+    def __enter__(self) -> "LightningLines":
+        import logging
+
+        self.caplog.clear()
+        self.logger.addHandler(self.caplog.handler)
+        self._level = self.caplog.at_level(logging.INFO, logger=self.logger.name)
+        self._level.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._level.__exit__(*exc)
+        self.logger.removeHandler(self.caplog.handler)
+        self.lines = list(dict.fromkeys(r.getMessage() for r in self.caplog.records))  # once, in order
+
+    def matching(self, words: str) -> list[str]:
+        return [line for line in self.lines if words in line]

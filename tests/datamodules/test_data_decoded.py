@@ -1,12 +1,19 @@
 """The decoded store: real photos decoded once into a memory-mapped uint8 array, read back bit-exact, reused by a
-later fit, rebuilt when a file changes, refused in one sentence when the disk lacks room, off on request."""
+later fit, rebuilt when a file changes or when the store is not what was written, kept while another fit reads it,
+refused in one sentence when the disk lacks room, off on request."""
 
+import gc
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import torch
+from data_factory import LightningLines
 from PIL import Image
 
 from datamodules import ImageClassificationDataModule
@@ -116,8 +123,85 @@ def test_a_disk_without_room_for_the_store_is_one_sentence_and_leaves_nothing(ph
     message = str(info.value)
     assert "decoded image store" in message and "needs" in message and "only 0.00 GB is free" in message
     assert "data.decoded_cache: false" in message and "\n" not in message
-    leftovers = [f for d in _stores(tmp_path / "cache") for f in os.listdir(tmp_path / "cache" / d)]
-    assert leftovers == []
+    assert _stores(tmp_path / "cache") == []  # not even an empty folder
+
+
+def _eval_batches(dm):
+    return torch.cat([x for x, _ in dm.test_dataloader()]), torch.cat([x for x, _ in dm.val_dataloader()])
+
+
+def test_a_store_overwritten_in_place_is_caught_rebuilt_and_said_in_one_line(photos, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    expected = _eval_batches(_dm(photos, cache))
+    (store,) = _stores(cache)
+    file = cache / store / "images.npy"
+    size = file.stat().st_size
+    images = np.load(file, mmap_mode="r+")
+    images[3:37] = 0  # most rows zeroed in place: same size, same header, a valid .npy
+    images.flush()
+    del images
+    assert file.stat().st_size == size
+    with LightningLines(caplog) as said:
+        dm = _dm(photos, cache)
+    (line,) = said.matching("is not what was written")
+    assert "34 of 40 rows differ" in line and "decoding the files again" in line and "\n" not in line
+    got = _eval_batches(dm)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])  # the files' pixels, not zeros
+    assert _stores(cache) == [store]
+    with LightningLines(caplog) as said:
+        _dm(photos, cache)  # rebuilt: the next fit reads it again without a word about it
+    assert said.matching("is not what was written") == [] and said.matching("every row as written")
+
+
+def test_a_fit_over_a_changed_folder_leaves_the_store_another_fit_reads(photos, tmp_path, caplog):
+    root = tmp_path / "copy"
+    shutil.copytree(photos, root)
+    cache = tmp_path / "cache"
+    first = _dm(str(root), cache)  # still running: it reads its store in its final test
+    (old,) = _stores(cache)
+    Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(root / "coffee" / "3.jpg")
+    with LightningLines(caplog) as said:
+        second = _dm(str(root), cache)
+    assert len(_stores(cache)) == 2 and old in _stores(cache)
+    (line,) = said.matching("kept while another fit reads")
+    assert old in line
+    x, y = next(iter(first.test_dataloader()))  # the first fit's final test still reads its own store
+    assert len(x) == len(y) > 0
+    assert next(iter(second.test_dataloader()))[0].shape[1:] == x.shape[1:]
+    del first, x, y
+    gc.collect()  # the first fit has ended: the next fit over the folder removes its store
+    _dm(str(root), cache)
+    assert old not in _stores(cache) and len(_stores(cache)) == 1
+
+
+def test_the_temporary_file_of_a_killed_build_is_removed_by_the_next_build(photos, tmp_path):
+    cache = tmp_path / "cache"
+    script = textwrap.dedent(f"""
+        import sys, time
+        from datamodules import ImageClassificationDataModule, imagefolder
+        from datamodules.sources import ImageFolderSource
+        real = imagefolder.read_image
+        def stuck(path):
+            print("building", flush=True)
+            time.sleep(600)
+        imagefolder.read_image = stuck
+        ImageClassificationDataModule(source=ImageFolderSource({photos!r}), image_size=[40, 48], crop_size=[36, 44],
+                                      interpolation="area", cache_dir={str(cache)!r}, index_threads=1).setup("fit")
+    """)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=repo,
+                            env={**os.environ, "PYTHONPATH": repo})
+    try:
+        assert proc.stdout.readline() == "building\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    (store,) = _stores(cache)
+    assert f".images-{proc.pid}.npy" in os.listdir(cache / store)  # what a killed build leaves
+    dm = _dm(photos, cache)
+    left = os.listdir(cache / store)
+    assert [f for f in left if f.startswith(".images-")] == [] and {"images.npy", "index.json"} <= set(left)
+    assert len(dm._datasets["test"]) > 0
 
 
 def test_num_workers_auto_is_one_per_usable_core_but_one(tmp_path, monkeypatch):

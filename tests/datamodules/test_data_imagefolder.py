@@ -134,3 +134,46 @@ def test_split_lists_keep_file_names_with_a_tab_or_a_newline_and_old_lists_still
     (legacy / "split").mkdir(parents=True)
     (legacy / "split" / "val.txt").write_text("cat/a.png\tcat\ndog/b.png\tdog\n")
     assert read_split_list(str(legacy), "val") == [("cat/a.png", "cat"), ("dog/b.png", "dog")]
+
+
+def _digit_pngs(folder, label: int, count: int, names) -> None:
+    """scikit-learn's scanned digits of one class as real PNG files, under the given (bytes) names."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = digits.images[digits.target == label][:count]
+    os.makedirs(folder, exist_ok=True)
+    for gray, name in zip(pixels, names):
+        Image.fromarray(np.rint(gray * 255 / 16).astype(np.uint8)).resize((16, 16)).save(
+            os.path.join(os.fsencode(folder), name), format="PNG")
+
+
+def test_file_names_that_are_not_utf8_survive_the_fit_the_split_lists_and_excluded_images(tmp_path, caplog):
+    from data_factory import LightningLines
+
+    from datamodules.rundir import read_split_list
+
+    root = str(tmp_path / os.fsdecode(b"odd \xe9"))  # the folder itself, too
+    odd = [b"\xff\xfe.png", b"caf\xe9 latin-1.png", b"ok.png", b"\x80\x81.png", b"fine.png", b"more.png"]
+    _digit_pngs(os.path.join(root, "zero"), 0, 6, odd)
+    _digit_pngs(os.path.join(root, "one"), 1, 6, [b"%d.png" % i for i in range(6)])
+    with open(os.path.join(os.fsencode(root), b"one", b"br\xf6ken.png"), "wb") as f:
+        f.write(b"not a png")
+    _digit_pngs(os.path.join(root, ".two"), 2, 3, [b"%d.png" % i for i in range(3)])  # a hidden class folder
+    with LightningLines(caplog) as said:
+        dm = ImageClassificationDataModule(source=ImageFolderSource(root), image_size=8, batch_size=2,
+                                           cache_dir=str(tmp_path / "cache"))
+        trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+        trainer.fit(TinyClassifier(num_classes=2), dm)
+    assert dm.class_names == ["one", "zero"]
+    (line,) = said.matching("hidden folder")
+    assert "['.two']" in line and "not classes" in line
+    rows = [row for s in ("train", "val", "test") for row in read_split_list(trainer.log_dir, s)]
+    expected = {(os.fsdecode(b"zero/" + n), "zero") for n in odd} | {(f"one/{i}.png", "one") for i in range(6)}
+    assert set(rows) == expected and len(rows) == len(expected)
+    for name, _ in rows:  # the names read back open the very files
+        assert os.path.isfile(os.path.join(root, name))
+    raw = (tmp_path / "runs" / "lightning_logs" / "version_0" / "split").glob("*.jsonl")
+    assert b"file_bytes" in b"".join(p.read_bytes() for p in raw)
+    listed = (tmp_path / "runs" / "lightning_logs" / "version_0" / "excluded_images.txt").read_bytes()
+    assert listed.startswith(b"one/br\xf6ken.png\t")  # the name as the file system has it, byte for byte

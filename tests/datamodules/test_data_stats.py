@@ -75,3 +75,59 @@ def test_imagenet_and_explicit_mean_std(tmp_path):
         ImageClassificationDataModule(mean_std=[[0.1, 0.2], [0.4, 0.5, 0.6]])
     with pytest.raises(ValueError, match="mean_std"):
         ImageClassificationDataModule(mean_std="dataset")
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "two means", "edited number"])
+def test_a_mean_std_cache_that_lies_is_said_in_one_line_and_computed_again(tmp_path, caplog, damage):
+    import json
+
+    from data_factory import LightningLines
+
+    first = ImageClassificationDataModule(image_size=12, cache_dir=str(tmp_path))
+    first.setup("fit")
+    (path,) = tmp_path.glob("mean_std-*.json")
+    data = json.loads(path.read_text())
+    if damage == "nan":
+        data["std"][1] = float("nan")  # what a crashed writer or a bad disk can leave, checksum and all
+        data.pop("xxh3_128")
+        from datamodules.rundir import write_json_checked
+
+        write_json_checked(str(path), data)
+    else:
+        data["mean"] = {"inf": [float("inf")] + data["mean"][1:], "two means": data["mean"][:2],
+                        "edited number": [0.5, 0.5, 0.5]}[damage]
+        path.write_text(json.dumps(data))  # edited by hand or by another program: the checksum no longer matches
+    with LightningLines(caplog) as said:
+        second = ImageClassificationDataModule(image_size=12, cache_dir=str(tmp_path))
+        second.setup("fit")
+    (line,) = said.matching("mean/std cache")
+    assert str(path) in line and "computing the statistics again" in line and "\n" not in line
+    assert second.stats_origin == "computed"
+    assert second.preprocessing.mean == first.preprocessing.mean and second.preprocessing.std == first.preprocessing.std
+    third = ImageClassificationDataModule(image_size=12, cache_dir=str(tmp_path))
+    third.setup("fit")
+    assert third.stats_origin == "cache"  # the cache written again is trusted again
+
+
+def test_an_image_check_cache_that_calls_a_broken_file_good_is_not_trusted(dirty_folder, tmp_path, caplog):
+    import json
+
+    from data_factory import LightningLines
+
+    root, bad = dirty_folder
+    args = dict(source=ImageFolderSource(root), image_size=12, mean_std="imagenet", decoded_cache=False,
+                cache_dir=str(tmp_path / "cache"))
+    first = ImageClassificationDataModule(**args)
+    first.setup("fit")
+    broken = {f for f, _ in first.excluded}
+    assert broken and broken <= set(bad)  # (as root, a file chmod 000 still reads)
+    (path,) = (tmp_path / "cache").glob("image-checks-*.json")
+    data = json.loads(path.read_text())
+    for verdict in data["verdicts"].values():
+        verdict[3] = None  # every file "decodes"
+    path.write_text(json.dumps(data))
+    with LightningLines(caplog) as said:
+        second = ImageClassificationDataModule(**args)
+        second.setup("fit")
+    assert said.matching("does not match its checksum") and said.matching("checking every file again")
+    assert {f for f, _ in second.excluded} == broken
