@@ -15,7 +15,7 @@ from pytorch_lightning import Callback
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules.workers import LoaderStalled
-from lightning_modules.checkpoint_io import DiskFull
+from lightning_modules.checkpoint_io import DiskFull, UnreadableCheckpoint
 from resume import UserError
 
 # How a user's mistake is told from a bug. Our data, model and callback code reports bad YAML values, missing
@@ -77,7 +77,7 @@ class LoopStarted(Callback):
 def is_user_error(exc: BaseException, invocation: Any) -> bool:
     from argparse import ArgumentError
 
-    if isinstance(exc, (UserError, ArgumentError, LoaderStalled, DiskFull)):  # the machine's state, in a sentence
+    if isinstance(exc, (UserError, ArgumentError, LoaderStalled, DiskFull, UnreadableCheckpoint)):  # said in a sentence
         return True
     if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         return True

@@ -172,17 +172,3 @@ def migrate_config_arguments(argv: list[str]) -> Optional[list[str]]:
         changed = True
     return out if changed else None
 
-
-def checkpoint_hparams(path: Path) -> dict[str, Any]:
-    """A checkpoint's model hyperparameters as LightningCLI reads them ({} for a file that is not one)."""
-    import torch
-
-    if not path.is_file():
-        return {}
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 (LightningCLI's own load, or resume.py's checks, report it)
-        return {}
-    hparams = dict(state.get("hyper_parameters") or {})
-    hparams.pop("_instantiator", None)
-    return hparams

@@ -44,17 +44,12 @@ def run_of_checkpoint(ckpt: Path) -> Optional[Path]:
 def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
     """Refuse, before anything is written, a resume that would corrupt `run`: one that has nothing left to train,
     one with other model/data settings than the run's, or one that would stretch a one-cycle schedule."""
-    import torch
-
+    from lightning_modules.checkpoint_io import UnreadableCheckpoint, read_checkpoint
     from old_configs import migrate
 
     where = os.path.relpath(run)
     saved = migrate(yaml_load((run / "config.yaml").read_text()), f"config.yaml of {where}")
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise UserError(f"cannot read {ckpt} ({type(exc).__name__}: {exc}); it may be a partly written file, "
-                        "so resume from another checkpoint of the run (--ckpt_path <file>)") from None
+    state = read_checkpoint(ckpt, "resume from another checkpoint of the run (--ckpt_path <file>)")
     trainer_saved, trainer_now = saved.get("trainer") or {}, now.get("trainer") or {}
 
     # A run is finished by its own config's max_epochs. A step cap (max_steps) is how a run is trained in pieces,
@@ -68,8 +63,8 @@ def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
     newest = run / "checkpoints" / "last.ckpt"
     if newest.is_file() and newest.resolve() != Path(ckpt).resolve():
         try:
-            state = {**state, **torch.load(newest, map_location="cpu", weights_only=True, mmap=True)}
-        except Exception:  # noqa: BLE001 (an unreadable last.ckpt: the given checkpoint's own progress decides)
+            state = {**state, **read_checkpoint(newest)}
+        except UnreadableCheckpoint:  # the given checkpoint's own progress decides
             pass
     progress = ((state.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
     epochs_done = (progress.get("current") or {}).get("processed", state.get("epoch", -1) + 1)
@@ -113,34 +108,46 @@ def _value(config: dict[str, Any], dotted: str) -> Any:
 
 
 # What a checkpoint must share with the config it is loaded under: its network (backbone and its arguments, the
-# number of classes) and the data settings that shape the input the network learned from.
+# number of classes) and the data settings that shape the input the network learned from; in a fit, which restores
+# the optimizer's and the schedule's states, their classes too.
 CHECKPOINT_MODEL_KEYS = ("backbone", "backbone_args", "num_classes")
 CHECKPOINT_DATA_KEYS = ("source", "image_size", "crop_size", "interpolation", "mean_std")
+CHECKPOINT_CLASS_KEYS = ("optimizer", "lr_scheduler")
 
 
-def check_foreign_checkpoint(ckpt: Path, model: dict[str, Any], data: Any) -> None:
-    """Refuse, before anything is written, a checkpoint from another experiment (copied out of its run folder)
-    whose network, classes or input differ from this config (`data`: the DataModule's DataFacts): one sentence
-    naming what differs."""
-    import torch
+def check_checkpoint_matches(ckpt: Path, model: dict[str, Any], data: Any) -> None:
+    """Refuse, before anything is written, a checkpoint whose network, classes or input differ from this config
+    (`model`: the command's model settings, with optimizer and lr_scheduler where their classes must match too;
+    `data`: the DataModule's DataFacts): one sentence naming what differs. What the checkpoint says is only
+    compared: the model is built from the config, and a class path or module a checkpoint names is never imported."""
+    from lightning_modules.checkpoint_io import read_checkpoint
+    from old_configs import migrate_model, model_is_old
 
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise UserError(f"cannot read {ckpt} ({type(exc).__name__}: {exc}); it may be a partly written or foreign "
-                        "file: pass a .ckpt written by this project") from None
+    state = read_checkpoint(ckpt)
     saved_model = state.get("hyper_parameters") or {}
+    if model_is_old(saved_model):
+        saved_model = migrate_model(dict(saved_model), str(ckpt))
     saved_data = state.get("datamodule_hyper_parameters") or {}
     differ = [(f"model.{k}", saved_model[k], model.get(k)) for k in CHECKPOINT_MODEL_KEYS
               if k in saved_model and k in model and _normal(saved_model[k]) != _normal(model[k])]
+    differ += [(f"model.{k}.class_path", _class_path(saved_model.get(k)), _class_path(model[k]))
+               for k in CHECKPOINT_CLASS_KEYS
+               if k in model and k in saved_model and _class_path(saved_model[k]) != _class_path(model[k])]
     # The checkpoint records the data settings as they were given (an int size, a list); DataFacts holds pairs.
     saved_data = {k: _size_pair(v) if k in ("image_size", "crop_size") else v for k, v in saved_data.items()}
     differ += [(f"data.{k}", saved_data[k], getattr(data, k)) for k in CHECKPOINT_DATA_KEYS
                if k in saved_data and _normal(saved_data[k]) != _normal(getattr(data, k))]
     if differ:
+        run = run_of_checkpoint(ckpt)
+        config = f"{os.path.relpath(run)}/config.yaml" if run is not None else "<its run>/config.yaml"
         shown = ", ".join(f"{k} ({was} in the checkpoint, {now} here)" for k, was, now in differ[:4])
         raise UserError(f"{ckpt} was trained with other settings than this config: {shown}; use the config it was "
-                        "trained with (--config <its run>/config.yaml), or drop --ckpt_path")
+                        f"trained with (--config {config}), or drop --ckpt_path")
+
+
+def _class_path(value: Any) -> Any:
+    """The class a `class_path`/`init_args` setting names (its arguments are plain data, compared elsewhere)."""
+    return value.get("class_path") if isinstance(value, dict) else value
 
 
 def _size_pair(value: Any) -> Any:
@@ -161,16 +168,14 @@ def _normal(value: Any) -> Any:
 def check_finished_training(run: Path) -> Path:
     """`bundle --run`: the run's last.ckpt, which must show the run's max_epochs done (the fit-end chain runs on a
     trained network); an unfinished run is resumed instead, and bundles at its end."""
-    import torch
+    from lightning_modules.checkpoint_io import read_checkpoint
 
     last = run / "checkpoints" / "last.ckpt"
     if not (run / "config.yaml").is_file() or not last.is_file():
         raise UserError(f"{run} is not a run folder with config.yaml and checkpoints/last.ckpt; give --run "
                         "runs/<experiment>/version_N of a fit")
-    try:
-        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise UserError(f"cannot read {last} ({type(exc).__name__}: {exc}); it may be a partly written file") from None
+    state = read_checkpoint(last, "resume the run with --ckpt_path <another of its checkpoints>, or bundle one of "
+                                  "them with --checkpoint")
     max_epochs = (yaml_load((run / "config.yaml").read_text()).get("trainer") or {}).get("max_epochs")
     progress = ((state.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
     done = (progress.get("current") or {}).get("processed", state.get("epoch", -1) + 1)
@@ -189,6 +194,8 @@ def bundle_arguments(argv: list[str]) -> tuple[Path, Optional[Path], list[str]]:
     arguments that do this."""
     import argparse
 
+    from lightning_modules.checkpoint_io import read_checkpoint
+
     parser = argparse.ArgumentParser(prog="main.py bundle", description=bundle_arguments.__doc__.split(":", 1)[0])
     parser.add_argument("--run", required=True, help="the run folder: runs/<experiment>/version_N")
     parser.add_argument("--checkpoint", default=None,
@@ -203,5 +210,6 @@ def bundle_arguments(argv: list[str]) -> tuple[Path, Optional[Path], list[str]]:
         if not named.is_file() or run_of_checkpoint(named) is None or run_of_checkpoint(named).resolve() != run.resolve():
             raise UserError(f"--checkpoint {known.checkpoint} is not a checkpoint of {run}; give one of "
                             f"{', '.join(sorted(p.name for p in (run / 'checkpoints').glob('*.ckpt')))}")
+        read_checkpoint(named, "give another checkpoint of the run (--checkpoint)")
     return run, named, ["fit", "--config", str(run / "config.yaml"), *rest, "--ckpt_path", str(last),
                  "--experiment", run.parent.name]
