@@ -38,7 +38,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from callbacks.fit_end import FitEnd
 from datamodules import ImageClassificationDataModule
-from lightning_modules import ImageClassifier
+from lightning_modules import ImageClassifier, schedules
 from lightning_modules.best_checkpoint import BestCheckpoint
 from lightning_modules.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from lightning_modules.console import EpochLines, FitEndSafeProgressBar
@@ -152,6 +152,12 @@ class EdgeCLI(LightningCLI):
         # Every check that can refuse the command runs here, before a model is built or a file is written.
         if self.subcommand is None:
             return
+        model = self.config[self.subcommand].get("model") or {}
+        for what in ("optimizer", "lr_scheduler"):  # LightningCLI would call any function a class_path names
+            value = model.get(what)
+            class_path = value.get("class_path") if hasattr(value, "get") else value
+            if class_path is not None:
+                schedules.check_class(str(class_path), what)
         threads = self.config[self.subcommand].get("threads")
         if threads is not None:
             if threads < 1:
