@@ -16,6 +16,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules.workers import LoaderStalled
 from lightning_modules.checkpoint_io import DiskFull, UnreadableCheckpoint
+from old_configs import todays_option, todays_value
 from resume import UserError
 
 # How a user's mistake is told from a bug. Our data, model and callback code reports bad YAML values, missing
@@ -151,6 +152,10 @@ def parse_error_sentence(exc: BaseException, command: str, argv: list[str], opti
             return unknown_option_sentence(head, command, options) + f"; {help_hint}"
         return re.sub(r"\s+", " ", " ".join(lines))
     key, rest = match.group(1), " ".join([match.group(2), *lines[1:]]).strip()
+    given = _given_value(argv, key)
+    now = todays_value(key, given)
+    if now is not None:  # a name of an older edgecls's README
+        return f"{key}: {given!r} is an older edgecls's name, now {now} (--{key} {now})"
     class_path = re.search(r"Problem with given class_path '([^']+)':\s*(.*?)(?:\s+- |$)", rest)
     if class_path:
         return f"{key}: class_path '{class_path.group(1)}' cannot be used ({class_path.group(2).strip()})"
@@ -161,6 +166,17 @@ def parse_error_sentence(exc: BaseException, command: str, argv: list[str], opti
     if value and wanted:
         return f"{key}: {value.group(1).strip()!r} is not a valid value (expected {_type_name(wanted)}); {help_hint}"
     return f"{key}: " + re.sub(r"\s+", " ", rest)
+
+
+def _given_value(argv: Sequence[str], key: str) -> Optional[str]:
+    """The value the command line gave `--key` (the last one), if it did."""
+    given = None
+    for i, arg in enumerate(argv):
+        if arg == f"--{key}" and i + 1 < len(argv):
+            given = argv[i + 1]
+        elif arg.startswith(f"--{key}="):
+            given = arg.split("=", 1)[1]
+    return given
 
 
 def long_options(parsers: Sequence[Any], command: str) -> list[str]:
@@ -177,6 +193,9 @@ def unknown_option_sentence(head: str, command: str, options: Sequence[str]) -> 
     if not unknown:
         return head
     option = unknown[0]
+    now = todays_option(option)  # a key of an older edgecls's README
+    if now is not None:
+        return f"{option} is not {f'an option of {command!r}' if command else 'an option'}: it is an older edgecls's key, now {now}"
     # among options as deep as it (--model.lrr is not --model, a whole group's)
     close = difflib.get_close_matches(option, [o for o in options if o.count(".") == option.count(".")], 1, 0.75)
     where = f"an option of '{command}'" if command else "an option"

@@ -24,6 +24,16 @@ OLD_SCHEDULES = {"cosine": "lightning_modules.schedules.CosineAnnealingLR",
                  "onecycle": "lightning_modules.schedules.OneCycleLR", "none": None}
 # The data settings that belonged to one source or another before sources were classes.
 OLD_DATA_KEYS = ("root", "download", "synthetic", "source_args")
+# Where each old key went (what migrate() writes it as), as today's command line writes it.
+OLD_OPTIONS = {
+    **{f"model.{k}": f"--model.optimizer.{k}" for k in ("lr", "weight_decay", "betas", "momentum")},
+    "model.scheduler": "--model.lr_scheduler (a class_path, e.g. " + ", ".join(filter(None, OLD_SCHEDULES.values())) + ")",
+    **{f"model.{k}": f"--model.lr_scheduler.{k}" for k in ("T_max", "eta_min", "pct_start")},
+    "data.root": "--data.source.root (of ImageFolderSource, Cifar10Source, Cifar100Source)",
+    "data.download": "--data.source.download (of Cifar10Source, Cifar100Source)",
+    "data.synthetic": "--data.source SyntheticSource and its settings (--data.source.classes, --data.source.count, ...)",
+    "data.source_args": "--data.source.<setting> (the data.source class's own settings)",
+}
 
 
 def _builtin_sources() -> dict[str, type]:
@@ -33,6 +43,24 @@ def _builtin_sources() -> dict[str, type]:
     classes = (getattr(sources, n) for n in sources.__all__)
     return {cls.name: cls for cls in classes if isinstance(cls, type) and issubclass(cls, sources.DataSource)
             and cls.name}
+
+
+def todays_option(option: str) -> Optional[str]:
+    """`--model.lr` (a key of an older edgecls) -> `--model.optimizer.lr`, what to write today; None for another."""
+    return OLD_OPTIONS.get(option.split("=", 1)[0].removeprefix("--"))
+
+
+def todays_value(key: str, value: Any) -> Optional[str]:
+    """An older edgecls's name for a value (`data.source digits`, `model.optimizer adamw`) -> today's; else None."""
+    if not isinstance(value, str):
+        return None
+    if key == "data.source" and value in _builtin_sources():
+        return _builtin_sources()[value].__name__
+    if key == "model.optimizer" and value in OLD_OPTIMIZERS:
+        return migrate_model({"optimizer": value}, "")["optimizer"]["class_path"]
+    if key == "model.lr_scheduler" and OLD_SCHEDULES.get(value):
+        return OLD_SCHEDULES[value]
+    return None
 
 
 def model_is_old(model: Any) -> bool:
