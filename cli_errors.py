@@ -82,7 +82,25 @@ def is_user_error(exc: BaseException, invocation: Any) -> bool:
         return True
     if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         return True
+    if allocation_failed(exc) is not None:  # the settings' size, not the code, is what to change
+        return True
     return isinstance(exc, SETUP_ERRORS) and not invocation.loops_started
+
+
+# How the allocators say they failed: numpy (a MemoryError), torch's CPU and CUDA allocators, OpenCV.
+ALLOCATION_FAILED = re.compile(r"Unable to allocate ([\d.]+ \w+)|can't allocate memory: you tried to allocate (\d+) bytes"
+                               r"|CUDA out of memory\. Tried to allocate ([\d.]+ \w+)|Insufficient memory\) Failed to "
+                               r"allocate (\d+) bytes")
+
+
+def allocation_failed(exc: BaseException) -> Optional[str]:
+    """The size an allocation that failed asked for ("11.3 GiB"; "" where the message has none), or None when `exc`
+    is not an allocation failure."""
+    match = ALLOCATION_FAILED.search(str(exc))
+    if match is None:
+        return "" if isinstance(exc, MemoryError) else None
+    size = next(g for g in match.groups() if g is not None)
+    return f"{int(size) / 1e9:,.1f} GB" if size.isdigit() else size
 
 
 def one_sentence(exc: BaseException, command: str, argv: list[str], options: Sequence[str] = ()) -> str:
@@ -101,6 +119,10 @@ def one_sentence(exc: BaseException, command: str, argv: list[str], options: Seq
             free = "free space unknown"
         return (f"no space left on the disk holding {folder} ({free}) while writing {exc.filename or 'a file'}; the "
                 "checkpoints already written are kept: free space and resume with --ckpt_path last")
+    size = allocation_failed(exc)
+    if size is not None:
+        return (f"out of memory: allocating {size or 'memory'} failed, so the images and the network do not fit at "
+                "these settings; lower data.image_size or data.batch_size (data.eval_batch_size), or data.num_workers")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) <= 1:
         return text or type(exc).__name__
