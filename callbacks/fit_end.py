@@ -27,6 +27,7 @@ from pytorch_lightning import Callback
 from deploy.errors import debug_mode
 from deploy.errors import first_line as one_sentence
 from callbacks.records import FAILED, SKIPPED, ArtifactRecord, FitEndRecord
+from deploy.run_folder import read_checkpoint
 
 STAGING = ".bundle-staging"  # artifacts collect here; DeployBundle renames it to bundle/ when all is written
 BUNDLE = "bundle"
@@ -321,7 +322,7 @@ def best_model(trainer: pl.Trainer, pl_module: pl.LightningModule,
     path = checkpoint or getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
     source = "final weights"
     if path and os.path.isfile(path):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(path, "bundle another checkpoint of the run (bundle --run ... --checkpoint)", mmap=False)
         model.on_load_checkpoint(checkpoint)  # rebuilds a pruned architecture where the checkpoint has one
         model.load_state_dict(checkpoint["state_dict"])
         source = path

@@ -38,22 +38,25 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from callbacks.fit_end import FitEnd
 from datamodules import ImageClassificationDataModule
-from lightning_modules import ImageClassifier
+from lightning_modules import ImageClassifier, schedules
 from training.best_checkpoint import BestCheckpoint
 from training.checkpoint_io import AtomicCheckpointIO
 from training.console import EpochLines, FitEndSafeProgressBar
 from training.leaderboard import Leaderboard
 from training.predictions import PredictionsCSV
 from training.run_logger import RunLogger
-from cli.errors import Invocation, LoopStarted, UserError, is_user_error, long_options, one_sentence
+from cli.errors import Invocation, LoopStarted, UserError, is_user_error
+from cli.sentences import long_options, one_sentence
 from cli.recipe_lists import splice_callback_lists
-from cli.old_configs import checkpoint_hparams, migrate_config_arguments, migrate_model, model_is_old, yaml_load
-from cli.resume import bundle_arguments, check_foreign_checkpoint, check_resume
+from cli.old_configs import migrate_config_arguments, yaml_load
+from cli.resume import bundle_arguments, check_checkpoint_matches, check_resume
 from deploy.errors import EXIT_PARTLY_FAILED, EXIT_USAGE, debug_mode
-from deploy.run_folder import config_file, last_checkpoint, newest_resumable_run, run_number, run_of_checkpoint
+from deploy.run_folder import (config_file, last_checkpoint, newest_resumable_run, read_checkpoint, run_number,
+                               run_of_checkpoint)
 
 RUNS_DIR = "runs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # --ckpt_path values that name no file
 
 # Lightning 2.6 internals call a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -120,24 +123,16 @@ class EdgeCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # An override of LightningCLI's private step: it has no public hook between parsing and applying a checkpoint's
-        # hyperparameters, which is where the settings as given must be kept (below).
-        # LightningCLI replaces the model settings with the checkpoint's own before anything is checked; the
-        # settings as the user gave them are kept here, so that a checkpoint that does not match them is refused
-        # (cli/resume.py) instead of silently changing the network the YAML describes.
+        # hyperparameters, which is the step that must not happen here.
+        # LightningCLI would parse the checkpoint's hyperparameters over the model settings here, and so import and
+        # call every class_path and module a checkpoint names (a downloaded .ckpt could run a shell command). The
+        # model is what the command and the YAML say; the checkpoint is data: read now (an unreadable file is one
+        # sentence before anything else happens) and compared with them before a run folder is made
+        # (check_resume, _check_checkpoint).
         command = self.config.get("subcommand")
-        self._model_as_given = None
-        if command and self.config[command].get("ckpt_path"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # LightningCLI's own _parser(subcommand): no public accessor gives the subcommand's parser to dump with
-                self._model_as_given = yaml_load(self._parser(command).dump(self.config[command], skip_none=False)).get("model")
-            hparams = checkpoint_hparams(Path(self.config[command]["ckpt_path"]))
-            if model_is_old(hparams):
-                # a checkpoint of an older edgecls: its model settings in today's keys, as LightningCLI applies them
-                hparams = migrate_model(hparams, str(self.config[command]["ckpt_path"]))
-                self.config = self.parser.parse_object({command: {"model": hparams}}, self.config)
-                return
-        super()._parse_ckpt_path()
+        ckpt_path = self.config[command].get("ckpt_path") if command else None
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES and Path(ckpt_path).is_file():
+            read_checkpoint(ckpt_path)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -163,6 +158,12 @@ class EdgeCLI(LightningCLI):
         # Every check that can refuse the command runs here, before a model is built or a file is written.
         if self.subcommand is None:
             return
+        model = self.config[self.subcommand].get("model") or {}
+        for what in ("optimizer", "lr_scheduler"):  # LightningCLI would call any function a class_path names
+            value = model.get(what)
+            class_path = value.get("class_path") if hasattr(value, "get") else value
+            if class_path is not None:
+                schedules.check_class(str(class_path), what)
         threads = self.config[self.subcommand].get("threads")
         if threads is not None:
             if threads < 1:
@@ -178,7 +179,7 @@ class EdgeCLI(LightningCLI):
                                     f"and bundle it; set trainer.{key} to 1 or more (to score a checkpoint, use "
                                     "`python main.py test --ckpt_path ...`)")
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES and not Path(ckpt_path).is_file():
             raise UserError(f"checkpoint {ckpt_path} does not exist (--ckpt_path); give a .ckpt file"
                             + (", or 'last' to resume the newest run" if self.subcommand == "fit" else ""))
         if self.subcommand != "fit" or not ckpt_path or self._bundle_run is not None:
@@ -194,12 +195,10 @@ class EdgeCLI(LightningCLI):
                 # dumped exactly as LightningCLI's SaveConfigCallback writes config.yaml, to compare like with like
                 warnings.simplefilter("ignore")
                 now = yaml_load(self._parser("fit").dump(self.config["fit"], skip_none=False))
-            if self._model_as_given is not None:
-                now["model"] = self._model_as_given
             check_resume(run, ckpt, now)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        self._check_foreign_checkpoint()  # model and data are built (their classes linked), no run folder yet
+        self._check_checkpoint()  # model and data are built (their classes linked), no run folder yet
         # LightningCLI's _get reads the instantiated section of the current subcommand; it has no public equivalent
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True):
@@ -241,18 +240,26 @@ class EdgeCLI(LightningCLI):
             kwargs["precision"] = precision
         return super().instantiate_trainer(**kwargs)
 
-    def _check_foreign_checkpoint(self) -> None:
-        ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
-        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+    def _check_checkpoint(self) -> None:
+        """The checkpoint's own record of its network and input compared with what the command and YAML build (it
+        is never applied over them), and in a fit, whose optimizer and schedule states it restores, the classes of
+        those: one that differs is refused naming what differs."""
+        command = self.subcommand
+        ckpt_path = self.config[command].get("ckpt_path") if command else None
+        if ckpt_path == "last" and self._resume_run is not None:
+            ckpt_path = str(last_checkpoint(self._resume_run))
+        if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
             return
-        run = run_of_checkpoint(Path(ckpt_path))
-        if run is not None and config_file(run).is_file():
-            return  # a run's own checkpoint: check_resume compares it with the run's config
-        given = dict(self._model_as_given or {})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # LightningCLI's own _parser(subcommand): no public accessor gives the subcommand's parser to dump with
+            given = yaml_load(self._parser(command).dump(self.config[command], skip_none=False)).get("model") or {}
         facts = self.datamodule.facts
         model = {"backbone": given.get("backbone"), "backbone_args": given.get("backbone_args"),
                  "num_classes": facts.num_classes}
-        check_foreign_checkpoint(Path(ckpt_path), model, facts)
+        if command == "fit":
+            model.update(optimizer=given.get("optimizer"), lr_scheduler=given.get("lr_scheduler"))
+        check_checkpoint_matches(Path(ckpt_path), model, facts)
 
     def _run_logger(self) -> RunLogger:
         """runs/<experiment>/version_N: a new N, the resumed run's, or the run a checkpoint to evaluate came from."""

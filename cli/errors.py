@@ -1,20 +1,20 @@
-"""How main.py tells a user's mistake from a bug, and says it in one sentence; what one command did so far, which
-that depends on."""
+"""How the CLI tells a user's mistake from a bug (the sentences themselves: cli/sentences.py); what one command did
+so far, which that depends on."""
 
 from __future__ import annotations
 
 import errno
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules.workers import LoaderStalled
+from deploy.run_folder import UnreadableCheckpoint
 from training.checkpoint_io import DiskFull
 
 # How a user's mistake is told from a bug. Our data, model and callback code reports bad YAML values, missing
@@ -80,129 +80,26 @@ class LoopStarted(Callback):
 def is_user_error(exc: BaseException, invocation: Any) -> bool:
     from argparse import ArgumentError
 
-    if isinstance(exc, (UserError, ArgumentError, LoaderStalled, DiskFull)):  # the machine's state, in a sentence
+    if isinstance(exc, (UserError, ArgumentError, LoaderStalled, DiskFull, UnreadableCheckpoint)):  # said in a sentence
         return True
     if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return True
+    if allocation_failed(exc) is not None:  # the settings' size, not the code, is what to change
         return True
     return isinstance(exc, SETUP_ERRORS) and not invocation.loops_started
 
 
-def one_sentence(exc: BaseException, command: str, argv: list[str], options: Sequence[str] = ()) -> str:
-    """The error as one line: our own messages already are; jsonargparse's nested ones are condensed. `options`:
-    the command's long options, to name the one a misspelt option was meant to be."""
-    from argparse import ArgumentError
-
-    text = str(exc).strip()
-    if isinstance(exc, ArgumentError):
-        return parse_error_sentence(exc, command, argv, options)
-    if isinstance(exc, OSError) and not isinstance(exc, DiskFull) and exc.errno in DISK_FULL:
-        folder = os.path.dirname(os.path.abspath(exc.filename)) if exc.filename else os.getcwd()
-        try:
-            free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
-        except OSError:
-            free = "free space unknown"
-        return (f"no space left on the disk holding {folder} ({free}) while writing {exc.filename or 'a file'}; the "
-                "checkpoints already written are kept: free space and resume with --ckpt_path last")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return text or type(exc).__name__
-    return f"{lines[0].rstrip(':')} (EDGECLS_DEBUG=1 shows the details)"
+# How the allocators say they failed: numpy (a MemoryError), torch's CPU and CUDA allocators, OpenCV.
+ALLOCATION_FAILED = re.compile(r"Unable to allocate ([\d.]+ \w+)|can't allocate memory: you tried to allocate (\d+) bytes"
+                               r"|CUDA out of memory\. Tried to allocate ([\d.]+ \w+)|Insufficient memory\) Failed to "
+                               r"allocate (\d+) bytes")
 
 
-def _type_name(text: str) -> str:
-    text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
-    text = re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text)  # pytorch_lightning.x.Callback -> Callback
-    text = re.sub(r"(?:typing\.)?Literal\[(.*?)\]", r"\1", text)  # Literal['a', 'b'] -> 'a', 'b'
-    return text.replace("NoneType", "null")
-
-
-def _cause(exc: BaseException, kind: type) -> Optional[BaseException]:
-    """The exception of `kind` that `exc` was raised from (jsonargparse re-raises its causes as ArgumentError)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def parse_error_sentence(exc: BaseException, command: str, argv: list[str], options: Sequence[str] = ()) -> str:
-    """jsonargparse's error as one sentence. What its exceptions carry as objects is read from them: the YAML
-    loader's error (a config that is not YAML) and the KeyError of a key no parser of the subcommand has, which
-    carries that parser (the key itself is only in its message). A bad value, an unknown command-line option and a class_path that does not import are
-    text only (ArgumentError's argument_name is None, the TypeError/ValueError it was raised from has no fields),
-    so those are read from the message."""
-    import yaml
-
-    text = str(exc).strip()
-    help_hint = f"see 'python main.py {command} --help'" if command else "see 'python main.py --help'"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    head = lines[0] if lines else text
-    if _cause(exc, yaml.YAMLError) is not None:
-        return yaml_syntax_sentence(argv) or re.sub(r"\s+", " ", " ".join(lines))
-    unknown_key = _cause(exc, KeyError)  # jsonargparse's NSKeyError, with the parser that has no such key
-    if unknown_key is not None and getattr(unknown_key, "subcommand_parser", None) is not None:
-        subcommand = unknown_key.subcommand_parser.prog.split()[-1]
-        key = re.search(r"option '([^']+)'", str(unknown_key.args[0] if unknown_key.args else unknown_key))
-        if key:
-            return (f"{key.group(1)} is not a setting of '{subcommand}' (a misspelt or misplaced key in the YAML or "
-                    f"on the command line); {help_hint}")
-    match = re.match(r'Parser key "([^"]+)":\s*(.*)', head)
-    if not match:
-        if head.startswith("unrecognized arguments"):
-            return unknown_option_sentence(head, command, options) + f"; {help_hint}"
-        return re.sub(r"\s+", " ", " ".join(lines))
-    key, rest = match.group(1), " ".join([match.group(2), *lines[1:]]).strip()
-    class_path = re.search(r"Problem with given class_path '([^']+)':\s*(.*?)(?:\s+- |$)", rest)
-    if class_path:
-        return f"{key}: class_path '{class_path.group(1)}' cannot be used ({class_path.group(2).strip()})"
-    value = re.search(r"Given value: (.*)$", rest) or re.search(r"Got value: (.*)$", rest)
-    subtypes = re.search(r"Subtypes: \[(.*?)\] Errors:", rest)
-    expected = re.search(r"Expected a (.*?)\. Got value:", rest)
-    wanted = subtypes.group(1) if subtypes else expected.group(1) if expected else ""
-    if value and wanted:
-        return f"{key}: {value.group(1).strip()!r} is not a valid value (expected {_type_name(wanted)}); {help_hint}"
-    return f"{key}: " + re.sub(r"\s+", " ", rest)
-
-
-def long_options(parsers: Sequence[Any], command: str) -> list[str]:
-    """The long options `command`'s parser accepts (every parser's, where the command is not known)."""
-    mine = [p for p in parsers if p.prog.split()[-1] == command] or parsers
-    # argparse keeps a parser's option strings only in this private mapping (no public accessor)
-    return sorted({o for p in mine for o in p._option_string_actions if o.startswith("--")})
-
-
-def unknown_option_sentence(head: str, command: str, options: Sequence[str]) -> str:
-    """`unrecognized arguments: --trainer.max_epoch 3` as the option that is not one and the option it is closest to."""
-    import difflib
-
-    unknown = [a.split("=", 1)[0] for a in head.split(":", 1)[1].split() if a.startswith("--")]
-    if not unknown:
-        return head
-    option = unknown[0]
-    # among options as deep as it (--model.lrr is not --model, a whole group's)
-    close = difflib.get_close_matches(option, [o for o in options if o.count(".") == option.count(".")], 1, 0.75)
-    where = f"an option of '{command}'" if command else "an option"
-    return f"{option} is not {where}" + (f" (the closest is {close[0]})" if close else "")
-
-
-def yaml_syntax_sentence(argv: list[str]) -> Optional[str]:
-    """jsonargparse says a config is not YAML but not which one: find the --config file that does not load."""
-    import yaml
-
-    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
-    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    for name in files:
-        try:
-            yaml.safe_load(Path(name).read_text())
-        except OSError:
-            continue
-        except yaml.YAMLError as exc:
-            mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or "a syntax error"
-            # PyYAML notices an unclosed bracket only at the next key; where it opened is the line to fix
-            opened = f" ({exc.context} opened at line {context.line + 1})" if context is not None and exc.context else ""
-            return f"{name} is not valid YAML{at}: {problem}{opened}; fix the file"
-    return None
+def allocation_failed(exc: BaseException) -> Optional[str]:
+    """The size an allocation that failed asked for ("11.3 GiB"; "" where the message has none), or None when `exc`
+    is not an allocation failure."""
+    match = ALLOCATION_FAILED.search(str(exc))
+    if match is None:
+        return "" if isinstance(exc, MemoryError) else None
+    size = next(g for g in match.groups() if g is not None)
+    return f"{int(size) / 1e9:,.1f} GB" if size.isdigit() else size

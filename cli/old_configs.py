@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cli.errors import UserError
-from deploy.run_folder import is_run_config, read_checkpoint
+from deploy.run_folder import is_run_config
 
 def yaml_load(text: str) -> dict[str, Any]:
     """A YAML document as a dict ({} for an empty one)."""
@@ -32,6 +32,16 @@ OLD_SCHEDULES = {"cosine": "lightning_modules.schedules.CosineAnnealingLR",
                  "onecycle": "lightning_modules.schedules.OneCycleLR", "none": None}
 # The data settings that belonged to one source or another before sources were classes.
 OLD_DATA_KEYS = ("root", "download", "synthetic", "source_args")
+# Where each old key went (what migrate() writes it as), as today's command line writes it.
+OLD_OPTIONS = {
+    **{f"model.{k}": f"--model.optimizer.{k}" for k in ("lr", "weight_decay", "betas", "momentum")},
+    "model.scheduler": "--model.lr_scheduler (a class_path, e.g. " + ", ".join(filter(None, OLD_SCHEDULES.values())) + ")",
+    **{f"model.{k}": f"--model.lr_scheduler.{k}" for k in ("T_max", "eta_min", "pct_start")},
+    "data.root": "--data.source.root (of ImageFolderSource, Cifar10Source, Cifar100Source)",
+    "data.download": "--data.source.download (of Cifar10Source, Cifar100Source)",
+    "data.synthetic": "--data.source SyntheticSource and its settings (--data.source.classes, --data.source.count, ...)",
+    "data.source_args": "--data.source.<setting> (the data.source class's own settings)",
+}
 
 
 def _builtin_sources() -> dict[str, type]:
@@ -41,6 +51,24 @@ def _builtin_sources() -> dict[str, type]:
     classes = (getattr(sources, n) for n in sources.__all__)
     return {cls.name: cls for cls in classes if isinstance(cls, type) and issubclass(cls, sources.DataSource)
             and cls.name}
+
+
+def todays_option(option: str) -> Optional[str]:
+    """`--model.lr` (a key of an older edgecls) -> `--model.optimizer.lr`, what to write today; None for another."""
+    return OLD_OPTIONS.get(option.split("=", 1)[0].removeprefix("--"))
+
+
+def todays_value(key: str, value: Any) -> Optional[str]:
+    """An older edgecls's name for a value (`data.source digits`, `model.optimizer adamw`) -> today's; else None."""
+    if not isinstance(value, str):
+        return None
+    if key == "data.source" and value in _builtin_sources():
+        return _builtin_sources()[value].__name__
+    if key == "model.optimizer" and value in OLD_OPTIMIZERS:
+        return migrate_model({"optimizer": value}, "")["optimizer"]["class_path"]
+    if key == "model.lr_scheduler" and OLD_SCHEDULES.get(value):
+        return OLD_SCHEDULES[value]
+    return None
 
 
 def model_is_old(model: Any) -> bool:
@@ -179,15 +207,3 @@ def migrate_config_arguments(argv: list[str]) -> Optional[list[str]]:
         changed = True
     return out if changed else None
 
-
-def checkpoint_hparams(path: Path) -> dict[str, Any]:
-    """A checkpoint's model hyperparameters as LightningCLI reads them ({} for a file that is not one)."""
-    if not path.is_file():
-        return {}
-    try:
-        state = read_checkpoint(path)
-    except Exception:  # noqa: BLE001 (LightningCLI's own load, or resume.py's checks, report it)
-        return {}
-    hparams = dict(state.get("hyper_parameters") or {})
-    hparams.pop("_instantiator", None)
-    return hparams

@@ -10,9 +10,9 @@ from typing import Any, Optional
 
 
 from cli.errors import UserError
-from cli.old_configs import migrate, yaml_load
-from deploy.run_folder import (checkpoints, config_file, epochs_done, last_checkpoint, read_checkpoint,
-                               run_of_checkpoint)
+from cli.old_configs import migrate, migrate_model, model_is_old, yaml_load
+from deploy.run_folder import (UnreadableCheckpoint, checkpoints, config_file, epochs_done, last_checkpoint,
+                               read_checkpoint, run_of_checkpoint)
 
 # Trainer settings that size a one-cycle schedule (Lightning's estimated_stepping_batches): the schedule is built
 # once, for the whole fit, and a resume that changes any of them steps past its end.
@@ -24,11 +24,7 @@ def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
     one with other model/data settings than the run's, or one that would stretch a one-cycle schedule."""
     where = os.path.relpath(run)
     saved = migrate(yaml_load(config_file(run).read_text()), f"config.yaml of {where}")
-    try:
-        state = read_checkpoint(ckpt)
-    except Exception as exc:
-        raise UserError(f"cannot read {ckpt} ({type(exc).__name__}: {exc}); it may be a partly written file, "
-                        "so resume from another checkpoint of the run (--ckpt_path <file>)") from None
+    state = read_checkpoint(ckpt, "resume from another checkpoint of the run (--ckpt_path <file>)")
     trainer_saved, trainer_now = saved.get("trainer") or {}, now.get("trainer") or {}
 
     # A run is finished by its own config's max_epochs. A step cap (max_steps) is how a run is trained in pieces,
@@ -43,7 +39,7 @@ def check_resume(run: Path, ckpt: Path, now: dict[str, Any]) -> None:
     if newest.is_file() and newest.resolve() != Path(ckpt).resolve():
         try:
             state = {**state, **read_checkpoint(newest)}
-        except Exception:  # noqa: BLE001 (an unreadable last.ckpt: the given checkpoint's own progress decides)
+        except UnreadableCheckpoint:  # the given checkpoint's own progress decides
             pass
     if max_epochs not in (None, -1) and epochs_done(state) >= max_epochs:
         raise UserError(
@@ -85,32 +81,43 @@ def _value(config: dict[str, Any], dotted: str) -> Any:
 
 
 # What a checkpoint must share with the config it is loaded under: its network (backbone and its arguments, the
-# number of classes) and the data settings that shape the input the network learned from.
+# number of classes) and the data settings that shape the input the network learned from; in a fit, which restores
+# the optimizer's and the schedule's states, their classes too.
 CHECKPOINT_MODEL_KEYS = ("backbone", "backbone_args", "num_classes")
 CHECKPOINT_DATA_KEYS = ("source", "image_size", "crop_size", "interpolation", "mean_std")
+CHECKPOINT_CLASS_KEYS = ("optimizer", "lr_scheduler")
 
 
-def check_foreign_checkpoint(ckpt: Path, model: dict[str, Any], data: Any) -> None:
-    """Refuse, before anything is written, a checkpoint from another experiment (copied out of its run folder)
-    whose network, classes or input differ from this config (`data`: the DataModule's DataFacts): one sentence
-    naming what differs."""
-    try:
-        state = read_checkpoint(ckpt)
-    except Exception as exc:
-        raise UserError(f"cannot read {ckpt} ({type(exc).__name__}: {exc}); it may be a partly written or foreign "
-                        "file: pass a .ckpt written by this project") from None
+def check_checkpoint_matches(ckpt: Path, model: dict[str, Any], data: Any) -> None:
+    """Refuse, before anything is written, a checkpoint whose network, classes or input differ from this config
+    (`model`: the command's model settings, with optimizer and lr_scheduler where their classes must match too;
+    `data`: the DataModule's DataFacts): one sentence naming what differs. What the checkpoint says is only
+    compared: the model is built from the config, and a class path or module a checkpoint names is never imported."""
+    state = read_checkpoint(ckpt)
     saved_model = state.get("hyper_parameters") or {}
+    if model_is_old(saved_model):
+        saved_model = migrate_model(dict(saved_model), str(ckpt))
     saved_data = state.get("datamodule_hyper_parameters") or {}
     differ = [(f"model.{k}", saved_model[k], model.get(k)) for k in CHECKPOINT_MODEL_KEYS
               if k in saved_model and k in model and _normal(saved_model[k]) != _normal(model[k])]
+    differ += [(f"model.{k}.class_path", _class_path(saved_model.get(k)), _class_path(model[k]))
+               for k in CHECKPOINT_CLASS_KEYS
+               if k in model and k in saved_model and _class_path(saved_model[k]) != _class_path(model[k])]
     # The checkpoint records the data settings as they were given (an int size, a list); DataFacts holds pairs.
     saved_data = {k: _size_pair(v) if k in ("image_size", "crop_size") else v for k, v in saved_data.items()}
     differ += [(f"data.{k}", saved_data[k], getattr(data, k)) for k in CHECKPOINT_DATA_KEYS
                if k in saved_data and _normal(saved_data[k]) != _normal(getattr(data, k))]
     if differ:
+        run = run_of_checkpoint(ckpt)
+        config = f"{os.path.relpath(run)}/config.yaml" if run is not None else "<its run>/config.yaml"
         shown = ", ".join(f"{k} ({was} in the checkpoint, {now} here)" for k, was, now in differ[:4])
         raise UserError(f"{ckpt} was trained with other settings than this config: {shown}; use the config it was "
-                        "trained with (--config <its run>/config.yaml), or drop --ckpt_path")
+                        f"trained with (--config {config}), or drop --ckpt_path")
+
+
+def _class_path(value: Any) -> Any:
+    """The class a `class_path`/`init_args` setting names (its arguments are plain data, compared elsewhere)."""
+    return value.get("class_path") if isinstance(value, dict) else value
 
 
 def _size_pair(value: Any) -> Any:
@@ -135,10 +142,8 @@ def check_finished_training(run: Path) -> Path:
     if not config_file(run).is_file() or not last.is_file():
         raise UserError(f"{run} is not a run folder with config.yaml and checkpoints/last.ckpt; give --run "
                         "runs/<experiment>/version_N of a fit")
-    try:
-        state = read_checkpoint(last)
-    except Exception as exc:
-        raise UserError(f"cannot read {last} ({type(exc).__name__}: {exc}); it may be a partly written file") from None
+    state = read_checkpoint(last, "resume the run with --ckpt_path <another of its checkpoints>, or bundle one of "
+                                  "them with --checkpoint")
     max_epochs = (yaml_load(config_file(run).read_text()).get("trainer") or {}).get("max_epochs")
     done = epochs_done(state)
     if max_epochs not in (None, -1) and done < max_epochs:
@@ -170,5 +175,6 @@ def bundle_arguments(argv: list[str]) -> tuple[Path, Optional[Path], list[str]]:
         if not named.is_file() or run_of_checkpoint(named) is None or run_of_checkpoint(named).resolve() != run.resolve():
             raise UserError(f"--checkpoint {known.checkpoint} is not a checkpoint of {run}; give one of "
                             f"{', '.join(p.name for p in checkpoints(run))}")
+        read_checkpoint(named, "give another checkpoint of the run (--checkpoint)")
     return run, named, ["fit", "--config", str(config_file(run)), *rest, "--ckpt_path", str(last),
                  "--experiment", run.parent.name]

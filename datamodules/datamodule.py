@@ -104,6 +104,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self.split = check_ratios(split)
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size} eval_batch_size={eval_batch_size}")
+        check_batch_fits_memory(self.resize, 1)  # one image; a batch once the splits' sizes are known (setup)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         if num_workers == "auto":
@@ -250,6 +251,10 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         for name in ("train", "val", "test"):
             if len(self._datasets[name]) == 0:
                 raise ValueError(f"the {name} split of {self.source_name} is empty; add images or change split {self.split}")
+        # a batch holds at most its split's images: a batch_size above them fits where they do
+        check_batch_fits_memory(self.resize, self.batch_size, len(self._datasets["train"]))
+        check_batch_fits_memory(self.resize, self.eval_batch_size or self.batch_size,
+                                max(len(self._datasets[s]) for s in ("val", "test")))
 
     def _run_dir(self) -> Optional[str]:
         trainer = self.trainer
@@ -372,3 +377,36 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         sampler = EpochSampler(len(ds), self.seed)
         sampler.set_epoch(epoch)
         return self.normalize(torch.stack([ds[item][0] for _, item in zip(range(count), sampler)]))
+
+
+def memory_bytes() -> int:
+    """This machine's memory, or the container's limit where that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        return min(total, int(limit)) if limit.isdigit() else total
+    except OSError:
+        return total
+
+
+def check_batch_fits_memory(size: tuple[int, int], batch_size: int, images: Optional[int] = None) -> None:
+    """Refuse, naming the settings, a data.image_size whose one image, or a data.batch_size whose one batch (of at
+    most `images`, the largest split's), is larger than the memory, counting the batch as uint8 as decoded and
+    float32 as the network takes it (5 bytes a pixel and channel): the least a fit holds, so nothing that fits is
+    refused, where an allocator's message would name no setting."""
+    height, width = size
+    one = 3 * height * width * 5
+    count = batch_size if images is None else min(batch_size, images)
+    memory = memory_bytes()
+    if one > memory:
+        raise ValueError(f"data.image_size {height}x{width} makes one image {_bytes(one)} (3 x {height} x {width}, as "
+                         f"uint8 and float32), more than this machine's {_bytes(memory)} of memory; lower data.image_size")
+    if one * count > memory:
+        raise ValueError(f"data.batch_size {batch_size} at data.image_size {height}x{width} makes one batch of {count:,} "
+                         f"images {_bytes(one * count)} (as uint8 and float32), more than this machine's "
+                         f"{_bytes(memory)} of memory; lower data.batch_size or data.image_size")
+
+
+def _bytes(count: int) -> str:
+    return f"{count / 1e9:,.1f} GB" if count >= 1e9 else f"{count / 1e6:,.1f} MB"

@@ -63,6 +63,13 @@ def apply_layer_shapes(net: nn.Module, shapes: dict[str, dict[str, Any]]) -> int
             continue
         if current[name]["type"] != shape["type"]:
             raise ValueError(f"layer {name!r} is a {current[name]['type']} here but a {shape['type']} in the checkpoint")
+        # Pruning only removes channels: a recorded size above this network's (10**9 channels) is not a pruned copy
+        # of it, and is refused before anything of that size is allocated.
+        sizes = {k: v for k, v in shape.items() if k != "type"}
+        if set(sizes) != set(current[name]) - {"type"} or any(
+                type(v) is not int or not 1 <= v <= current[name][k] for k, v in sizes.items()):
+            raise ValueError(f"the checkpoint's layer {name!r} is {shape} where this network's is {current[name]}: not "
+                             "a pruned copy of this network")
         parent_name, _, child = name.rpartition(".")
         parent = net.get_submodule(parent_name) if parent_name else net
         old = getattr(parent, child)

@@ -77,8 +77,9 @@ class ImageClassifier(pl.LightningModule):
         # Rebuilt from that plain record: LightningCLI's own callables hold its parser, which a deepcopy (the
         # fit-end steps' copy of the model) cannot copy under DDP.
         hp = self.hparams
-        self.optimizer = schedules.from_config(hp.optimizer) if isinstance(hp.optimizer, dict) else optimizer
-        self.lr_scheduler = schedules.from_config(hp.lr_scheduler) if isinstance(hp.lr_scheduler, dict) else lr_scheduler
+        self.optimizer = schedules.from_config(hp.optimizer, "optimizer") if isinstance(hp.optimizer, dict) else optimizer
+        self.lr_scheduler = (schedules.from_config(hp.lr_scheduler, "lr_scheduler") if isinstance(hp.lr_scheduler, dict)
+                             else lr_scheduler)
         self._check_optimization()
         self.net = build_backbone(backbone, num_classes, **(backbone_args or {}))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -313,8 +314,42 @@ class ImageClassifier(pl.LightningModule):
         if "layer_shapes" in checkpoint and apply_layer_shapes(self.net, checkpoint["layer_shapes"]):
             rank_zero_info(f"rebuilt the pruned architecture from the checkpoint: {sum(p.numel() for p in self.parameters()):,} parameters")
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: Optional[bool] = None, weights_only: Optional[bool] = None,
+                             **kwargs: Any) -> "ImageClassifier":
+        """The module a checkpoint holds, built from its hyperparameters read as plain data (keyword arguments
+        override them). Lightning's own would import and call whatever `_instantiator` the file names; here nothing
+        a checkpoint names is imported: its optimizer and schedule class paths resolve only in modules already
+        imported (torch.optim, lightning_modules.schedules) and must be torch's kinds, and a backbone of a module
+        not yet imported (`my_backbones.tiny_cnn`) is refused unless given here (backbone=...)."""
+        import sys
+
+        from lightning_modules.backbones import module_to_import
+        from deploy.run_folder import read_checkpoint
+
+        if hparams_file is not None:
+            raise ValueError("hparams_file is not read: pass the settings that differ from the checkpoint's as keyword arguments")
+        checkpoint = read_checkpoint(checkpoint_path, "pass a .ckpt written by this project")
+        hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not str(k).startswith("_")}
+        for what in ("optimizer", "lr_scheduler"):
+            if what not in kwargs and isinstance(hparams.get(what), dict):
+                hparams[what] = schedules.from_config(hparams[what], what, import_modules=False)
+        module = module_to_import(str(hparams.get("backbone", ""))) if "backbone" not in kwargs else None
+        if module is not None and module not in sys.modules:
+            raise ValueError(f"{checkpoint_path} names the backbone {hparams['backbone']!r}, whose module {module!r} a "
+                             "checkpoint is never allowed to import; import it yourself first, or pass backbone=...")
+        model = cls(**{**hparams, **kwargs})
+        model.on_load_checkpoint(checkpoint)  # a pruned network's layer shapes first
+        model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
+        return model.to(map_location) if map_location is not None and not callable(map_location) else model
+
     def _check_optimization(self) -> None:
-        """Settings the optimizer or the schedule refuse, refused now, before a run folder is written."""
+        """Settings the optimizer or the schedule refuse, refused now, before a run folder is written; a callable
+        that is not a torch optimizer or scheduler class before it is called."""
+        schedules.check_class(self.optimizer, "optimizer")
+        if self.lr_scheduler is not None:
+            schedules.check_class(self.lr_scheduler, "lr_scheduler")
         probe = schedules.build(self.optimizer, [nn.Parameter(torch.zeros(1))], {}, "optimizer")
         if self.lr_scheduler is not None:
             fill = {k: 1 for k, v in schedules.fit_lengths(self.lr_scheduler).items() if v is None}

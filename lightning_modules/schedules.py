@@ -7,7 +7,9 @@
       lr_scheduler:
         class_path: lightning_modules.schedules.OneCycleLR
 
-Any torch optimizer and scheduler fits. A schedule's length is the fit's where the YAML leaves it unset: ImageClassifier
+Any torch optimizer and scheduler fits, and only those: a class_path that is not a subclass of torch.optim.Optimizer
+(model.optimizer) or torch.optim.lr_scheduler.LRScheduler (model.lr_scheduler) is refused before it is called
+(`os.system` with init_args would otherwise run a command). A schedule's length is the fit's where the YAML leaves it unset: ImageClassifier
 fills `total_steps` with the optimizer steps left in the fit (stepped every step) and `T_max` with the epochs left
 (stepped every epoch); so a schedule rebuilt mid-fit (after structured pruning) covers what is left. The two below are
 torch's with those lengths and the peak rate left to the fit and the optimizer.
@@ -54,6 +56,38 @@ class CosineAnnealingLR(torch.optim.lr_scheduler.CosineAnnealingLR):
         super().__init__(optimizer, T_max=T_max, eta_min=eta_min)
 
 
+# What each setting may name (the base class, and the words and the example of the refusal).
+KINDS = {"optimizer": (torch.optim.Optimizer, "a torch optimizer (a subclass of torch.optim.Optimizer)",
+                       "torch.optim.AdamW"),
+         "lr_scheduler": (torch.optim.lr_scheduler.LRScheduler, "a torch learning-rate scheduler (a subclass of "
+                          "torch.optim.lr_scheduler.LRScheduler)", "lightning_modules.schedules.OneCycleLR")}
+
+
+def check_class(value: Any, what: str, import_modules: bool = True) -> type:
+    """The class an optimizer (what="optimizer") or scheduler ("lr_scheduler") setting names: a class, a callable of
+    one (functools.partial, LightningCLI's), or a dotted class path; ValueError naming the setting where it is not a
+    subclass of torch's base class. Nothing is called. import_modules=False (a class path read from a checkpoint):
+    it resolves only in modules already imported (torch.optim, lightning_modules.schedules), importing none."""
+    base, kind, example = KINDS[what]
+    cls = _resolve(value, what, import_modules) if isinstance(value, str) else arguments(value)[0]
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        shown = value if isinstance(value, str) else getattr(cls, "__qualname__", None) or repr(value)
+        raise ValueError(f"--model.{what}.class_path {shown!r} is not {kind}; name one, e.g. {example}")
+    return cls
+
+
+def _resolve(class_path: str, what: str, import_modules: bool) -> Any:
+    import sys
+
+    module, _, name = class_path.rpartition(".")
+    if not module or (not import_modules and module not in sys.modules):
+        return None  # refused by check_class: a bare name, or a module a checkpoint would have imported
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError as exc:
+        raise ValueError(f"--model.{what}.class_path {class_path!r} does not import ({exc})") from None
+
+
 def arguments(factory: Any) -> tuple[Optional[type], dict[str, Any]]:
     """The class and the arguments given of an optimizer or scheduler callable: a class, a functools.partial of
     one, or the callable LightningCLI builds from `class_path`/`init_args` (None for a plain function)."""
@@ -93,12 +127,13 @@ def as_config(factory: Any) -> Any:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": given}
 
 
-def from_config(value: Any) -> Any:
-    """The callable of a `class_path`/`init_args` dict (a checkpoint's hparams loaded without LightningCLI)."""
+def from_config(value: Any, what: str, import_modules: bool = True) -> Any:
+    """The callable of a `class_path`/`init_args` dict (a checkpoint's hparams loaded without LightningCLI), its
+    class checked first (check_class)."""
     if not isinstance(value, dict):
         return value
-    module, _, name = value["class_path"].rpartition(".")
-    return functools.partial(getattr(importlib.import_module(module), name), **(value.get("init_args") or {}))
+    cls = check_class(str(value.get("class_path")), what, import_modules)
+    return functools.partial(cls, **(value.get("init_args") or {}))
 
 
 def describe(factory: Any) -> dict[str, Any]:

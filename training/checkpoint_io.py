@@ -1,9 +1,13 @@
-"""Checkpoints written whole or not at all, and a full disk said in one sentence.
+"""Checkpoints written whole or not at all, a full disk said in one sentence, and checkpoints read as data only.
 
 A checkpoint is serialized in memory first, so its size is known before a byte is written: a disk without room
 for it is refused with a sentence naming the folder and the space needed, and the checkpoints already there stay
 as they were. It is then written to a temporary file beside its final name and renamed over it, so a kill or a
 disk that fills mid-write never leaves a truncated last.ckpt (measured before: 536,576 of 1,000,387 bytes).
+
+A checkpoint is read with `torch.load(weights_only=True)` only, by this project's code and by Lightning's (through
+AtomicCheckpointIO): tensors, numbers, strings and containers come back, no other object is made and no code runs.
+A file that is not one (random bytes, cut short, a pickle that names a function) is one sentence naming it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from deploy.atomic import atomic_write_bytes
+from deploy.run_folder import UnreadableCheckpoint, read_checkpoint  # noqa: F401 (read here and by Lightning)
 
 
 class DiskFull(OSError):
@@ -40,7 +45,16 @@ def _size(count: int) -> str:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch.save-based checkpoint IO, made atomic and explicit about a full disk."""
+    """Lightning's torch.save-based checkpoint IO, made atomic and explicit about a full disk; it reads checkpoints
+    as data only (read_checkpoint), whatever a caller or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD asks."""
+
+    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        state = read_checkpoint(path, mmap=False)
+        if map_location is not None and not callable(map_location):
+            from lightning_fabric.utilities.apply_func import move_data_to_device
+
+            state = move_data_to_device(state, torch.device(map_location) if isinstance(map_location, str) else map_location)
+        return state
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         path = os.fspath(path)

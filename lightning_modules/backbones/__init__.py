@@ -96,6 +96,15 @@ def _user_backbone(name: str) -> Callable[..., nn.Module] | None:
     return BACKBONES[short]
 
 
+def module_to_import(name: str) -> str | None:
+    """The module build_backbone would import to find `name` (`my_backbones` for `my_backbones.tiny_cnn`); None for
+    a registered name, a family's or a bare torchvision name, which import nothing of the user's."""
+    _load_builtins()
+    if "." not in name or name in BACKBONES or any(name.startswith(p) for p in FAMILIES):
+        return None
+    return name.rpartition(".")[0]
+
+
 def _check_args(name: str, builder: Callable[..., nn.Module], kwargs: dict) -> None:
     params = inspect.signature(builder).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):

@@ -39,6 +39,14 @@ MISTAKES = {
     "unknown key in a YAML file": (["--config", "{tmp}/extra.yaml"], ["model.dropout_rate"]),
     "YAML that does not parse": (["--config", "{tmp}/broken.yaml"], ["{tmp}/broken.yaml", "line 2"]),
     "missing checkpoint": (["--ckpt_path", "{tmp}/nothing.ckpt"], ["{tmp}/nothing.ckpt", "--ckpt_path"]),
+    # the keys and names of an older edgecls's README say what replaced them
+    "old key model.lr": (["--model.lr", "0.1"], ["--model.lr is not", "now --model.optimizer.lr"]),
+    "old key data.root": (["--data.root", "{tmp}/images"], ["--data.root is not", "now --data.source.root"]),
+    "old key model.scheduler": (["--model.scheduler", "cosine"], ["now --model.lr_scheduler", "CosineAnnealingLR"]),
+    "old source name": (["--data.source", "digits"], ["'digits'", "now DigitsSource"]),
+    "old optimizer name": (["--model.optimizer", "sgd"], ["'sgd'", "now torch.optim.SGD"]),
+    # one image larger than the memory: a sentence naming the setting, not the allocator's message
+    "image size beyond memory": (["--data.image_size", "100000"], ["data.image_size 100000x100000", "lower data.image_size"]),
 }
 
 
