@@ -9,11 +9,18 @@ One tiny fit per module makes the run they are made from."""
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
-
-from edgecls_testing import EXPERIMENTS, NO_FIT_END, TINY, error_lines, file_hashes, run_main
+from edgecls_testing import (
+    EXPERIMENTS,
+    NO_FIT_END,
+    TINY,
+    error_lines,
+    file_hashes,
+    run_main,
+)
 
 QUICKSTART = str(EXPERIMENTS / "quickstart.yaml")
 MODULE_THAT_MARKS = 'open("IMPORTED", "w").close()\n'  # pwned.py: imported, it leaves a file named IMPORTED
@@ -159,7 +166,7 @@ def test_an_optimizer_or_scheduler_that_is_not_torchs_is_refused_before_it_is_ca
 def test_an_optimizer_in_a_recipe_that_is_not_torchs_is_refused_before_it_is_called(tmp_path, cli):
     import yaml
 
-    recipe = yaml.safe_load(open(QUICKSTART))
+    recipe = yaml.safe_load(Path(QUICKSTART).read_text())
     recipe["model"]["optimizer"] = SHELL
     recipe["trainer"]["callbacks"] = []
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
@@ -171,7 +178,7 @@ def test_an_optimizer_in_a_recipe_that_is_not_torchs_is_refused_before_it_is_cal
 
 
 def test_a_batch_that_cannot_fit_in_memory_is_refused_naming_the_settings(tmp_path, cli, monkeypatch):
-    import datamodules.datamodule as datamodule
+    from datamodules import datamodule
 
     # a machine with 64 MB: one 64x64 image fits (61 kB as uint8 and float32), a batch of the 1,079 train images not
     monkeypatch.setattr(datamodule, "memory_bytes", lambda: 64 * 10**6)
@@ -185,7 +192,7 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_naming_the_settings(tmp_pa
 
 
 def test_an_allocation_that_fails_is_one_sentence_naming_the_size_settings(tmp_path, cli, monkeypatch):
-    import datamodules.datamodule as datamodule
+    from datamodules import datamodule
 
     # past the data's own check (a machine that says it has 1 PB): the network's example input, 120 GB, fails
     monkeypatch.setattr(datamodule, "memory_bytes", lambda: 10**15)
