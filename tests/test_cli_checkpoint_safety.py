@@ -13,14 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from edgecls_testing import (
-    EXPERIMENTS,
-    NO_FIT_END,
-    TINY,
-    error_lines,
-    file_hashes,
-    run_main,
-)
+
+from edgecls_testing import EXPERIMENTS, NO_FIT_END, TINY, error_lines, file_hashes, run_main
 
 QUICKSTART = str(EXPERIMENTS / "quickstart.yaml")
 MODULE_THAT_MARKS = 'open("IMPORTED", "w").close()\n'  # pwned.py: imported, it leaves a file named IMPORTED
