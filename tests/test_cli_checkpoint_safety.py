@@ -106,6 +106,13 @@ def test_load_from_checkpoint_imports_and_calls_nothing_the_checkpoint_names(tra
         ImageClassifier.load_from_checkpoint(with_hparams(last, tmp_path / "b.ckpt", optimizer=SHELL))
     with pytest.raises(ValueError, match="'pwned' a checkpoint is never allowed to import"):
         ImageClassifier.load_from_checkpoint(with_hparams(last, tmp_path / "c.ckpt", backbone="pwned.tiny"))
+    # a pruned network's recorded layer shapes only ever shrink the YAML's: a billion channels is refused, not allocated
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    conv = next(name for name, shape in state["layer_shapes"].items() if shape["type"] == "Conv2d")
+    state["layer_shapes"][conv] = {**state["layer_shapes"][conv], "out_channels": 10**9}
+    torch.save(state, tmp_path / "d.ckpt")
+    with pytest.raises(ValueError, match=f"the checkpoint's layer '{conv}' is .* not a pruned copy of this network"):
+        ImageClassifier.load_from_checkpoint(tmp_path / "d.ckpt")
     nothing_ran(tmp_path)
 
 
