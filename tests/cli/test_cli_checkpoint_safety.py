@@ -9,6 +9,7 @@ One tiny fit per module makes the run they are made from."""
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,6 +106,13 @@ def test_load_from_checkpoint_imports_and_calls_nothing_the_checkpoint_names(tra
         ImageClassifier.load_from_checkpoint(with_hparams(last, tmp_path / "b.ckpt", optimizer=SHELL))
     with pytest.raises(ValueError, match="'pwned' a checkpoint is never allowed to import"):
         ImageClassifier.load_from_checkpoint(with_hparams(last, tmp_path / "c.ckpt", backbone="pwned.tiny"))
+    # a pruned network's recorded layer shapes only ever shrink the YAML's: a billion channels is refused, not allocated
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    conv = next(name for name, shape in state["layer_shapes"].items() if shape["type"] == "Conv2d")
+    state["layer_shapes"][conv] = {**state["layer_shapes"][conv], "out_channels": 10**9}
+    torch.save(state, tmp_path / "d.ckpt")
+    with pytest.raises(ValueError, match=f"the checkpoint's layer '{conv}' is .* not a pruned copy of this network"):
+        ImageClassifier.load_from_checkpoint(tmp_path / "d.ckpt")
     nothing_ran(tmp_path)
 
 
@@ -159,7 +167,7 @@ def test_an_optimizer_or_scheduler_that_is_not_torchs_is_refused_before_it_is_ca
 def test_an_optimizer_in_a_recipe_that_is_not_torchs_is_refused_before_it_is_called(tmp_path, cli):
     import yaml
 
-    recipe = yaml.safe_load(open(QUICKSTART))
+    recipe = yaml.safe_load(Path(QUICKSTART).read_text())
     recipe["model"]["optimizer"] = SHELL
     recipe["trainer"]["callbacks"] = []
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
@@ -171,7 +179,7 @@ def test_an_optimizer_in_a_recipe_that_is_not_torchs_is_refused_before_it_is_cal
 
 
 def test_a_batch_that_cannot_fit_in_memory_is_refused_naming_the_settings(tmp_path, cli, monkeypatch):
-    import datamodules.datamodule as datamodule
+    from datamodules import datamodule
 
     # a machine with 64 MB: one 64x64 image fits (61 kB as uint8 and float32), a batch of the 1,079 train images not
     monkeypatch.setattr(datamodule, "memory_bytes", lambda: 64 * 10**6)
@@ -185,7 +193,7 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_naming_the_settings(tmp_pa
 
 
 def test_an_allocation_that_fails_is_one_sentence_naming_the_size_settings(tmp_path, cli, monkeypatch):
-    import datamodules.datamodule as datamodule
+    from datamodules import datamodule
 
     # past the data's own check (a machine that says it has 1 PB): the network's example input, 120 GB, fails
     monkeypatch.setattr(datamodule, "memory_bytes", lambda: 10**15)
