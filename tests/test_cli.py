@@ -1,5 +1,7 @@
 """The `fit` command as a user runs it: YAML in, a run directory, TensorBoard events and test metrics out."""
 
+import csv
+import json
 import re
 from pathlib import Path
 
@@ -118,9 +120,13 @@ def test_test_and_predict_on_a_runs_checkpoint_write_into_that_run(quickstart, t
     # besides predict/, only an event file of no events (Lightning opens the writer of every command)
     assert {k: v for k, v in file_hashes(run).items() if not k.startswith(("predict/", "events."))} == fitted
     assert str(out.relative_to(tmp_path)) in proc.stdout
-    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    rows = list(csv.DictReader(out.open(newline="")))
     assert len(rows) == 359  # the digits test split
-    assert all(r[1] in [str(i) for i in range(10)] and 0.1 <= float(r[2]) <= 1.0 for r in rows)
+    assert list(rows[0]) == ["index", "file", "true_class", "predicted", "probability"]
+    assert all(r["predicted"] in [str(i) for i in range(10)] and 0.1 <= float(r["probability"]) <= 1.0 for r in rows)
+    # each row names its image, as the run's split list does, and its true class from that list
+    listed = [json.loads(line) for line in (run / "split" / "test.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["true_class"]) for r in rows] == [(e["file"], e["class"]) for e in listed]
 
 
 def test_resumed_fit_ends_where_an_uninterrupted_fit_ends(quickstart, tmp_path, cli):
