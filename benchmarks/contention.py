@@ -1,6 +1,6 @@
 """Training on a busy CPU: the quickstart's training epochs alone vs with busy-loop processes on the same cores.
 
-    python benchmarks/contention.py [--epochs 3] [--busy 2] [--rounds 3] [--settings omp-default,passive,1thread] [--quick]
+    python benchmarks/contention.py [--epochs 3] [--busy 2] [--rounds 5] [--settings omp-default,passive,1thread] [--quick]
 
 Each setting runs `python main.py fit --config experiments/quickstart.yaml` (training only: no fit-end steps,
 no progress bar) in a fresh process, once without and once with `--busy` processes spinning `while True: pass`,
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--busy", type=int, default=2, help="busy-loop processes during the busy runs")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of (every setting alone, beside the busy loops)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of (every setting alone, beside the busy loops); 5: the fewest a 90%% interval needs")
     parser.add_argument("--settings", default="omp-default,passive,1thread")
     parser.add_argument("--confidence", type=float, default=0.9, help="confidence of the interval targets are judged on")
     parser.add_argument("--quick", action="store_true", help="a smoke run: --epochs 1 --rounds 1 --settings omp-default,passive")

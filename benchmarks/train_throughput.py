@@ -1,7 +1,7 @@
 """Training throughput: edgecls's fit (LightningCLI, the quickstart's callbacks, logging, metrics, grad-norm
 monitor) against a plain hand-written PyTorch loop: same network, data, batch size, threads, no augmentation.
 
-    python benchmarks/train_throughput.py [--epochs 4] [--rounds 3] [--quick]
+    python benchmarks/train_throughput.py [--epochs 4] [--rounds 5] [--quick]
 
 Both sides read the same DataLoader and train the same ResNet; validation is off on both, so the ratio is
 the cost of everything our fit adds around the optimizer step. Rounds alternate (plain, ours, plain, ...),
@@ -97,7 +97,7 @@ def plain_loop(epochs: int, workdir: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4, help="epochs per measurement (the first is warm-up)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements of each side")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating measurements of each side (5: the fewest a 90%% interval needs)")
     parser.add_argument("--confidence", type=float, default=0.9, help="confidence of the interval the target is judged on")
     parser.add_argument("--quick", action="store_true", help="a smoke run: --epochs 2 --rounds 2")
     args = parser.parse_args()
