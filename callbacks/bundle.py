@@ -182,8 +182,9 @@ class DeployBundle(FitEndStep):
         """The same file in every other runtime installed here that reads its format (OpenVINO reads ONNX), so the
         report shows what a CPU device would pick; a runtime that cannot run it is a note, not a failure."""
         rows = []
+        measured = DEFAULT_RUNTIME.get(art.format, "onnxruntime")  # measure_file's row: not a second time here
         for name, spec in RUNTIMES.items():
-            if name == "onnxruntime" or art.format not in spec.formats or not spec.available():
+            if name == measured or art.format not in spec.formats or not spec.available():
                 continue
             try:
                 with runner_for_file(art.file, art.format, runtime=name) as runner:
