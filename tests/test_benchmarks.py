@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecls_testing import REPO, readme_blocks
+from edgecls_testing import REPO
 
 TARGET = re.compile(r"^target .* -> (met|NOT met|undecided)", re.MULTILINE)
 
@@ -29,18 +29,21 @@ def run_benchmark(script: str, *args, tmp_path: Path, timeout: int = 900) -> str
     assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{output[-6000:]}"
     assert "Traceback" not in output, output[-6000:]
     assert TARGET.search(proc.stdout), f"{script} printed no `target ... -> met | NOT met` line:\n{proc.stdout}"
-    assert not list(scratch.iterdir()), f"{script} left {sorted(p.name for p in scratch.iterdir())} in the temp dir"
+    # torch's own compile cache (torchinductor_<user>) is torch's to keep; anything else is the benchmark's
+    left = sorted(p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_"))
+    assert not left, f"{script} left {left} in the temp dir"
     return output
 
 
 def test_every_benchmark_the_readme_lists_has_a_test_here_or_is_named_where_it_has_one():
-    listed = set(re.findall(r"python benchmarks/(\w+)\.py", readme_blocks("Benchmarks")["bash"]))
+    listed = set(re.findall(r"python benchmarks/(\w+)\.py", (REPO / "README.md").read_text()))
     tested_here = {name.removeprefix("test_").split("_runs")[0] for name in globals() if name.startswith("test_")}
     elsewhere = {"qat"}  # tests/callbacks/test_qat.py runs it on its fit
-    assert listed, "the README's Benchmarks block lists no script"
+    assert len(listed) >= 9, f"the README lists only {sorted(listed)}"
     assert listed <= tested_here | elsewhere, f"no quick-run test for {sorted(listed - tested_here - elsewhere)}"
 
 
+@pytest.mark.slow
 def test_data_throughput_runs_quick_and_prints_its_data_line_once(tmp_path):
     out = run_benchmark("data_throughput.py", "--quick", tmp_path=tmp_path)
     rows = re.findall(r"^\s+([12]) \|\s+([\d.]+) \|\s+([\d.]+) \|", out, re.MULTILINE)
