@@ -103,8 +103,17 @@ def write_leaderboard_end(logger: RunLogger, failed: bool) -> None:
     logger.log_hparams_plugin(plugin_data_pb2.HParamsPluginData(session_end_info=end))
 
 
+TRIAL_NAME_CHARS = 15  # what HPARAMS' 10em trial column shows before it cuts the name with "..."
+
+
 def trial_name(logger: TensorBoardLogger) -> str:
-    """`v3 quickstart` for runs/quickstart/version_3: the version first, where a cut-off name still tells runs apart."""
+    """`quickstart v3` for runs/quickstart/version_3: the experiment first, so the table's runs of one experiment sort
+    together, and short enough for the trial column: a longer experiment name keeps its head and tail around an
+    ellipsis (`imagef…ratch v0` for imagefolder_scratch), so the version and what tells experiments apart stay."""
     version = logger.version
     version = f"v{version}" if isinstance(version, int) else str(version).replace("version_", "v")
-    return f"{version} {logger.name}"
+    name, room = str(logger.name), TRIAL_NAME_CHARS - len(" v10")  # room for 2 digits: one cut for every version
+    if len(name) > room:
+        head = (room - 1) // 2 + (room - 1) % 2
+        name = f"{name[:head]}…{name[len(name) - (room - 1 - head):]}"
+    return f"{name} {version}"

@@ -322,3 +322,13 @@ def test_report_picture_names_rows_as_the_table_does_and_labels_piled_points_apa
     assert texts == ["1", "2, 3, 4, 5"], texts
     names = [t.get_text().splitlines()[0] for t in fig.axes[1].get_yticklabels()]
     assert names[3] == "4  INT8 TensorRT-form · ONNX Runtime" and not any("ONNX INT8" in n for n in names)
+
+
+def test_the_leaderboard_delta_is_rounded_as_the_table_rounds_it():
+    from callbacks.report import leaderboard_values
+
+    def report(delta):
+        return {"rows": [{"label": "PyTorch FP32"}, {"precision": "int8", "delta_pts": delta, "latency_ms": 1.0}]}
+
+    assert leaderboard_values(report(-100 / 359))["bundle/int8_delta_top1_pt"] == -0.28
+    assert str(leaderboard_values(report(-1e-9))["bundle/int8_delta_top1_pt"]) == "0.0"
