@@ -88,6 +88,11 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     assert norms[0] == "weights/grad_norm" and len(norms) > 10
     assert acc.Scalars("1 val/top1_best")[-1].value == max(e.value for e in acc.Scalars("1 val/top1"))
     assert "1 val/top1_confusion" in acc.Tags()["images"]
+    # the confusion image of an epoch is logged only when its val top-1 is the best so far: the last one shown is the
+    # best checkpoint's, not the last epoch's
+    tops = [(e.step, e.value) for e in acc.Scalars("1 val/top1")]
+    best_steps = [step for i, (step, value) in enumerate(tops) if all(value >= v for _, v in tops[:i])]
+    assert [e.step for e in acc.Images("1 val/top1_confusion")] == best_steps, tops
 
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
