@@ -26,15 +26,23 @@ from lightning_modules.run_logger import RunLogger, board_tag
 # the splits first) and tags within one by name, so the total (the section's own name) comes first and the
 # per-parameter norms (GRAD_NORM/<parameter>) after it.
 GRAD_NORM = "weights/grad_norm"
-# TensorBoard's CUSTOM SCALARS tab, in reading order: train and val side by side on one chart each, then the
-# optimization. Tags are regular expressions, of the names TensorBoard shows (board_tag). The per-parameter norms
-# stay out of it (with a dozen runs they drew hundreds of lines on one chart); TIME SERIES and SCALARS keep one
-# chart per parameter under weights/.
+# TensorBoard's CUSTOM SCALARS tab, in reading order: train and val side by side, one chart a split, then the
+# optimization. Its multiline charts colour a line by its run, so train and val on one chart drew one run's two
+# curves in one colour; one split a chart keeps a run's colour the same on every chart and the title says the split.
+# Tags are regular expressions, of the names TensorBoard shows (board_tag). The per-parameter norms stay out of it
+# (with a dozen runs they drew hundreds of lines on one chart); TIME SERIES and SCALARS keep one chart per parameter
+# under weights/.
 READING_ORDER = {
-    "loss and accuracy": {
-        "loss (train, val)": ["Multiline", [board_tag("train/loss_epoch"), board_tag("val/loss")]],
-        "top-1 (train, val, best val)": ["Multiline", [board_tag(t) for t in ("train/top1", "val/top1", "val/best_top1")]],
-        "val f1 and top-5": ["Multiline", [board_tag("val/f1"), board_tag("val/top5")]],
+    "loss": {
+        "train loss": ["Multiline", [board_tag("train/loss_epoch") + "$"]],
+        "val loss": ["Multiline", [board_tag("val/loss") + "$"]],
+    },
+    "top-1": {
+        "train top-1": ["Multiline", [board_tag("train/top1") + "$"]],
+        "val top-1": ["Multiline", [board_tag("val/top1") + "$"]],
+        "best val top-1 so far": ["Multiline", [board_tag("val/best_top1") + "$"]],
+        "val f1": ["Multiline", [board_tag("val/f1") + "$"]],
+        "val top-5": ["Multiline", [board_tag("val/top5") + "$"]],
     },
     "optimization": {
         "learning rate": ["Multiline", [board_tag("train/lr") + ".*"]],

@@ -84,6 +84,10 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
     assert charts["gradient norm (all parameters)"] == ["weights/grad_norm$"]
     assert not [title for title, tags in charts.items() if any(t.startswith("weights/grad_norm/") for t in tags)]
+    # one split a chart: the multiline chart colours lines by run, so a run's train and val would share a colour
+    split_of = lambda tag: tag.split("/")[0]  # noqa: E731
+    assert all(len({split_of(t) for t in tags}) == 1 for tags in charts.values()), charts
+    assert charts["train loss"] == ["3 train/loss_epoch$"] and charts["val loss"] == ["1 val/loss$"]
     norms = sorted(t for t in scalars if t.startswith("weights/"))
     assert norms[0] == "weights/grad_norm" and len(norms) > 10
     assert acc.Scalars("1 val/top1_best")[-1].value == max(e.value for e in acc.Scalars("1 val/top1"))
