@@ -26,7 +26,8 @@ import warnings
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from datamodules import ImageClassificationDataModule  # noqa: E402
 from datamodules.sources import ImageFolderSource  # noqa: E402
@@ -138,7 +139,9 @@ def fit(root: str, size: int, batch: int, workers: int, cache: str, batches: int
             self.seconds.append(time.perf_counter() - self.start)
             self.images.append(self.count)
 
-    args = ["fit", "--config", "experiments/imagefolder_gpu.yaml", "--data.source.root", root, "--data.image_size", str(size),
+    # the recipe by its path in the repository, so the benchmark runs from any folder
+    args = ["fit", "--config", os.path.join(REPO, "experiments", "imagefolder_gpu.yaml"), "--data.source.root", root,
+            "--data.image_size", str(size),
             "--data.batch_size", str(batch), "--data.num_workers", str(workers), "--data.cache_dir", cache,
             "--trainer.callbacks", "[]", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
             "--trainer.max_epochs", str(epochs), "--trainer.limit_train_batches", str(batches),

@@ -29,8 +29,9 @@ def run_benchmark(script: str, *args, tmp_path: Path, timeout: int = 900) -> str
     assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{output[-6000:]}"
     assert "Traceback" not in output, output[-6000:]
     assert TARGET.search(proc.stdout), f"{script} printed no `target ... -> met | NOT met` line:\n{proc.stdout}"
-    # torch's own compile cache (torchinductor_<user>) is torch's to keep; anything else is the benchmark's
-    left = sorted(p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_"))
+    # torch's own compile cache (torchinductor_<user>) and a library's 51-byte session id (.ses, a timestamp and a
+    # UUID, written on import in zoo.py's run) are theirs to keep; anything else is the benchmark's
+    left = sorted(p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_") and p.name != ".ses")
     assert not left, f"{script} left {left} in the temp dir"
     return output
 
