@@ -1,6 +1,6 @@
 """Compression on digits: FP32 vs INT8 vs Lightning's masks vs structured pruning (ratio 0.3, 0.5, half the MACs), one table.
 
-    python benchmarks/compression.py [--config experiments/quickstart_pruned.yaml] [--width 32] [--iterations 40]
+    python benchmarks/compression.py [--config experiments/quickstart_pruned.yaml] [--width 32] [--iterations 40] [--quick]
 
 The model, data and schedule are the experiment's (CIFAR ResNet, 10 epochs, pruning at epoch 5), at width 32
 by default instead of the experiment's 16: this ResNet keeps stage 1 at full resolution, and at 224x224 with
@@ -48,22 +48,37 @@ from deploy.benchmark import measure  # noqa: E402
 from deploy.forms import accuracy_qdq  # noqa: E402
 from deploy.runners import OnnxRuntimeRunner  # noqa: E402
 from lightning_modules import ImageClassifier  # noqa: E402
+from main import cli_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-LATENCY_SIZE = (224, 224)
 
 
-def load_experiment(path: Path) -> tuple[dict, dict, int, int]:
+def load_experiment(path: Path, width: int, workdir: Path) -> tuple[ImageClassifier, ImageClassificationDataModule, dict, int, int]:
+    """The experiment's model (untrained) and DataModule as main.py builds them from the YAML (its parser resolves
+    `source: DigitsSource`, the optimizer's class_path ...), plus its max_epochs and pruning epoch."""
     config = yaml.safe_load(path.read_text())
     pruning = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("StructuredPruning"))
-    return config["model"], config["data"], int(config["trainer"]["max_epochs"]), int(pruning["init_args"]["at_epoch"])
+    overrides = ["--trainer.callbacks", "[]", "--trainer.logger", "false", "--model.log_confusion_matrix", "false"]
+    if width:
+        overrides += ["--model.backbone_args.width", str(width)]
+    here = os.getcwd()
+    os.chdir(workdir)  # whatever the parser sets up for a run stays in the scratch folder
+    try:
+        cli = cli_main(["--config", str(path.resolve()), *overrides], run=False)
+    finally:
+        os.chdir(here)
+    described = {"backbone": cli.model.hparams.get("backbone"), "backbone_args": cli.model.hparams.get("backbone_args")}
+    return (cli.model, cli.datamodule, described, int(config["trainer"]["max_epochs"]),
+            int(pruning["init_args"]["at_epoch"]))
 
 
-def fit(model_args: dict, data: ImageClassificationDataModule, max_epochs: int, callbacks: list, ckpt_path=None):
+def fit(initial: ImageClassifier, max_epochs: int, callbacks: list, data: ImageClassificationDataModule, ckpt_path=None,
+        batches: float = 1.0):
     pl.seed_everything(42, verbose=False)
-    model = ImageClassifier(num_classes=data.num_classes, input_size=data.input_size, log_confusion_matrix=False, **model_args)
+    model = copy.deepcopy(initial)  # every variant starts from the same weights (the pruned ones resume anyway)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                         limit_train_batches=batches,
                          enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
                          callbacks=callbacks)
     started = time.perf_counter()
@@ -89,54 +104,65 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "experiments" / "quickstart_pruned.yaml")
     parser.add_argument("--width", type=int, default=32, help="ResNet width (0: the experiment's)")
-    parser.add_argument("--iterations", type=int, default=40, help="timed calls per variant at 224, batch 1")
+    parser.add_argument("--epochs", type=int, default=0, help="max_epochs (0: the experiment's)")
+    parser.add_argument("--at-epoch", type=int, default=0, help="pruning epoch (0: the experiment's)")
+    parser.add_argument("--latency-size", type=int, default=224, help="input side for the latency column")
+    parser.add_argument("--iterations", type=int, default=40, help="timed calls per variant, batch 1")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    parser.add_argument("--batches", type=int, default=0, help="training batches an epoch (0: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run (about a minute on 2 cores): width 8, 3 epochs of 6 batches pruned at 2, latency at 64 px, "
+                             "10 calls in 2 rounds; its figures say only that every row is made")
     args = parser.parse_args()
+    if args.quick:
+        args.width, args.epochs, args.at_epoch, args.latency_size = 8, 3, 2, 64
+        args.iterations, args.rounds, args.batches = 10, 2, 6
+    latency_size = (args.latency_size, args.latency_size)
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
-    model_args, data_args, max_epochs, at_epoch = load_experiment(args.config)
-    if args.width:
-        model_args = {**model_args, "backbone_args": {**(model_args.get("backbone_args") or {}), "width": args.width}}
-    if at_epoch < 2:
-        raise SystemExit(f"{args.config}: the masks variant resumes at epoch at_epoch-2; needs at_epoch >= 2, got {at_epoch}")
-    data = ImageClassificationDataModule(**data_args)
-    data.prepare_data()
-    data.setup("fit")
-    data.setup("test")
-    calibration = first_batch(data.train_dataloader(), 256)
-    size = tuple(data.input_size)
-
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="compression-") as tmp:
         tmp = Path(tmp)
+        initial, data, described, max_epochs, at_epoch = load_experiment(args.config, args.width, tmp)
+        max_epochs, at_epoch = args.epochs or max_epochs, args.at_epoch or at_epoch
+        if at_epoch < 2 or at_epoch >= max_epochs:
+            raise SystemExit(f"{args.config}: the masks variant resumes at epoch at_epoch-2 and the pruned ones need an "
+                             f"epoch after at_epoch; needs 2 <= at_epoch < max_epochs, got {at_epoch} and {max_epochs}")
+        data.prepare_data()
+        data.setup("fit")
+        data.setup("test")
+        calibration = first_batch(data.train_dataloader(), 256)
+        size = tuple(data.input_size)
+
         every_epoch = pl.callbacks.ModelCheckpoint(dirpath=tmp / "baseline", filename="epoch{epoch:03d}",
                                                    auto_insert_metric_name=False, monitor=None, save_top_k=-1)
         models, seconds, pruning = {}, {}, {}
+        batches = args.batches or 1.0
         progress(f"baseline fit, {max_epochs} epochs")
-        models["fp32"], seconds["fp32"] = fit(model_args, data, max_epochs, [every_epoch])
+        models["fp32"], seconds["fp32"] = fit(initial, max_epochs, [every_epoch], data, batches=batches)
         resume_at = tmp / "baseline" / f"epoch{at_epoch - 1:03d}.ckpt"
         for name, target in (("pruned ratio 0.3", {"ratio": 0.3}), ("pruned ratio 0.5", {"ratio": 0.5}),
                              ("pruned MACs/2", {"macs_reduction": 2.0})):
             progress(f"{name}: resume at epoch {at_epoch}, prune, fine-tune")
             pruning[name] = StructuredPruning(at_epoch=at_epoch, **target)
-            models[name], seconds[name] = fit(model_args, data, max_epochs, [pruning[name]], ckpt_path=resume_at)
+            models[name], seconds[name] = fit(initial, max_epochs, [pruning[name]], data, ckpt_path=resume_at, batches=batches)
         progress(f"masks: resume at epoch {at_epoch - 1}, mask at its end, fine-tune")
         masks = pl.callbacks.ModelPruning("l1_unstructured", amount=0.5, use_global_unstructured=True,
                                           apply_pruning=AtEpochs([at_epoch - 1]), make_pruning_permanent=True)
-        models["masks 50%"], seconds["masks 50%"] = fit(model_args, data, max_epochs, [masks],
-                                                        ckpt_path=tmp / "baseline" / f"epoch{at_epoch - 2:03d}.ckpt")
+        models["masks 50%"], seconds["masks 50%"] = fit(initial, max_epochs, [masks], data,
+                                                        ckpt_path=tmp / "baseline" / f"epoch{at_epoch - 2:03d}.ckpt", batches=batches)
 
         progress("ONNX exports, INT8, accuracy and latency")
         files, files_224 = {}, {}
         for name, model in models.items():
             slug = name.replace(" ", "_").replace("/", "").replace("%", "")
             files[name] = export_onnx(copy.deepcopy(model.net), tmp / f"{slug}.onnx", size)
-            files_224[name] = export_onnx(copy.deepcopy(model.net), tmp / f"{slug}.224.onnx", LATENCY_SIZE)
+            files_224[name] = export_onnx(copy.deepcopy(model.net), tmp / f"{slug}.224.onnx", latency_size)
         # INT8 of the baseline: calibrated on training images for accuracy; at 224 on the same images upsampled
         # (only the kernels' speed is measured there, but realistic ranges keep it like the real thing)
         files["int8"] = quantize_int8(prepare_for_quantization(files["fp32"], tmp / "fp32.pre.onnx"), tmp / "int8.onnx", calibration)
-        big = F.interpolate(torch.from_numpy(calibration[:32]), size=LATENCY_SIZE, mode="bilinear").numpy()
+        big = F.interpolate(torch.from_numpy(calibration[:32]), size=latency_size, mode="bilinear").numpy()
         files_224["int8"] = quantize_int8(prepare_for_quantization(files_224["fp32"], tmp / "fp32.224.pre.onnx"), tmp / "int8.224.onnx", big)
 
         threads = args.threads or None
@@ -147,17 +173,17 @@ def main() -> int:
                                    numpy_batches(data.test_dataloader()))["top1"] for name in order}
         p50 = interleaved_p50({name: OnnxRuntimeRunner(files_224[name], threads=threads) for name in order},
                               args.iterations, args.rounds)
-        example = torch.zeros(1, 3, *LATENCY_SIZE)
+        example = torch.zeros(1, 3, *latency_size)
         counted = {name: count_macs_params(models[name].net, example) for name in models}
         counted["int8"] = counted["fp32"]
         zeros = {name: sparsity(models[name].net) for name in models}
         zeros["int8"] = zeros["fp32"]
 
-        print(f"digits test split ({len(data.test_dataloader().dataset)} images, {size[0]}x{size[1]}), {args.config.name}: {model_args['backbone']} "
-              f"{model_args.get('backbone_args')}, {max_epochs} epochs, pruning at epoch {at_epoch}; latency: ONNX Runtime CPU "
-              f"{LATENCY_SIZE[0]}x{LATENCY_SIZE[1]} batch 1, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), "
+        print(f"digits test split ({len(data.test_dataloader().dataset)} images, {size[0]}x{size[1]}), {args.config.name}: {described['backbone']} "
+              f"{described['backbone_args']}, {max_epochs} epochs{f' of {args.batches} batches' if args.batches else ''}, pruning at epoch {at_epoch}; latency: ONNX Runtime CPU "
+              f"{latency_size[0]}x{latency_size[1]} batch 1, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), "
               f"{args.iterations} calls in {args.rounds} interleaved rounds")
-        header = (f"{'variant':<18}{'top-1 %':>9}{'Δ pt':>7}{'params':>10}{'MACs@224':>10}{'zeros':>7}"
+        header = (f"{'variant':<18}{'top-1 %':>9}{'Δ pt':>7}{'params':>10}{f'MACs@{latency_size[0]}':>10}{'zeros':>7}"
                   f"{'p50 ms':>9}{'speedup':>9}{'size MB':>9}{'fit s':>7}")
         print(header)
         print("-" * len(header))
@@ -173,7 +199,7 @@ def main() -> int:
         speedup = p50["fp32"] / p50[half]
         print()
         print(f"target, structured pruning at 2x fewer MACs ({reduction:.2f}x here): top-1 Δ >= -1 pt after the in-fit "
-              f"fine-tune: {delta:+.2f} pt -> {'met' if delta >= -1.0 else 'NOT met'}; ONNX Runtime speedup at 224 >= 1.5x: "
+              f"fine-tune: {delta:+.2f} pt -> {'met' if delta >= -1.0 else 'NOT met'}; ONNX Runtime speedup at {latency_size[0]} >= 1.5x: "
               f"{speedup:.2f}x -> {'met' if speedup >= 1.5 else 'NOT met'}")
         print(f"masks: {100 * zeros['masks 50%']:.0f}% of the conv/linear weights are zero, yet the file is "
               f"{os.path.getsize(files['masks 50%']) / os.path.getsize(files['fp32']):.2f}x and the latency "

@@ -1,20 +1,25 @@
 """Training on a busy CPU: the quickstart's training epochs alone vs with busy-loop processes on the same cores.
 
-    python benchmarks/contention.py [--epochs 3] [--busy 2] [--settings default,passive,1thread]
+    python benchmarks/contention.py [--epochs 3] [--busy 2] [--rounds 5] [--settings omp-default,passive,1thread] [--quick]
 
 Each setting runs `python main.py fit --config experiments/quickstart.yaml` (training only: no fit-end steps,
-no progress bar) in a fresh process, once on a quiet machine and once with `--busy` processes spinning
-`while True: pass`, quiet and busy runs alternating so a slow spell hits both. Settings:
-  default   OpenMP's own wait policy (threads spin at every barrier, waiting for a thread that was descheduled)
-  passive   OMP_WAIT_POLICY=PASSIVE: a waiting thread sleeps instead of spinning (what main.py sets by default)
-  1thread   one intra-op thread (what Ultralytics-style "cores - 1" gives on a 2-core machine)
-The wall time is of the whole command (interpreter start, data set-up and the epochs).
+no progress bar) in a fresh process, once without and once with `--busy` processes spinning `while True: pass`,
+in --rounds rounds; within a round every setting runs back to back, so a slow spell (other jobs on a shared
+machine) hits the runs a ratio compares. Settings:
+  omp-default  OpenMP's own wait policy (threads spin at every barrier, waiting for a thread that was descheduled)
+  passive      OMP_WAIT_POLICY=PASSIVE: a waiting thread sleeps instead of spinning (main.py's default)
+  1thread      passive and one intra-op thread (what Ultralytics-style "cores - 1" gives on a 2-core machine)
+The wall time is of the whole command (interpreter start, data set-up and the epochs). The targets are judged
+as runtime_latency.py judges its own: on the median of the rounds' paired ratios and its confidence interval
+(`undecided` when the machine's own load makes the rounds disagree).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,9 +27,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from deploy.benchmark import ratio_verdict  # noqa: E402
+
 SETTINGS = {
     # an empty OMP_WAIT_POLICY is libgomp's own default (spin a while, then sleep); main.py leaves it alone
-    "default": ({"OMP_WAIT_POLICY": ""}, []),
+    "omp-default": ({"OMP_WAIT_POLICY": ""}, []),
     "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, []),
     "1thread": ({"OMP_WAIT_POLICY": "PASSIVE"}, ["--threads", "1"]),
 }
@@ -49,32 +58,56 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--busy", type=int, default=2, help="busy-loop processes during the busy runs")
-    parser.add_argument("--settings", default="default,passive,1thread")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of (every setting alone, beside the busy loops); 5: the fewest a 90%% interval needs")
+    parser.add_argument("--settings", default="omp-default,passive,1thread")
+    parser.add_argument("--confidence", type=float, default=0.9, help="confidence of the interval targets are judged on")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: --epochs 1 --rounds 1 --settings omp-default,passive")
     args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.rounds, args.settings = 1, 1, "omp-default,passive"
     names = [s for s in args.settings.split(",") if s]
-    quiet, busy = {}, {}
+    unknown = [s for s in names if s not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"--settings: unknown {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    quiet: dict[str, list[float]] = {name: [] for name in names}
+    busy: dict[str, list[float]] = {name: [] for name in names}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            quiet[name] = fit_seconds(SETTINGS[name], args.epochs, tmp)
+        for _ in range(args.rounds):
+            for name in names:
+                quiet[name].append(fit_seconds(SETTINGS[name], args.epochs, tmp))
             loops = busy_loops(args.busy)
             try:
                 time.sleep(1.0)
-                busy[name] = fit_seconds(SETTINGS[name], args.epochs, tmp)
+                for name in names:
+                    busy[name].append(fit_seconds(SETTINGS[name], args.epochs, tmp))
             finally:
                 for p in loops:
                     p.kill()
                     p.wait()
-    print(f"\nquickstart training, {args.epochs} epochs, {os.cpu_count()} CPUs, busy runs beside {args.busy} "
-          "busy-loop processes; wall time of the whole command")
-    print(f"{'setting':<10}{'quiet s':>9}{'busy s':>9}{'busy/quiet':>12}{'quiet vs default':>18}")
+    print(f"\nquickstart training, {args.epochs} epochs, {os.cpu_count()} CPUs (load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after: other jobs count as load too), busy runs beside {args.busy} busy-loop "
+          f"processes; wall time of the whole command, median of {args.rounds} round(s)")
+    print(f"{'setting':<24}{'alone s':>9}{'busy s':>9}{'busy/alone':>12}")
     for name in names:
-        print(f"{name:<10}{quiet[name]:>9.1f}{busy[name]:>9.1f}{busy[name] / quiet[name]:>11.2f}x"
-              f"{quiet['default'] / quiet[name] if 'default' in quiet else float('nan'):>17.2f}x")
-    chosen = "passive"
-    if chosen in busy:
-        ratio = busy[chosen] / quiet[chosen]
-        print(f"\ntarget training beside {args.busy} busy processes <= 2x the quiet time (main.py's default, {chosen}): "
-              f"{ratio:.2f}x -> {'met' if ratio <= 2.0 else 'NOT met'}")
+        label = f"{name} (main.py's)" if name == "passive" else name
+        q, b = statistics.median(quiet[name]), statistics.median(busy[name])
+        print(f"{label:<24}{q:>9.1f}{b:>9.1f}{b / q:>11.2f}x")
+    word = {"met": "met", "NOT met": "NOT met", "undecided": "undecided (noisy; more --rounds or a quieter machine)"}
+
+    def line(text: str, verdict: dict) -> str:
+        interval = (f"{verdict['low']:.2f}..{verdict['high']:.2f}" if math.isfinite(verdict["low"])
+                    else "no interval: too few rounds")
+        return (f"target {text}: {verdict['ratio']:.2f}x (median of {verdict['rounds']} paired round ratios; "
+                f"{100 * args.confidence:g}% interval {interval}) -> {word[verdict['verdict']]}")
+
+    print()
+    if "passive" in names:
+        print(line(f"training beside {args.busy} busy processes <= 2x its time alone (passive, main.py's default)",
+                   ratio_verdict(busy["passive"], quiet["passive"], 2.0, True, args.confidence)))
+        if "omp-default" in names:
+            print(line("passive beside the busy processes no slower than OpenMP's default wait policy there",
+                       ratio_verdict(busy["passive"], busy["omp-default"], 1.0, True, args.confidence)))
 
 
 if __name__ == "__main__":

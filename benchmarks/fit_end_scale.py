@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -71,12 +72,11 @@ def child(args: argparse.Namespace) -> int:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     import pytorch_lightning as pl
-    from pytorch_lightning import Callback
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
     from callbacks import DeployBundle, Int8Quantization, ONNXExport, TensorRTBuild
-    from callbacks.fit_end import fit_end_record
+    from callbacks.fit_end import FitEndStep, fit_end_record
     from datamodules import ImageClassificationDataModule
     from datamodules.sources import SyntheticSource
     from lightning_modules import ImageClassifier
@@ -90,16 +90,21 @@ def child(args: argparse.Namespace) -> int:
 
     phases: list[dict] = []
 
-    class PhaseMark(Callback):
-        """Closes the phase that ends here (time, RSS now, peak RSS since the previous mark) and opens the next."""
+    class PhaseMark(FitEndStep):
+        """Closes the phase that ends here (time, RSS now, peak RSS since the previous mark) and opens the next.
+        A fit-end step itself, so the chain runs it between the steps it is listed between (a plain callback's
+        on_fit_end would run before the whole chain, and every phase but training would read 0 s)."""
 
-        def __init__(self, name: str) -> None:
-            self.name = name
+        def __init__(self, phase: str) -> None:
+            super().__init__()
+            self.phase = phase
 
-        def on_fit_end(self, trainer, pl_module) -> None:
-            if trainer.sanity_checking or not trainer.is_global_zero:
-                return
-            mark(self.name)
+        @property
+        def name(self) -> str:
+            return f"PhaseMark({self.phase})"
+
+        def run(self, trainer, pl_module, record) -> None:
+            mark(self.phase)
 
     last = {"t": started, "snap": None}
 
@@ -123,11 +128,11 @@ def child(args: argparse.Namespace) -> int:
     tmp = Path(args.workdir)
     count, fractions = split_fractions(args.train, args.val, args.size)
     pl.seed_everything(42, verbose=False)
-    data = ImageClassificationDataModule(source=SyntheticSource(count=count, classes=CLASSES), image_size=IMAGE,
+    data = ImageClassificationDataModule(source=SyntheticSource(count=count, classes=CLASSES), image_size=args.image,
                                          split=fractions, batch_size=BATCH, num_workers=0, mean_std="auto",
                                          cache_dir=str(tmp / "cache"))
     model = ImageClassifier(num_classes=CLASSES, backbone="mobilenet_v2", backbone_args={"weights": None},
-                            input_size=(IMAGE, IMAGE), optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}}, log_confusion_matrix=False)
+                            input_size=(args.image, args.image), optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}}, log_confusion_matrix=False)
     callbacks = [
         ModelCheckpoint(monitor="val/top1", mode="max", save_last=False),
         PhaseMark("train"),  # on_fit_end start: everything before it was set-up and training
@@ -171,7 +176,8 @@ def run_size(size: int, args: argparse.Namespace, tmp: Path) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--child", "--size", str(size), "--workdir", str(work),
                "--result", str(result), "--train", str(args.train), "--val", str(args.val),
                "--train-batches", str(args.train_batches), "--calibration", str(args.calibration),
-               "--max-drop", str(args.max_drop), "--latency-iterations", str(args.latency_iterations)]
+               "--max-drop", str(args.max_drop), "--latency-iterations", str(args.latency_iterations),
+               "--image", str(args.image)]
     if args.trace:
         command.append("--trace")
     print(f"[{time.strftime('%H:%M:%S')}] {size} test images ...", file=sys.stderr, flush=True)
@@ -194,7 +200,10 @@ def run_size(size: int, args: argparse.Namespace, tmp: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000", help="test images per run, comma-separated, smallest first")
-    parser.add_argument("--quick", action="store_true", help="--sizes 200,2000 (a debugging pass)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run (a few minutes on 2 busy cores): --sizes 100,500 --image 64 --train 160 "
+                             "--train-batches 2 --calibration 32 --latency-iterations 3")
+    parser.add_argument("--image", type=int, default=IMAGE, help="image side in px")
     parser.add_argument("--train", type=int, default=320, help="train images (calibration draws from them)")
     parser.add_argument("--val", type=int, default=60, help="val images (INT8 gate, parity check)")
     parser.add_argument("--train-batches", type=int, default=4, help="training batches of 32 in the one epoch")
@@ -213,17 +222,22 @@ def main() -> int:
     if args.child:
         return child(args)
 
-    sizes = [200, 2000] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.quick:
+        args.sizes, args.image, args.train, args.train_batches, args.calibration, args.latency_iterations = (
+            "100,500", 64, 160, 2, 32, 3)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if len(sizes) < 2 or sizes != sorted(sizes):
         raise SystemExit(f"--sizes needs two or more sizes, smallest first, got {sizes}")
     load_before = os.getloadavg()[0]
+    # A kill (a timeout's SIGTERM) unwinds like Ctrl-C, so the scratch folder (about 90 MB a size) is removed.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with tempfile.TemporaryDirectory(prefix="fit_end_scale-") as scratch:
         tmp = args.keep or Path(scratch)
         results = [run_size(n, args, tmp) for n in sizes]
     load_after = os.getloadavg()[0]
 
     first = results[0]
-    print(f"fit-end chain vs test split: MobileNetV2 from scratch, synthetic {IMAGE}x{IMAGE}, {CLASSES} classes, "
+    print(f"fit-end chain vs test split: MobileNetV2 from scratch, synthetic {args.image}x{args.image}, {CLASSES} classes, "
           f"batch {BATCH}, num_workers 0; train {args.train} ({args.train_batches} batches, 1 epoch), val "
           f"{first['val_images']}, INT8 calibration {args.calibration}, gate {args.max_drop:g} pt; "
           f"{os.cpu_count()} CPUs shared with other jobs (load average {load_before:.1f} before, {load_after:.1f} after)")

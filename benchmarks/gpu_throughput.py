@@ -10,7 +10,7 @@ the store is what was written) against one epoch of the loader alone and against
 On a GPU: MobileNetV2 at 224, bf16 autocast, batch 128, workers auto. On a CPU (no GPU here) the same rows run on
 the CPU with MobileNetV2 at width 0.35 in fp32, on a limited number of batches, so the loader rows are what it measures.
 
-    python benchmarks/gpu_throughput.py --root DIR [--size 224] [--batch 128] [--workers auto] [--batches N]
+    python benchmarks/gpu_throughput.py --root DIR [--size 224] [--batch 128] [--workers auto] [--batches N] [--quick]
 
 DIR: an image folder (one sub-folder per class); ../shared/gpu/make_jpegs.py DIR 8000 makes the 8,000-JPEG one.
 """
@@ -28,7 +28,8 @@ import warnings
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from datamodules import ImageClassificationDataModule  # noqa: E402
 from datamodules.decoded import row_hashes  # noqa: E402
@@ -141,7 +142,9 @@ def fit(root: str, size: int, batch: int, workers: int, cache: str, batches: int
             self.seconds.append(time.perf_counter() - self.start)
             self.images.append(self.count)
 
-    args = ["fit", "--config", "experiments/imagefolder_gpu.yaml", "--data.source.root", root, "--data.image_size", str(size),
+    # the recipe by its path in the repository, so the benchmark runs from any folder
+    args = ["fit", "--config", os.path.join(REPO, "experiments", "imagefolder_gpu.yaml"), "--data.source.root", root,
+            "--data.image_size", str(size),
             "--data.batch_size", str(batch), "--data.num_workers", str(workers), "--data.cache_dir", cache,
             "--trainer.callbacks", "[]", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
             "--trainer.max_epochs", str(epochs), "--trainer.limit_train_batches", str(batches),
@@ -165,13 +168,17 @@ def main() -> None:
     parser.add_argument("--workers", default="auto", help="loader workers, or auto (cores - 1)")
     parser.add_argument("--batches", type=int, default=0 if GPU else 24,
                         help="batches per timed pass, 0 = whole epoch (default: whole epoch on a GPU, 24 on a CPU)")
-    parser.add_argument("--cache", default=None, help="cache_dir of the decoded store (default: a new temp folder)")
+    parser.add_argument("--cache", default=None, help="cache_dir of the decoded store (default: a temp folder, removed)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: --size 64 --batch 16 --batches 4 --workers 1")
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.batch, args.batches, args.workers = 64, 16, 4, "1"
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     workers = auto_workers() if args.workers == "auto" else int(args.workers)
     batches = args.batches or 10**9
-    cache = args.cache or tempfile.mkdtemp(prefix="edgecls-throughput-")
+    scratch = None if args.cache else tempfile.TemporaryDirectory(prefix="edgecls-throughput-")
+    cache = args.cache or scratch.name
     steps = 40 if GPU else 6
     device = torch.cuda.get_device_name(0) if GPU else f"CPU ({os.cpu_count()} cores)"
     what = f"{NETWORK[0]} {args.size}px batch {args.batch}, {'bf16' if GPU else 'fp32'}, {workers} loader worker(s)"
@@ -233,6 +240,8 @@ def main() -> None:
               f"{'met' if ours >= 0.8 * cl else 'NOT met'}")
     else:
         print("target fit >= 0.8x the network alone: measured on a GPU only (this run had none)")
+    if scratch is not None:
+        scratch.cleanup()
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ class DeployBundle(FitEndStep):
             latency_iterations, throughput_batch, throughput_iterations)
         self.tensorrt_rules = tensorrt_rules
         self.bundle_dir: Optional[Path] = None
+        self.previous: Optional[Path] = None  # where the bundle this one replaced was kept (bundle.prev), if any
         self.report: dict[str, Any] = {}
 
     LISTS_UNAVAILABLE = True  # its table ends with each skipped or failed artifact and why
@@ -183,8 +184,9 @@ class DeployBundle(FitEndStep):
         """The same file in every other runtime installed here that reads its format (OpenVINO reads ONNX), so the
         report shows what a CPU device would pick; a runtime that cannot run it is a note, not a failure."""
         rows = []
+        measured = DEFAULT_RUNTIME.get(art.format, "onnxruntime")  # measure_file's row: not a second time here
         for name, spec in RUNTIMES.items():
-            if name == "onnxruntime" or art.format not in spec.formats or not spec.available():
+            if name == measured or art.format not in spec.formats or not spec.available():
                 continue
             try:
                 with runner_for_file(art.file, art.format, runtime=name) as runner:
@@ -282,7 +284,7 @@ class DeployBundle(FitEndStep):
         drop_strays(staging, manifest)  # scratch files of the steps (a build-machine cache too) stay out of it
         write_manifest(staging, manifest)  # last file written
         self.bundle_dir = self.run_dir / BUNDLE
-        _replace_dir(staging, self.bundle_dir)
+        self.previous = _replace_dir(staging, self.bundle_dir)
 
     def announce(self, trainer: pl.Trainer, record: FitEndRecord) -> None:
         table = report_format.plain_table(self.report)
@@ -299,7 +301,8 @@ class DeployBundle(FitEndStep):
         for item in self.report["unavailable"]:
             said.setdefault((item["status"], item["reason"]), []).append(item["label"])
         lines += [f"{', '.join(labels)}: {status}: {reason}" for (status, reason), labels in said.items()]
-        lines.append(f"bundle: {self.bundle_dir}")
+        lines.append(f"bundle: {self.bundle_dir}" + (f" (the bundle it replaced is kept as {self.previous.name}/)"
+                                                      if self.previous else ""))
         lines += gate_misses(record)
         lines[-1] += "\n"
         self.chain.publish_summary("\n".join(lines))
@@ -366,12 +369,18 @@ def drop_strays(staging: Path, manifest: dict) -> list[str]:
     return removed
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename `new` to `target`; an existing `target` (an earlier fit in this run) is swapped out first."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}-old-{os.getpid()}")
-        os.replace(target, old)
+def _replace_dir(new: Path, target: Path) -> Optional[Path]:
+    """Rename `new` to `target`. An existing `target` (`main.py bundle` again on a run, a resumed fit's second
+    bundle) is kept as `<target>.prev` (one generation: an older .prev goes), so re-bundling with other settings
+    never loses the bundle a user may have measured or installed; returns where it went, or None."""
+    if not target.exists():
+        os.replace(new, target)
+        return None
+    previous = target.with_name(f"{target.name}.prev")
+    stale = target.with_name(f".{target.name}.prev-old-{os.getpid()}")
+    if previous.exists():
+        os.replace(previous, stale)
+    os.replace(target, previous)
     os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(stale, ignore_errors=True)
+    return previous

@@ -318,8 +318,8 @@ class Int8Quantization(FitEndStep):
                     + (f"; top-1 by {r['accuracy_as']}" if "accuracy_as" in r else ""), facts=r)
         where = "INT8" if self.form == "tensorrt" else f"INT8 (CPU, {self.family})"
         rank_zero_info(f"{where}: top-1 {100 * r['int8_top1']:.2f} % vs FP32 {100 * fp32_top1:.2f} % on val "
-                       f"(Δ {r['delta_pts']:+.2f} pt, gate {self.max_drop} pt: {gate}, {len(r['excluded_nodes'])} "
-                       f"node(s) kept in FP32), {os.path.getsize(out) / 1e6:.2f} MB")
+                       f"(Δ {r['delta_pts']:+.2f} pt, gate {self.max_drop} pt: {gate}, {kept_in_fp32(r)}), "
+                       f"{os.path.getsize(out) / 1e6:.2f} MB")
 
     def static(self, dm, fp32: Path, out: Path, form: Int8Form, val_top1: Callable[[Path], float],
                fp32_top1: float) -> dict:
@@ -350,6 +350,18 @@ class Int8Quantization(FitEndStep):
                                    f"({bad[:3]}...), which TensorRT rejects; this is a bug in the quantization settings")
             return r
         return {**r, "cpu_family": self.family, "target": self.target, **form.describe()}
+
+
+def kept_in_fp32(gate: dict) -> str:
+    """What the gate's search did, in the words of the fit's INT8 line: after a miss, the worst nodes were tried in
+    FP32, and when no attempt scored higher than the plain file, none is kept (a bare "0 kept" read as if none were
+    tried)."""
+    kept = len(gate.get("excluded_nodes") or [])
+    tried = [a["excluded"] for a in gate.get("attempts", []) if a["excluded"] > 0]
+    if kept or not tried:
+        return f"{kept} node(s) kept in FP32"
+    return (f"keeping the worst {', '.join(map(str, tried))} node(s) in FP32 scored no higher on val, so none is "
+            "kept")
 
 
 def gated_quantization(quantize: Callable[[Sequence[str]], Path], prepared: Path, out: Path,

@@ -60,6 +60,9 @@ LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # --ckpt_path values
 
 # Lightning 2.6 internals call a torch pytree API that torch 2.14 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# A run's checkpoints/ holds files only when this command resumes or bundles that run (a new fit gets a new
+# version_N), so Lightning's "Checkpoint directory ... exists and is not empty" only ever names the run's own files.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 # cli_main hands LightningCLI the arguments it rewrote (bundle --run, an old config's keys): on purpose.
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 
@@ -227,7 +230,9 @@ class EdgeCLI(LightningCLI):
             else:
                 kwargs["enable_progress_bar"] = False
                 callbacks.insert(0, EpochLines())  # first: it prints before LearningRateMonitor logs the next epoch's rate
-        if trainer_config.get("enable_model_summary", True) is not False and not _has(callbacks, ModelSummary):
+        if self._bundle_run is not None:
+            kwargs["enable_model_summary"] = False  # `bundle` trains nothing: the network was summarized by its fit
+        elif trainer_config.get("enable_model_summary", True) is not False and not _has(callbacks, ModelSummary):
             callbacks.append(ModelSummary(max_depth=1))  # plain text: Rich's table cut type names to fit 80 columns
         if self.subcommand == "predict" and not _has(callbacks, BasePredictionWriter):
             callbacks.append(PredictionsCSV())

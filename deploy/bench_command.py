@@ -42,7 +42,8 @@ def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dic
                         bar.update(task, description=f"{entry['file']} {cand.runtime} batch {batch}")
                     step = (lambda n: bar.advance(task, n)) if bar else None
                     try:
-                        result = measure(runner, batch, iterations=args.iterations, warmup=args.warmup, progress=step)
+                        result = measure(runner, batch, iterations=args.iterations, warmup=args.warmup, progress=step,
+                                         leak_threshold_mb=args.soak_max_growth_mb)
                     except Exception as exc:
                         if not is_allocation_failure(exc):
                             raise
@@ -115,7 +116,8 @@ def bench_caption(args: argparse.Namespace, rows: list[dict]) -> str:
             "img/s = batch × calls / time; test top-1 % and INT8 gate: the manifest's, measured at fit end on the test "
             "and validation splits, not here; peak RSS MB = the whole bench process's resident memory at its highest "
             "during the row (Python and every runtime loaded so far, not the file's own footprint); RSS growth MB = "
-            "during this row's timed calls (memory LEAK? past 8 MB); auto picks = the row `--runtime auto` runs here.")
+            f"during this row's timed calls (memory LEAK? past {args.soak_max_growth_mb:g} MB, the bound a --soak "
+            "holds too: --soak-max-growth-mb); auto picks = the row `--runtime auto` runs here.")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

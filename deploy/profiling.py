@@ -111,8 +111,9 @@ def profile_openvino(path: str, out_dir: str, batch: int = 1, iterations: int = 
                 totals[info.node_name].append(info.real_time.total_seconds() * 1e6)
                 kinds[info.node_name] = info.node_type
                 layers[info.node_name] = info.exec_type
-    target = os.path.join(out_dir, f"openvino-{_safe(os.path.basename(path))}-b{batch}.json")
-    summary = _summary("openvino", path, batch, iterations, target, totals, kinds)
+    runtime = "openvino" if precision == "f32" else f"openvino-{precision}"  # bf16's profile beside f32's, not over it
+    target = os.path.join(out_dir, f"{runtime}-{_safe(os.path.basename(path))}-b{batch}.json")
+    summary = _summary(runtime, path, batch, iterations, target, totals, kinds)
     atomic_write_json(target, {"runs": iterations, "batch": batch, "layers": [
         {"name": o["name"], "type": o["op"], "exec_type": layers[o["name"]], "real_time_us_per_run": 1000 * o["ms_per_run"],
          "share": o["share"]} for o in summary["operators"]]})

@@ -376,8 +376,19 @@ def _volume(shape: Optional[list]) -> Optional[int]:
     return int(np.prod(shape)) if shape else 1
 
 
+SHOWN_PROBLEMS = 20  # a CPU-form INT8 file breaks a rule at ~100 nodes: the first few say what, the count says how many
+
+
 def format_result(result: dict) -> str:
-    """The CLI's text: one line if it passes, otherwise one line per problem."""
+    """The CLI's text: one line if it passes; otherwise one line per problem (the first SHOWN_PROBLEMS) and a verdict
+    line last, which says how many there are and where every one is listed."""
+    where = f"opset {result['opset']}, {result['nodes']} nodes"
+    label = RULES[result["tensorrt"]]["label"]
     if result["passed"]:
-        return f"passes {RULES[result['tensorrt']]['label']} rules (opset {result['opset']}, {result['nodes']} nodes)"
-    return "\n".join(result["problems"])
+        return f"passes {label} rules ({where})"
+    problems = result["problems"]
+    lines = problems[:SHOWN_PROBLEMS]
+    if len(problems) > SHOWN_PROBLEMS:
+        lines.append(f"... {len(problems) - SHOWN_PROBLEMS} more like these (--json lists every one)")
+    lines.append(f"fails {label} rules: {len(problems)} problem(s) ({where}); TensorRT's parser would refuse this file")
+    return "\n".join(lines)

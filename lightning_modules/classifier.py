@@ -222,10 +222,15 @@ class ImageClassifier(pl.LightningModule):
         self.log_dict(values, prog_bar=True, sync_dist=True)
         self.log(SELECTION_METRIC, values["val/top1"] + self.network_changes, logger=False, sync_dist=True)
         self.val_metrics.reset()
+        best = False
         if not self.trainer.sanity_checking:
+            # the best so far (ties too: the best checkpoint is the latest of equals): its confusion image is logged,
+            # so the image TensorBoard shows last is the best checkpoint's, not the last epoch's
+            best = (not self.val_best_top1.update_count
+                    or float(values["val/top1"]) >= float(self.val_best_top1.compute()))
             self.val_best_top1.update(values["val/top1"])
             self.log("val/best_top1", self.val_best_top1.compute(), sync_dist=True)
-        self._log_confusion_matrix(self.val_confmat, "val")
+        self._log_confusion_matrix(self.val_confmat, "val", log=best)
 
     def network_changed(self) -> None:
         """Whatever replaces the network mid-fit (pruning) says so here: from the next validation on, the best
@@ -239,17 +244,21 @@ class ImageClassifier(pl.LightningModule):
         self.test_metrics.reset()
         self._log_confusion_matrix(self.test_confmat, "test")
 
-    def _log_confusion_matrix(self, confmat: MulticlassConfusionMatrix, stage: str) -> None:
+    def _log_confusion_matrix(self, confmat: MulticlassConfusionMatrix, stage: str, log: bool = True) -> None:
         if not self.hparams.log_confusion_matrix:
             return
         matrix = confmat.compute().cpu()  # computed on every rank: it syncs across processes
         confmat.reset()
         # a logger that takes figures (training.run_logger.RunLogger.log_figure); the module knows no logger class
         log_figure = getattr(self.logger, "log_figure", None)
-        if self.trainer.sanity_checking or log_figure is None or self.global_rank != 0:
+        if not log or self.trainer.sanity_checking or log_figure is None or self.global_rank != 0:
             return
         names = getattr(self.trainer.datamodule, "class_names", None)
-        log_figure(f"{stage}/confusion_matrix", confusion_matrix_figure(matrix, names), self.global_step)
+        figure = confusion_matrix_figure(matrix, names)
+        if stage == "val":
+            figure.axes[0].set_title(f"epoch {self.current_epoch}: best val top-1 so far", fontsize=11)
+            figure.tight_layout()
+        log_figure(f"{stage}/confusion_matrix", figure, self.global_step)
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

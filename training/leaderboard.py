@@ -41,15 +41,23 @@ LEADERBOARD_METRICS = (
 )
 
 
-# TensorBoard's CUSTOM SCALARS tab, in reading order: train and val side by side on one chart each, then the
-# optimization. Tags are regular expressions, of the names TensorBoard shows (board_tag). The per-parameter norms
-# stay out of it (with a dozen runs they drew hundreds of lines on one chart); TIME SERIES and SCALARS keep one
-# chart per parameter under weights/.
+# TensorBoard's CUSTOM SCALARS tab, in reading order: train and val side by side, one chart a split, then the
+# optimization. Its multiline charts colour a line by its run, so train and val on one chart drew one run's two
+# curves in one colour; one split a chart keeps a run's colour the same on every chart and the title says the split.
+# Tags are regular expressions, of the names TensorBoard shows (board_tag). The per-parameter norms stay out of it
+# (with a dozen runs they drew hundreds of lines on one chart); TIME SERIES and SCALARS keep one chart per parameter
+# under weights/.
 READING_ORDER = {
-    "loss and accuracy": {
-        "loss (train, val)": ["Multiline", [board_tag("train/loss_epoch"), board_tag("val/loss")]],
-        "top-1 (train, val, best val)": ["Multiline", [board_tag(t) for t in ("train/top1", "val/top1", "val/best_top1")]],
-        "val f1 and top-5": ["Multiline", [board_tag("val/f1"), board_tag("val/top5")]],
+    "loss": {
+        "train loss": ["Multiline", [board_tag("train/loss_epoch") + "$"]],
+        "val loss": ["Multiline", [board_tag("val/loss") + "$"]],
+    },
+    "top-1": {
+        "train top-1": ["Multiline", [board_tag("train/top1") + "$"]],
+        "val top-1": ["Multiline", [board_tag("val/top1") + "$"]],
+        "best val top-1 so far": ["Multiline", [board_tag("val/best_top1") + "$"]],
+        "val f1": ["Multiline", [board_tag("val/f1") + "$"]],
+        "val top-5": ["Multiline", [board_tag("val/top5") + "$"]],
     },
     "optimization": {
         "learning rate": ["Multiline", [board_tag("train/lr") + ".*"]],
@@ -57,6 +65,7 @@ READING_ORDER = {
         "skipped non-finite steps": ["Multiline", [board_tag("train/skipped_steps")]],
     },
 }
+
 
 class Leaderboard(Callback):
     """At fit start: the run's settings into hparams.yaml and the HPARAMS tab, and the CUSTOM SCALARS layout; at fit
@@ -151,9 +160,18 @@ def write_leaderboard_end(logger: RunLogger, failed: bool) -> None:
     logger.log_hparams_plugin(plugin_data_pb2.HParamsPluginData(session_end_info=end))
 
 
+TRIAL_NAME_CHARS = 15  # what HPARAMS' 10em trial column shows before it cuts the name with "..."
+
+
 def trial_name(logger: TensorBoardLogger) -> str:
-    """`v3 quickstart` for runs/quickstart/version_3: the version first, where a cut-off name still tells runs apart."""
+    """`quickstart v3` for runs/quickstart/version_3: the experiment first, so the table's runs of one experiment sort
+    together, and short enough for the trial column: a longer experiment name keeps its head and tail around an
+    ellipsis (`imagef…ratch v0` for imagefolder_scratch), so the version and what tells experiments apart stay."""
     version = logger.version
     number = version if isinstance(version, int) else run_number(Path(str(version)))
     version = f"v{number}" if number is not None else str(version)
-    return f"{version} {logger.name}"
+    name, room = str(logger.name), TRIAL_NAME_CHARS - len(" v10")  # room for 2 digits: one cut for every version
+    if len(name) > room:
+        head = (room - 1) // 2 + (room - 1) % 2
+        name = f"{name[:head]}…{name[len(name) - (room - 1 - head):]}"
+    return f"{name} {version}"

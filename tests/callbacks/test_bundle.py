@@ -298,3 +298,33 @@ def test_a_file_that_scores_lower_in_another_runtime_is_said_under_the_table_and
     (line,) = runtime_gaps(report)
     assert line.startswith("model.int8.onnx in OpenVINO scores 93.59 % against 97.49 % in ONNX Runtime")
     assert leaderboard_values(report)["bundle/int8_delta_top1_pt"] == pytest.approx(-0.51)
+
+
+def test_report_picture_names_rows_as_the_table_does_and_labels_piled_points_apart():
+    """report.png: equal-accuracy points at similar latency get one label "2, 3, 4, 5" above them (their numbers
+    used to print over each other as "2345"), and each row is named by its form and runtime, as the table is."""
+    from callbacks.report import figure, figure_label, overlapping_points
+
+    row = lambda label, form, runtime, ms, top1: {"label": label, "form": form, "runtime": runtime, "latency_ms": ms,  # noqa: E731
+                                                  "top1": top1, "size_mb": 0.2, "delta_pts": 0.0, "throughput": 1.0}
+    rows = [row("PyTorch FP32", "FP32 checkpoint", "pytorch", 3.0, 0.98), row("ONNX FP32", "FP32", "onnxruntime", 0.30, 0.98),
+            row("ONNX FP32 · openvino", "FP32", "openvino", 0.31, 0.98),
+            row("ONNX INT8", "INT8 TensorRT-form", "onnxruntime", 0.29, 0.98),
+            row("ONNX INT8 · openvino", "INT8 TensorRT-form", "openvino", 0.32, 0.98)]
+    assert figure_label(rows[3]) == "INT8 TensorRT-form · ONNX Runtime"
+    assert overlapping_points([r["latency_ms"] for r in rows], [100 * r["top1"] for r in rows], 1.0) == [[0], [1, 2, 3, 4]]
+    fig = figure({"rows": rows, "name": "quickstart", "test_samples": 359})
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["1", "2, 3, 4, 5"], texts
+    names = [t.get_text().splitlines()[0] for t in fig.axes[1].get_yticklabels()]
+    assert names[3] == "4  INT8 TensorRT-form · ONNX Runtime" and not any("ONNX INT8" in n for n in names)
+
+
+def test_the_leaderboard_delta_is_rounded_as_the_table_rounds_it():
+    from callbacks.report import leaderboard_values
+
+    def report(delta):
+        return {"rows": [{"label": "PyTorch FP32"}, {"precision": "int8", "delta_pts": delta, "latency_ms": 1.0}]}
+
+    assert leaderboard_values(report(-100 / 359))["bundle/int8_delta_top1_pt"] == -0.28
+    assert str(leaderboard_values(report(-1e-9))["bundle/int8_delta_top1_pt"]) == "0.0"

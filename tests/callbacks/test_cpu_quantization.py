@@ -170,3 +170,18 @@ def test_a_run_config_saved_with_the_former_cpu_class_still_parses(quickstart, t
     printed = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"][1]
     assert printed["class_path"] == "callbacks.CpuInt8Quantization"
     assert printed["init_args"]["target"] == "auto"
+
+
+def test_a_missed_gate_whose_search_kept_no_node_says_it_tried():
+    """The README's StripesSource example misses the gate and keeps no node: the INT8 line says the worst nodes were
+    tried in FP32 and scored no higher, not a bare `0 node(s) kept` beside a README that says nodes are kept."""
+    from callbacks.quantization import kept_in_fp32
+
+    def attempt(k):
+        return {"excluded": k, "nodes": [f"n{i}" for i in range(k)], "int8_top1": 0.5, "delta_pts": -10.0}
+
+    missed = {"gate_met": False, "excluded_nodes": [], "attempts": [attempt(0), attempt(1), attempt(2), attempt(4)]}
+    assert kept_in_fp32(missed) == "keeping the worst 1, 2, 4 node(s) in FP32 scored no higher on val, so none is kept"
+    assert kept_in_fp32({"gate_met": False, "excluded_nodes": ["a", "b"], "attempts": [attempt(0), attempt(2)]}) == \
+        "2 node(s) kept in FP32"
+    assert kept_in_fp32({"gate_met": True, "excluded_nodes": [], "attempts": [attempt(0)]}) == "0 node(s) kept in FP32"

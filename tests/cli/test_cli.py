@@ -1,5 +1,7 @@
 """The `fit` command as a user runs it: YAML in, a run directory, TensorBoard events and test metrics out."""
 
+import csv
+import json
 import re
 from pathlib import Path
 
@@ -81,10 +83,20 @@ def test_fit_writes_a_run_with_config_checkpoints_grad_norms_and_hparams(quickst
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
     assert charts["gradient norm (all parameters)"] == ["weights/grad_norm$"]
     assert not [title for title, tags in charts.items() if any(t.startswith("weights/grad_norm/") for t in tags)]
+    # one split a chart: the multiline chart colours lines by run, so a run's train and val would share a colour
+    split_of = lambda tag: tag.split("/")[0]  # noqa: E731
+    assert all(len({split_of(t) for t in tags}) == 1 for tags in charts.values()), charts
+    assert charts["train loss"] == ["3 train/loss_epoch$"] and charts["val loss"] == ["1 val/loss$"]
     norms = sorted(t for t in scalars if t.startswith("weights/"))
     assert norms[0] == "weights/grad_norm" and len(norms) > 10
     assert acc.Scalars("1 val/top1_best")[-1].value == max(e.value for e in acc.Scalars("1 val/top1"))
     assert "1 val/top1_confusion" in acc.Tags()["images"]
+    # the confusion image of an epoch is logged only when its val top-1 is the best so far: the last one shown is the
+    # best checkpoint's, not the last epoch's
+    tops = [(e.step, e.value) for e in acc.Scalars("1 val/top1")]
+    best_steps = [step for i, (step, value) in enumerate(tops) if all(value >= v for _, v in tops[:i])]
+    # (Lightning logs an epoch's val scalars at the step before global_step, the image at global_step)
+    assert [e.step - 1 for e in acc.Images("1 val/top1_confusion")] == best_steps, tops
 
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
@@ -117,9 +129,13 @@ def test_test_and_predict_on_a_runs_checkpoint_write_into_that_run(quickstart, t
     # besides predict/, only an event file of no events (Lightning opens the writer of every command)
     assert {k: v for k, v in file_hashes(run).items() if not k.startswith(("predict/", "events."))} == fitted
     assert str(out.relative_to(tmp_path)) in proc.stdout
-    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    rows = list(csv.DictReader(out.open(newline="")))
     assert len(rows) == 359  # the digits test split
-    assert all(r[1] in [str(i) for i in range(10)] and 0.1 <= float(r[2]) <= 1.0 for r in rows)
+    assert list(rows[0]) == ["index", "file", "true_class", "predicted", "probability"]
+    assert all(r["predicted"] in [str(i) for i in range(10)] and 0.1 <= float(r["probability"]) <= 1.0 for r in rows)
+    # each row names its image, as the run's split list does, and its true class from that list
+    listed = [json.loads(line) for line in (run / "split" / "test.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["true_class"]) for r in rows] == [(e["file"], e["class"]) for e in listed]
 
 
 def test_resumed_fit_ends_where_an_uninterrupted_fit_ends(quickstart, tmp_path, cli):

@@ -113,8 +113,13 @@ def test_bundle_runs_the_fit_end_chain_again_into_a_finished_run_after_an_interr
     assert file_hashes(run / "checkpoints") == checkpoints  # nothing trained
     printed_top1(proc.stdout)  # the fit ended with its test
     # a named checkpoint of the run instead of its best; a file of another run is refused
-    cli(["bundle", "--run", run, "--checkpoint", "checkpoints/last.ckpt"], tmp_path)
+    again_proc = cli(["bundle", "--run", run, "--checkpoint", "checkpoints/last.ckpt"], tmp_path)
     assert load_bundle(run / "bundle", verify=True).manifest["source"]["checkpoint"] == "checkpoints/last.ckpt"
+    # the bundle it replaced is kept, and said so; no model summary, no Lightning warning about the run's own files
+    assert load_bundle(run / "bundle.prev", verify=True).manifest["source"]["checkpoint"] == again["source"]["checkpoint"]
+    assert "the bundle it replaced is kept as bundle.prev/" in again_proc.stdout
+    for said in (again_proc.stdout + again_proc.stderr, proc.stdout + proc.stderr):
+        assert "Total params" not in said and "exists and is not empty" not in said, said
     refused(cli(["bundle", "--run", run, "--checkpoint", tmp_path / "x.ckpt"], tmp_path, expect_ok=False),
             "is not a checkpoint of")
 

@@ -6,6 +6,7 @@ import torch
 from data_factory import TinyClassifier, tiny_trainer
 
 from datamodules import ImageClassificationDataModule
+from datamodules.datamodule import few_batches_sentence
 from datamodules.sources import SyntheticSource
 
 
@@ -103,3 +104,24 @@ def test_num_workers_above_the_cores_is_capped_with_one_logged_sentence(tmp_path
     said = [r.getMessage() for r in {id(r): r for r in caplog.records}.values() if "num_workers" in r.getMessage()]
     assert said == ["data.num_workers 16 is more than the 3 CPU core(s) this process may use; using 3 loader workers"]
     assert dm.train_dataloader().num_workers == 3
+
+
+def test_a_small_folder_trains_on_every_image_and_says_an_epoch_is_a_handful_of_batches(tmp_path):
+    """180 images split 6:2:2 at batch 64: 108 train images. An epoch sees all 108 (two batches, not one of 64
+    with 44 left out), and one warning line says so with a batch size that gives a real epoch."""
+    import pytest
+
+    dm = ImageClassificationDataModule(source=SyntheticSource(count=180, classes=3), image_size=16, batch_size=64,
+                                       cache_dir=str(tmp_path))
+    with pytest.warns(UserWarning, match=r"108 images at data.batch_size 64 make 2 batches an epoch.*"
+                                         r"set --data.batch_size 8 \(or smaller\)"):
+        dm.setup("fit")
+    assert sum(len(y) for _, y in dm.train_dataloader()) == 108
+    # a last batch of one image is still dropped (BatchNorm cannot train on it)
+    dm = ImageClassificationDataModule(source=SyntheticSource(count=55, classes=5), image_size=16, batch_size=34,
+                                       cache_dir=str(tmp_path))
+    with pytest.warns(UserWarning, match="35 images at data.batch_size 34 make 1 batch an epoch"):
+        dm.setup("fit")
+    assert [len(y) for _, y in dm.train_dataloader()] == [34]
+    # the quickstart's 1,078 train images at batch 64 are 17 batches: nothing to say
+    assert few_batches_sentence(1078, 64, 1, 10) is None

@@ -21,7 +21,8 @@ def test_a_users_source_from_the_readme_trains_from_yaml_alone(tmp_path):
 
     proc = run_main(["fit", *args, *TINY, *NO_FIT_END, "--trainer.max_epochs", "1"], tmp_path)
     assert "data: StripesSource, 2 classes, train 180, val 60, test 60" in proc.stdout + proc.stderr
-    run = tmp_path / "runs" / "quickstart" / "version_0"
+    run = tmp_path / "runs" / "stripes" / "version_0"  # the YAML's experiment: not filed among the quickstart's runs
+    assert not (tmp_path / "runs" / "quickstart").exists()
     rows = [json.loads(line) for line in (run / "split" / "test.jsonl").read_text().splitlines()]
     assert len(rows) == 60 and {r["class"] for r in rows} == {"horizontal", "vertical"}
     assert "class_path: my_sources.StripesSource" in (run / "config.yaml").read_text()
@@ -40,4 +41,4 @@ def test_a_users_source_refuses_a_bad_option_in_its_own_sentence(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == ("error: StripesSource needs count >= 10 and width >= 1, got 3 and "
                                                     "2; raise data.source.count or data.source.width")
-    assert not (tmp_path / "runs" / "quickstart" / "version_0").exists()  # nothing of a run is left behind
+    assert not (tmp_path / "runs").exists()  # nothing of a run is left behind

@@ -52,6 +52,28 @@ def test_profile_in_openvino_writes_its_per_layer_counters(digits_bundle, tmp_pa
     assert "model.onnx in openvino, batch 1" in err and layers[0]["name"] in err
 
 
+def test_profiles_of_openvino_in_f32_and_bf16_are_two_files(digits_bundle, tmp_path, run_cli):
+    pytest.importorskip("openvino")
+    from deploy.cpu_features import has_bf16
+
+    if not has_bf16():
+        pytest.skip("this CPU has no bf16: there is no openvino-bf16 runtime to profile")
+    for runtime in ("openvino", "openvino-bf16"):
+        code, out, err = run_cli("bench", "--bundle", digits_bundle.path, "--format", "onnx", "--runtime", runtime,
+                                 "--batch", "1", "--iterations", "5", "--no-progress", "--profile", tmp_path)
+        assert code == 0, err
+    assert sorted(p.name for p in tmp_path.glob("openvino*.json")) == ["openvino-bf16-model.onnx-b1.json",
+                                                                       "openvino-model.onnx-b1.json"]
+    assert "model.onnx in openvino-bf16, batch 1" in out
+
+
+def test_the_bench_caption_names_the_leak_bound_the_soak_holds(digits_bundle, run_cli):
+    code, out, err = run_cli("bench", "--bundle", digits_bundle.path, "--format", "onnx", "--runtime", "onnxruntime",
+                             "--batch", "1", "--iterations", "3", "--no-progress", "--soak-max-growth-mb", "24")
+    assert code == 0, err
+    assert "LEAK? past 24 MB" in out and "8 MB" not in out
+
+
 def test_a_short_soak_reports_no_memory_growth(digits_bundle, run_cli):
     code, out, err = run_cli("bench", "--bundle", digits_bundle.path, "--format", "onnx", "--runtime", "onnxruntime",
                              "--batch", "2", "--iterations", "5", "--no-progress", "--soak", "2")

@@ -59,6 +59,8 @@ def test_an_artifact_format_is_one_file_and_one_yaml_line(tmp_path):
     assert ts["status"] == "ok" and ts["file"] == "model.torchscript.pt" and (bundle / ts["file"]).is_file()
     onnx = next(a for a in manifest["artifacts"] if a["format"] == "onnx")
     assert abs(ts["metrics"]["top1"] - onnx["metrics"]["top1"]) < 0.005  # the same network, on the test split
+    report = json.loads((bundle / "report.json").read_text())
+    assert [(r["runtime"]) for r in report["rows"] if r.get("file") == "model.torchscript.pt"] == ["torch"]  # one row
 
     # on the device: the format and its runtime come from the same file, named in EDGECLS_PLUGINS
     proc = deploy(["bench", "--bundle", bundle, "--format", "torchscript", "--batch", "1", "--iterations", "5",

@@ -233,15 +233,26 @@ def test_cli_exit_codes_text_and_json(exports, tmp_path):
     bad_path = _save(_qdq_relu(np.full(4, 0.05, np.float32), np.zeros(4, np.int8), axis=1), tmp_path / "bad.onnx")
     bad = _cli(bad_path, "--tensorrt", "11")
     lines = bad.stdout.strip().splitlines()
-    assert bad.returncode == 1 and len(lines) == 2 and lines[0].startswith("node 'act_q' (QuantizeLinear)")
+    assert bad.returncode == 1 and len(lines) == 3 and lines[0].startswith("node 'act_q' (QuantizeLinear)")
+    assert lines[-1].startswith("fails TensorRT 11") and "2 problem(s)" in lines[-1]  # the verdict, last
     as_json = json.loads(_cli(bad_path, "--json").stdout)
-    assert as_json["passed"] is False and as_json["problems"] == lines and as_json["opset"] == 18
+    assert as_json["passed"] is False and as_json["problems"] == lines[:-1] and as_json["opset"] == 18
 
     missing = _cli(tmp_path / "missing.onnx")
     assert missing.returncode == 2 and missing.stdout == ""
     assert "Traceback" not in missing.stderr and missing.stderr.strip().count("\n") == 0
     assert "missing.onnx does not exist" in missing.stderr
     assert _cli(bad_path, "--tensorrt", "9").returncode == 2  # argparse: not one of the rule sets
+
+
+def test_a_file_with_many_problems_shows_a_few_and_ends_with_its_verdict():
+    from deploy.tensorrt_check import SHOWN_PROBLEMS, format_result
+
+    result = {"passed": False, "tensorrt": "10", "opset": 18, "nodes": 140,
+              "problems": [f"node 'n{i}' (QuantizeLinear): zero point 128 is not 0" for i in range(110)]}
+    lines = format_result(result).splitlines()
+    assert len(lines) == SHOWN_PROBLEMS + 2 and "90 more" in lines[-2] and "--json" in lines[-2]
+    assert lines[-1] == "fails TensorRT 10.x rules: 110 problem(s) (opset 18, 140 nodes); TensorRT's parser would refuse this file"
 
 
 def test_the_checker_runs_where_torch_cannot_be_imported(exports):

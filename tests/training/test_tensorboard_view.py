@@ -55,7 +55,7 @@ def test_hparams_are_the_settings_a_person_varies_under_readable_names(two_runs)
     assert values["seed"].string_value == "42" and values["devices"].string_value == "1"
     shown = " ".join([*values, *(v.string_value for v in values.values())])
     assert "class_path" not in shown and "_instantiator" not in shown and "lightning_modules." not in shown
-    assert start.group_name == "v0 quickstart"  # the trial name, short enough for its 10em column
+    assert start.group_name == "quickstart v0"  # the trial name, short enough for its 10em column
 
     experiment = hparams_data(acc, "experiment")
     # TensorBoard shows the first five declared settings before any metric: only the two runs are compared by
@@ -240,3 +240,18 @@ def test_the_bundle_picture_labels_every_artifact_with_its_accuracy_latency_and_
         "3  ONNX INT8\n97.33 % (-0.67), 0.12 ms"]
     assert [t.get_text() for t in sizes.texts] == [" 0.30 MB", " 0.28 MB", " 0.09 MB"]
     assert points.get_lines()[0].get_ydata()[0] == 98.0  # the FP32 reference line
+
+
+def test_hparams_trial_names_group_by_experiment_and_fit_their_column():
+    """HPARAMS cut `v0 imagefolder_...` and sorted runs of different experiments between each other: the experiment
+    comes first, one cut for every version, within the 15 characters the trial column shows."""
+    from types import SimpleNamespace
+
+    from training.leaderboard import TRIAL_NAME_CHARS, trial_name
+
+    names = [trial_name(SimpleNamespace(name=e, version=v)) for e in ("imagefolder_scratch", "imagefolder_gpu", "quickstart")
+             for v in (0, 2, 11)]
+    assert all(len(n) <= TRIAL_NAME_CHARS for n in names), names
+    assert names[:3] == ["image…ratch v0", "image…ratch v2", "image…ratch v11"] and names[6] == "quickstart v0"
+    ordered = sorted(names)
+    assert [n.rsplit(" ", 1)[0] for n in ordered] == sorted(n.rsplit(" ", 1)[0] for n in names)  # grouped
