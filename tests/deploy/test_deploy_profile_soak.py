@@ -85,9 +85,9 @@ def test_a_short_soak_reports_no_memory_growth(digits_bundle, run_cli):
 
 
 def test_a_soak_that_leaks_fails_with_one_sentence(digits_bundle, run_cli, monkeypatch):
-    import deploy.runners
+    import deploy.registry
 
-    real = deploy.runners.open_runner
+    real = deploy.registry.open_runner
     hoard = []
 
     class Leaky:
@@ -105,7 +105,7 @@ def test_a_soak_that_leaks_fails_with_one_sentence(digits_bundle, run_cli, monke
         def __exit__(self, *exc):
             self.runner.close()
 
-    monkeypatch.setattr(deploy.runners, "open_runner", lambda *a, **k: Leaky(real(*a, **k)))
+    monkeypatch.setattr(deploy.registry, "open_runner", lambda *a, **k: Leaky(real(*a, **k)))
     code, out, err = run_cli("bench", "--bundle", digits_bundle.path, "--format", "onnx", "--runtime", "onnxruntime",
                              "--batch", "1", "--iterations", "3", "--no-progress", "--soak", "0.5",
                              "--soak-max-growth-mb", "4")
@@ -126,7 +126,7 @@ def test_nvtx_ranges_are_a_no_op_without_the_nvtx_package(digits_bundle, monkeyp
     try:
         quiet = importlib.reload(deploy.nvtx_ranges)
         assert quiet._nvtx is None
-        monkeypatch.setattr("deploy.runners.nvtx_range", quiet.nvtx_range)
+        monkeypatch.setattr("deploy.registry.nvtx_range", quiet.nvtx_range)  # where Runner.infer finds it
         runner = OnnxRuntimeRunner(os.path.join(digits_bundle.path, "model.onnx"))
         np.testing.assert_allclose(runner.infer(digits_bundle.inputs[:3]), digits_bundle.torch_logits[:3],
                                    rtol=1e-4, atol=1e-4)
