@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Optional
 
-from deploy.bundle import BundleError, load_bundle, verify_artifact
+from deploy.bundle import BundleError, entry_bytes, load_bundle, verify_artifact
 from deploy.cli_common import (EXIT_INPUTS_FAILED, EXIT_OK, UsageError, error, is_allocation_failure, out_of_memory,
                                providers, warning)
 from deploy.forms import entry_form, runtime_name
@@ -52,7 +52,7 @@ def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dic
                     top1 = metrics.get("top1")
                     rows.append({"artifact": entry["file"], "form": entry_form(entry), "format": entry["format"],
                                  "precision": precision,
-                                 "runtime": cand.runtime, "size_mb": entry["bytes"] / 1e6,
+                                 "runtime": cand.runtime, "size_mb": entry_bytes(entry) / 1e6,
                                  "test_top1": None if top1 is None else 100 * top1, "gate": entry.get("gate"),
                                  "chosen": False, **result})
     return rows, None

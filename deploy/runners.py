@@ -78,13 +78,28 @@ def static_dim(value) -> Optional[int]:
 QDQ_MODES = ("fused", "exact")
 
 
+# ONNX Runtime's intra-op threads spin (busy-wait) between the parallel parts of a call by default. On a device
+# that runs other processes a spinning thread holds a core another process needs, and it is descheduled at the
+# wrong moment: on 2 shared cores (AMD EPYC Zen 4) with one core burned by another process, spinning took
+# MobileNetV2 224 from 1x to about 2x its quiet batch-1 latency (README, "ONNX Runtime's spinning threads").
+# So they sleep by default; `deploy bench|infer --spin` (or EDGECLS_ORT_SPIN=1) asks for spinning, which wins a
+# little on a quiet machine with cores to spare.
+SPIN_ENV = "EDGECLS_ORT_SPIN"
+
+
+def ort_spinning() -> bool:
+    """Whether ONNX Runtime's threads spin in this process: EDGECLS_ORT_SPIN=1 (what `--spin` sets), else not."""
+    return os.environ.get(SPIN_ENV, "0").strip().lower() in ("1", "true", "yes")
+
+
 class OnnxRuntimeRunner(Runner):
     """An ONNX (FP32 or Q/DQ INT8) file in ONNX Runtime; CPU unless providers asks for cuda/tensorrt. `qdq`: fused
     (Q/DQ pairs folded into ONNX Runtime's int8 kernels) or exact (Q/DQ run as written, the other operators in float:
-    the file's own arithmetic, TensorRT's up to float rounding; see deploy.forms.device_qdq for where it matters)."""
+    the file's own arithmetic, TensorRT's up to float rounding; see deploy.forms.device_qdq for where it matters).
+    `spin`: whether idle intra-op threads busy-wait (None: ort_spinning(), off unless asked; see SPIN_ENV)."""
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("cpu",), threads: Optional[int] = None,
-                 strict: bool = False, qdq: str = "fused"):
+                 strict: bool = False, qdq: str = "fused", spin: Optional[bool] = None):
         import onnxruntime as ort
 
         path = os.fspath(path)
@@ -107,6 +122,9 @@ class OnnxRuntimeRunner(Runner):
             chosen.append("CPUExecutionProvider")  # fallback for nodes the GPU providers do not take
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.spin = ort_spinning() if spin is None else bool(spin)
+        for pool in ("intra_op", "inter_op"):
+            options.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if self.spin else "0")
         if qdq == "exact":
             options.add_session_config_entry("session.disable_quant_qdq", "1")
             # not ENABLE_ALL: its NCHWc layout reorders the float convolutions' sums, so a value on a quantization
@@ -347,8 +365,10 @@ register_runtime(RuntimeSpec(
     lambda path, providers=("cpu",), threads=None, hint=None, qdq="fused": OnnxRuntimeRunner(path, providers, threads,
                                                                                              qdq=qdq),
     _importable("onnxruntime", "onnxruntime", "onnxruntime"), "onnxruntime"))
+# OpenVINO's own IR (.xml + .bin; callbacks.OpenVinoIR: FP32, and INT8 by NNCF): read by the same OpenVINO runner.
+register_format("openvino-ir", "openvino")
 register_runtime(RuntimeSpec(
-    "openvino", ("onnx", "onnx-int8"),
+    "openvino", ("onnx", "onnx-int8", "openvino-ir"),
     lambda path, providers=("cpu",), threads=None, hint=None: _openvino(path, threads, hint, "f32"),
     _importable("openvino", "openvino", "openvino"), "openvino"))
 # The FP32 ONNX file run in bf16 where the CPU computes in bf16 natively: its own row with its own accuracy.
