@@ -68,6 +68,16 @@ def signed_activations(model) -> list[str]:
     return sorted({op.get_type_name() for op in model.get_ops()} & SIGNED_ACTIVATIONS)
 
 
+def nncf_int8(model, images, subset_size: int, preset: str = "performance", fast_bias_correction: bool = True):
+    """NNCF's post-training INT8 of an OpenVINO model for the CPU: `images` is a re-iterable of [1, C, H, W]
+    float32 arrays (calibration), `subset_size` how many of them NNCF reads."""
+    import nncf
+
+    return nncf.quantize(model, nncf.Dataset(images), preset=nncf.QuantizationPreset(preset),
+                         target_device=nncf.TargetDevice.CPU, subset_size=subset_size,
+                         fast_bias_correction=fast_bias_correction)
+
+
 class OpenVinoIR(FitEndStep):
     """Convert model.onnx to OpenVINO IR (model.openvino.xml/.bin, FP32) and quantize it with NNCF
     (model.int8.openvino.xml/.bin), both measured by DeployBundle in OpenVINO. Skipped with one line where
@@ -139,11 +149,8 @@ class OpenVinoIR(FitEndStep):
 
     def quantize(self, model, dm, fp32_top1: float, val_top1) -> dict:
         """nncf.quantize behind the gate; what the step publishes about it."""
-        import nncf
-
         loader = dm.calibration_dataloader(self.num_samples, batch_size=self.calibration_batch)
         images = SingleImages(loader)
-        dataset = nncf.Dataset(images)
         samples = min(self.num_samples, len(loader.dataset))
         signed = signed_activations(model)
         preset = self.preset if self.preset != "auto" else ("mixed" if signed else "performance")
@@ -153,9 +160,7 @@ class OpenVinoIR(FitEndStep):
         out = self.staging / INT8_FILE
         attempts, best = [], None
         for number, (name, fast) in enumerate(tries):
-            quantized = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset(name),
-                                      target_device=nncf.TargetDevice.CPU, subset_size=samples,
-                                      fast_bias_correction=fast)
+            quantized = nncf_int8(model, images, samples, name, fast)
             candidate = out if number == 0 else out.with_name(f".try{number}-{out.name}")
             save_ir(quantized, candidate)
             top1 = val_top1(candidate)

@@ -34,7 +34,7 @@ from deploy.errors import debug_mode, message_line
 from deploy.install import resolve_bundle_dir
 from deploy.plugins import load_plugins
 from deploy.nvtx_ranges import nvtx_range
-from deploy.runners import RUNTIMES
+from deploy.runners import RUNTIMES, ort_spin
 from deploy.selection import BUDGET_PTS
 
 EXIT_STATUS = "exit status:" + (__doc__ or "").partition("Exit status:")[2].rstrip()
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--hint", choices=("auto", "latency", "throughput"), default="auto",
                        help="OpenVINO PERFORMANCE_HINT: latency (one stream) or throughput (a batch split over "
                             "streams); auto: latency at batch 1, throughput for larger batches")
+        p.add_argument("--spin", action="store_true", help="ONNX Runtime's idle threads busy-wait (a little faster "
+                       "with cores to spare; by default they sleep, which a device running other processes needs)")
 
     p = sub.add_parser("infer", help=cmd_infer.__doc__)
     common(p, None)
@@ -377,7 +379,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            status = args.func(args)
+            with ort_spin(getattr(args, "spin", False)):
+                status = args.func(args)
             sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at interpreter exit
         return status
     except BrokenPipeError:

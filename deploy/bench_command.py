@@ -110,6 +110,11 @@ def bench_caption(args: argparse.Namespace, rows: list[dict]) -> str:
     where = f"{cpu_model()} ({n} {'thread' if args.threads else 'core'}{'s' if n != 1 else ''})"
     if any(r["runtime"] == "tensorrt" for r in rows):
         where += ", TensorRT rows on the GPU"
+    if any(r["runtime"] == "onnxruntime" for r in rows):
+        from deploy.runners import ort_spinning
+
+        where += (", ONNX Runtime's idle threads spinning (--spin)" if ort_spinning() else
+                  ", ONNX Runtime's idle threads sleeping (--spin: spinning)")
     return (f"Measured here on {where}, each row by the runtime it names; form = what the file was made for; "
             f"p50/p90/p99 ms = one call of `batch` images ({args.iterations} timed calls; per image: divide by batch); "
             "img/s = batch × calls / time; test top-1 % and INT8 gate: the manifest's, measured at fit end on the test "
@@ -125,7 +130,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(resolve_bundle_dir(args.bundle), verify=False)
     runtime = None if args.runtime == "auto" else args.runtime
-    cands = candidates(bundle, runtime, args.format)
+    left_out: list = []
+    cands = candidates(bundle, runtime, args.format, left_out=left_out)
     for entry in {id(c.entry): c.entry for c in cands}.values():
         verify_artifact(bundle.path, entry)
     rows, memory_error = _bench_rows(args, bundle, cands)
@@ -138,6 +144,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             row["chosen"] = (row["runtime"], row["artifact"]) == (choice.runtime, choice.entry["file"])
     if rows:
         print(json.dumps(rows, indent=2) if args.json else f"{bench_caption(args, rows)}\n{format_table(rows)}", flush=True)
+    for file, name, why in left_out:  # one line each, on stderr with --json so stdout stays one JSON value
+        print(f"{runtime_name(name)} is not offered for {file}: {why}; --runtime {name} measures it anyway",
+              file=sys.stderr if args.json else sys.stdout, flush=True)
     if memory_error:
         raise memory_error
     if not rows:

@@ -21,7 +21,8 @@ from deploy.preprocessing_rules import PreprocessingError, check_preprocessing
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
-FORMATS = ["onnx", "onnx-int8", "tensorrt"]  # and any a plugin adds (deploy.runners.register_format)
+# openvino-ir: OpenVINO's own IR (.xml, its .bin a companion), read by the openvino runtime (deploy.runners).
+FORMATS = ["onnx", "onnx-int8", "openvino-ir", "tensorrt"]  # and any a plugin adds (deploy.runners.register_format)
 _REBUILD_HINT = "re-create the bundle with the training run's fit-end callbacks or fix the file by hand"
 
 

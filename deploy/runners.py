@@ -7,6 +7,7 @@ formats it reads, whether it is usable here); a new runtime is one Runner class 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import warnings
@@ -90,6 +91,22 @@ SPIN_ENV = "EDGECLS_ORT_SPIN"
 def ort_spinning() -> bool:
     """Whether ONNX Runtime's threads spin in this process: EDGECLS_ORT_SPIN=1 (what `--spin` sets), else not."""
     return os.environ.get(SPIN_ENV, "0").strip().lower() in ("1", "true", "yes")
+
+
+@contextlib.contextmanager
+def ort_spin(enabled: bool):
+    """ONNX Runtime's threads spin for the runners opened inside (`--spin`); off again after, as before."""
+    before = os.environ.get(SPIN_ENV)
+    if enabled:
+        os.environ[SPIN_ENV] = "1"
+    try:
+        yield
+    finally:
+        if enabled:
+            if before is None:
+                os.environ.pop(SPIN_ENV, None)
+            else:
+                os.environ[SPIN_ENV] = before
 
 
 class OnnxRuntimeRunner(Runner):
