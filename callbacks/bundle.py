@@ -293,7 +293,8 @@ class DeployBundle(FitEndStep):
             trainer.logger.log_metrics(values, step=trainer.global_step)  # the HPARAMS tab reads these tags
             trainer.logger.experiment.flush()
         rank_zero_info(f"deploy bundle: {self.bundle_dir}")
-        lines = [f"\n{report_format.caption(self.report)}", table, *report_format.runtime_gaps(self.report)]
+        lines = [f"\n{report_format.caption(self.report)}", table, *report_format.runtime_gaps(self.report),
+                 *report_format.cpu_paths(self.report)]
         said: dict[tuple[str, str], list[str]] = {}  # one line per reason: both engines skip for the same one
         for item in self.report["unavailable"]:
             said.setdefault((item["status"], item["reason"]), []).append(item["label"])

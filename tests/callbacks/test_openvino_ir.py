@@ -72,6 +72,8 @@ def test_the_cpu_recipe_ships_the_ir_and_nncf_int8_measured_in_openvino(ir_fit):
     # each IR is one row of the fit-end table, measured in OpenVINO, with its .bin counted in its size
     rows = {r["file"]: r for r in report["rows"] if r["file"] in IR_FILES}
     assert {r["runtime"] for r in rows.values()} == {"openvino"} and len(rows) == 2
+    # under the table: which CPU INT8 path was fastest and which most accurate here
+    assert "CPU INT8 paths here: fastest " in (run / "bundle" / "report.md").read_text()
     assert rows["model.int8.openvino.xml"]["size_mb"] == pytest.approx(
         (int8["bytes"] + int8["companions"][0]["bytes"]) / 1e6)
 
