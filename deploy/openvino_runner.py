@@ -38,7 +38,8 @@ def _openvino_core(ov):
 
 
 class OpenVinoRunner(Runner):
-    """An ONNX (FP32 or Q/DQ INT8) file compiled by OpenVINO for its CPU plugin, read directly (no IR step).
+    """An ONNX (FP32 or Q/DQ INT8) file, read directly (no IR step), or an OpenVINO IR (.xml beside its .bin: FP32,
+    or NNCF's INT8), compiled by OpenVINO for its CPU plugin.
 
     hint: auto (latency at batch 1, throughput above) | latency | throughput. precision: f32 | bf16 (the
     plugin's INFERENCE_PRECISION_HINT). threads: INFERENCE_NUM_THREADS; None = the usable physical cores.

@@ -56,6 +56,9 @@ def write_triton_repository(bundle: Bundle, out_dir: str, entry: dict, model_nam
                             max_batch_size: Optional[int] = None, instance_kind: Optional[str] = None,
                             io_names: tuple[str, str] = ("input", "logits")) -> str:
     """Write one model into a Triton repository folder; returns the model folder."""
+    if entry["format"] not in PLATFORMS:
+        raise BundleError(f"{entry['file']}: `deploy triton` writes {', '.join(PLATFORMS)} models, not "
+                          f"{entry['format']}; pass --format onnx or --format onnx-int8")
     platform, filename = PLATFORMS[entry["format"]]
     name = model_name or bundle.manifest["name"]
     if not name or any(c in name for c in "/\\ \""):
