@@ -386,8 +386,8 @@ def contention_lines(args, fp32: str, best, best_name: str, threads: int) -> lis
     their verdicts."""
     runners = {"ort fp32 (threads sleep: default)": OnnxRuntimeRunner(fp32, threads=threads, spin=False),
                "ort fp32 (threads spin: --spin)": OnnxRuntimeRunner(fp32, threads=threads, spin=True)}
-    if not best_name.startswith("ort "):
-        runners[best_name] = best
+    if best_name != "ort fp32":  # the best path as deploy runs it (ONNX Runtime's threads sleeping)
+        runners[f"{best_name} (best path)"] = best
     per_round = max(args.iterations // args.rounds, 5)
     found = contention(runners, args.contention_rounds, per_round)
     print(f"\ncontention: {args.contention_rounds} rounds of {per_round} batch-1 calls per runner, each round once "

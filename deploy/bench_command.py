@@ -144,9 +144,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             row["chosen"] = (row["runtime"], row["artifact"]) == (choice.runtime, choice.entry["file"])
     if rows:
         print(json.dumps(rows, indent=2) if args.json else f"{bench_caption(args, rows)}\n{format_table(rows)}", flush=True)
-    for file, name, why in left_out:  # one line each, on stderr with --json so stdout stays one JSON value
+    for file, name, why in left_out:  # one line each on stderr, beside the warnings: stdout stays the table
         print(f"{runtime_name(name)} is not offered for {file}: {why}; --runtime {name} measures it anyway",
-              file=sys.stderr if args.json else sys.stdout, flush=True)
+              file=sys.stderr, flush=True)
     if memory_error:
         raise memory_error
     if not rows:
