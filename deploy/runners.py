@@ -81,10 +81,10 @@ QDQ_MODES = ("fused", "exact")
 
 # ONNX Runtime's intra-op threads spin (busy-wait) between the parallel parts of a call by default. On a device
 # that runs other processes a spinning thread holds a core another process needs, and it is descheduled at the
-# wrong moment: on 2 shared cores (AMD EPYC Zen 4) with one core burned by another process, spinning took
-# MobileNetV2 224 from 1x to about 2x its quiet batch-1 latency (README, "ONNX Runtime's spinning threads").
-# So they sleep by default; `deploy bench|infer --spin` (or EDGECLS_ORT_SPIN=1) asks for spinning, which wins a
-# little on a quiet machine with cores to spare.
+# wrong moment: on 2 shared cores (AMD EPYC Zen 4, other jobs running, load average ~12), MobileNetV2 224 FP32 at
+# batch 1 took 4.4x as long with spinning threads as with sleeping ones, and 6.7x beside a process burning a core
+# (benchmarks/runtime_latency.py, contention section; README). So they sleep by default; `deploy bench|infer
+# --spin` (or EDGECLS_ORT_SPIN=1) asks for spinning, for a quiet machine with cores to spare.
 SPIN_ENV = "EDGECLS_ORT_SPIN"
 
 
