@@ -115,7 +115,7 @@ class OpenVinoIR(FitEndStep):
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
         missing = [name for name, ok in (("openvino", RUNTIMES["openvino"].available()),
-                                          ("nncf", _importable("nncf"))) if not ok]
+                                          ("nncf", not self.int8 or _importable("nncf"))) if not ok]
         if missing:
             raise StepSkipped(f"{' and '.join(missing)} not installed (pip install -e \".[openvino]\")")
         import openvino as ov
