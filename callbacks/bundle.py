@@ -150,7 +150,7 @@ class DeployBundle(FitEndStep):
                 else:
                     row.update(format=art.format, precision=art.precision, runtime=default_runtime(art.format),
                                form=form_of(art), file=art.file.name, device=gpu_name if art.format == "tensorrt" else device,
-                               size_mb=os.path.getsize(art.file) / 1e6,
+                               size_mb=_file_bytes(art) / 1e6,
                                delta_pts=100 * (row["top1"] - reference["top1"]), gate=gate_verdict(art))
                     rows.append(row)
                     others = self.other_runtime_rows(art, test_batches, reference, device, record)
@@ -184,7 +184,7 @@ class DeployBundle(FitEndStep):
         """The same file in every other runtime installed here that reads its format (OpenVINO reads ONNX), so the
         report shows what a CPU device would pick; a runtime that cannot run it is a note, not a failure."""
         rows = []
-        measured = DEFAULT_RUNTIME.get(art.format, "onnxruntime")  # measure_file's row: not a second time here
+        measured = default_runtime(art.format) or "onnxruntime"  # measure_file's row: not a second time here
         for name, spec in RUNTIMES.items():
             if name == measured or art.format not in spec.formats or not spec.available():
                 continue
@@ -198,7 +198,7 @@ class DeployBundle(FitEndStep):
                 continue
             row.update(format=art.format, precision=spec.precision or art.precision, runtime=name, device=device,
                        form=form_of(art), other_runtime=True, file=art.file.name,
-                       size_mb=os.path.getsize(art.file) / 1e6, delta_pts=100 * (row["top1"] - reference["top1"]))
+                       size_mb=_file_bytes(art) / 1e6, delta_pts=100 * (row["top1"] - reference["top1"]))
             rows.append(row)
         return rows
 
@@ -222,7 +222,8 @@ class DeployBundle(FitEndStep):
             return {"file": None, "format": art.format, "precision": art.precision, "status": art.status,
                     "reason": art.reason, **extra}
         metrics = {k: row[k] for k in METRIC_KEYS if k in row}
-        entry = artifact_entry(art.file, art.format, art.precision, metrics, bundle_dir=str(self.staging))
+        entry = artifact_entry(art.file, art.format, art.precision, metrics, bundle_dir=str(self.staging),
+                               companions=art.companions)
         entry.update(status=OK, **extra)
         if others:  # `deploy --runtime auto` judges e.g. the file's bf16 run by its own top-1, not the file's
             entry["runtime_metrics"] = {r["runtime"]: {k: r[k] for k in ("precision", *METRIC_KEYS) if k in r}
@@ -296,7 +297,8 @@ class DeployBundle(FitEndStep):
             trainer.logger.log_metrics(values, step=trainer.global_step)  # the HPARAMS tab reads these tags
             trainer.logger.experiment.flush()
         rank_zero_info(f"deploy bundle: {self.bundle_dir}")
-        lines = [f"\n{report_format.caption(self.report)}", table, *report_format.runtime_gaps(self.report)]
+        lines = [f"\n{report_format.caption(self.report)}", table, *report_format.runtime_gaps(self.report),
+                 *report_format.cpu_paths(self.report)]
         said: dict[tuple[str, str], list[str]] = {}  # one line per reason: both engines skip for the same one
         for item in self.report["unavailable"]:
             said.setdefault((item["status"], item["reason"]), []).append(item["label"])
@@ -313,6 +315,11 @@ def tensorrt_verdict(path: Path, rules: str) -> dict[str, Any]:
     from deploy.tensorrt_check import check_tensorrt
 
     return check_tensorrt(path, tensorrt=rules)
+
+
+def _file_bytes(art: ArtifactRecord) -> int:
+    """The artifact's size on disk: its file and the companions it needs (an OpenVINO IR's .bin)."""
+    return sum(os.path.getsize(f) for f in [art.file, *art.companions])
 
 
 def _state_dict_bytes(model: torch.nn.Module) -> int:
@@ -355,7 +362,7 @@ def drop_strays(staging: Path, manifest: dict) -> list[str]:
     keep = set(COMPANIONS)
     for entry in manifest["artifacts"]:
         if entry.get("file"):
-            keep |= {entry["file"], entry["file"] + ".json"}
+            keep |= {entry["file"], entry["file"] + ".json", *(part["file"] for part in entry.get("companions", []))}
     removed = []
     for path in sorted(staging.rglob("*"), reverse=True):  # files before the folders that hold them
         name = path.relative_to(staging).as_posix()

@@ -22,7 +22,7 @@ OK, SKIPPED, FAILED = STATUSES
 class ArtifactRecord:
     """One artifact a step made (status ok) or could not make (skipped / failed, with a one-sentence reason).
 
-    format: onnx | onnx-int8 | tensorrt (the manifest's formats); precision: fp32 | fp16 | int8;
+    format: onnx | onnx-int8 | openvino-ir | tensorrt (the manifest's formats); precision: fp32 | fp16 | int8;
     runtime: the runtime the file is meant for (onnxruntime, tensorrt, openvino ...); facts: the step's own
     findings (parity, gate attempts, engine sidecar, TensorRT check), copied into the manifest entry.
     """
@@ -36,6 +36,7 @@ class ArtifactRecord:
     reason: str = ""
     label: str = ""
     facts: dict[str, Any] = field(default_factory=dict)
+    companions: list[Path] = field(default_factory=list)  # files it needs beside it (an OpenVINO IR's .bin)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -53,6 +54,7 @@ class ArtifactRecord:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["file"] = self.file.name if self.file is not None else None
+        out["companions"] = [c.name for c in self.companions]
         return out
 
 

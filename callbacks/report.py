@@ -83,6 +83,34 @@ def runtime_gaps(report: dict[str, Any], budget_pts: float = 0.5) -> list[str]:
     return lines
 
 
+def cpu_paths(report: dict[str, Any]) -> list[str]:
+    """Where the bundle holds NNCF's INT8 IR: one line saying which CPU INT8 path measured fastest here and which
+    scored higher on the test split (NNCF's IR in OpenVINO against the CPU-form file in each runtime), and one
+    where OpenVINO's bf16 run measured no faster than f32 (deploy does not offer it then)."""
+    rows = report["rows"][1:]
+    int8 = [r for r in rows if r.get("precision") == "int8" and r.get("format") in ("onnx-int8", "openvino-ir")
+            and "TensorRT-form" not in (r.get("form") or "")]
+    lines = []
+    if any(r.get("format") == "openvino-ir" for r in int8) and len(int8) > 1:
+        fastest = min(int8, key=lambda r: r["latency_ms"])
+        best = max(int8, key=lambda r: (r["top1"], -r["latency_ms"]))
+
+        def named(r: dict) -> str:
+            return f"{r.get('form') or r['label']} ({r['file']}) in {runtime_name(r['runtime'])}"
+
+        lines.append(f"CPU INT8 paths here: fastest {named(fastest)}, {fastest['latency_ms']:.2f} ms at batch 1 and "
+                     f"{fastest['throughput']:.0f} img/s at batch {report['throughput_batch']}; most accurate "
+                     f"{named(best)}, {100 * best['top1']:.2f} % test top-1; `deploy --runtime auto` measures them "
+                     "again on the device")
+    f32 = {r["file"]: r for r in rows if r.get("runtime") == "openvino"}
+    for r in rows:
+        base = f32.get(r.get("file"))
+        if r.get("runtime") == "openvino-bf16" and base is not None and r["latency_ms"] >= base["latency_ms"]:
+            lines.append(f"{r['file']} in OpenVINO bf16 ran {r['latency_ms']:.2f} ms against {base['latency_ms']:.2f} ms "
+                         "in f32 here: `deploy` offers bf16 only where it measured faster")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     rows = table_rows(report["rows"])
     lines = [f"# {report['name']}: deploy bundle report", "", caption(report), "",
@@ -91,7 +119,7 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:  # a row not measured the runtime's default way says how
         if r.get("measured_as"):
             lines += ["", f"**{r['file']} in {runtime_name(r['runtime'])}, measured**: {r['measured_as']}"]
-    lines += [x for gap in runtime_gaps(report) for x in ("", gap)]
+    lines += [x for gap in runtime_gaps(report) + cpu_paths(report) for x in ("", gap)]
     for title, body in report.get("notes", []):
         lines += ["", f"**{title}**: {body}"]
     unavailable = report.get("unavailable", [])

@@ -36,6 +36,7 @@ from deploy.plugins import load_plugins
 from deploy.nvtx_ranges import nvtx_range
 import deploy.runtimes  # noqa: F401 (the built-in runtimes register themselves)
 from deploy.registry import FORMATS, RUNTIMES
+from deploy.runtimes.onnxruntime import ort_spin
 from deploy.selection import BUDGET_PTS
 
 EXIT_STATUS = "exit status:" + (__doc__ or "").partition("Exit status:")[2].rstrip()
@@ -251,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--hint", choices=("auto", "latency", "throughput"), default="auto",
                        help="OpenVINO PERFORMANCE_HINT: latency (one stream) or throughput (a batch split over "
                             "streams); auto: latency at batch 1, throughput for larger batches")
+        p.add_argument("--spin", action="store_true", help="ONNX Runtime's idle threads busy-wait (a little faster "
+                       "with cores to spare; by default they sleep, which a device running other processes needs)")
 
     p = sub.add_parser("infer", help=cmd_infer.__doc__)
     common(p, None)
@@ -380,7 +383,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            status = args.func(args)
+            with ort_spin(getattr(args, "spin", False)):
+                status = args.func(args)
             sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at interpreter exit
         return status
     except BrokenPipeError:

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Optional
 
-from deploy.bundle import BundleError, load_bundle, verify_artifact
+from deploy.bundle import BundleError, entry_bytes, load_bundle, verify_artifact
 from deploy.cli_common import (EXIT_INPUTS_FAILED, EXIT_OK, UsageError, error, is_allocation_failure, out_of_memory,
                                providers, warning)
 from deploy.forms import entry_form, runtime_name
@@ -53,7 +53,7 @@ def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dic
                     top1 = metrics.get("top1")
                     rows.append({"artifact": entry["file"], "form": entry_form(entry), "format": entry["format"],
                                  "precision": precision,
-                                 "runtime": cand.runtime, "size_mb": entry["bytes"] / 1e6,
+                                 "runtime": cand.runtime, "size_mb": entry_bytes(entry) / 1e6,
                                  "test_top1": None if top1 is None else 100 * top1, "gate": entry.get("gate"),
                                  "chosen": False, **result})
     return rows, None
@@ -111,6 +111,11 @@ def bench_caption(args: argparse.Namespace, rows: list[dict]) -> str:
     where = f"{cpu_model()} ({n} {'thread' if args.threads else 'core'}{'s' if n != 1 else ''})"
     if any(r["runtime"] == "tensorrt" for r in rows):
         where += ", TensorRT rows on the GPU"
+    if any(r["runtime"] == "onnxruntime" for r in rows):
+        from deploy.runtimes.onnxruntime import ort_spinning
+
+        where += (", ONNX Runtime's idle threads spinning (--spin)" if ort_spinning() else
+                  ", ONNX Runtime's idle threads sleeping (--spin: spinning)")
     return (f"Measured here on {where}, each row by the runtime it names; form = what the file was made for; "
             f"p50/p90/p99 ms = one call of `batch` images ({args.iterations} timed calls; per image: divide by batch); "
             "img/s = batch × calls / time; test top-1 % and INT8 gate: the manifest's, measured at fit end on the test "
@@ -127,7 +132,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(resolve_bundle_dir(args.bundle), verify=False)
     runtime = None if args.runtime == "auto" else args.runtime
-    cands = candidates(bundle, runtime, args.format)
+    left_out: list = []
+    cands = candidates(bundle, runtime, args.format, left_out=left_out)
     for entry in {id(c.entry): c.entry for c in cands}.values():
         verify_artifact(bundle.path, entry)
     rows, memory_error = _bench_rows(args, bundle, cands)
@@ -140,6 +146,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             row["chosen"] = (row["runtime"], row["artifact"]) == (choice.runtime, choice.entry["file"])
     if rows:
         print(json.dumps(rows, indent=2) if args.json else f"{bench_caption(args, rows)}\n{format_table(rows)}", flush=True)
+    for file, name, why in left_out:  # one line each on stderr, beside the warnings: stdout stays the table
+        print(f"{runtime_name(name)} is not offered for {file}: {why}; --runtime {name} measures it anyway",
+              file=sys.stderr, flush=True)
     if memory_error:
         raise memory_error
     if not rows:

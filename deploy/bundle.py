@@ -72,13 +72,7 @@ def validate_artifact(entry: Any, where: str = MANIFEST) -> dict:
         if not (isinstance(entry.get("reason"), str) and entry["reason"]):
             raise _fail(where, f"artifact {label}: a {status} entry must give its 'reason'")
         return entry
-    if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-        raise _fail(where, f"artifact 'file' must be a path relative to the bundle folder, got {name!r}")
-    digest = entry.get("sha256")
-    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
-        raise _fail(where, f"artifact {name}: 'sha256' must be 64 lowercase hex digits, got {digest!r}")
-    if not (isinstance(entry.get("bytes"), int) and entry["bytes"] >= 0):
-        raise _fail(where, f"artifact {name}: 'bytes' must be a non-negative integer, got {entry.get('bytes')!r}")
+    _check_file_fields(entry, where, "artifact")
     if "metrics" in entry and not isinstance(entry["metrics"], dict):
         raise _fail(where, f"artifact {name}: 'metrics' must be an object")
     if "form" in entry and not (isinstance(entry["form"], str) and entry["form"]):
@@ -89,9 +83,33 @@ def validate_artifact(entry: Any, where: str = MANIFEST) -> dict:
     if not (isinstance(by_runtime, dict) and all(isinstance(k, str) and isinstance(v, dict)
                                                  for k, v in by_runtime.items())):
         raise _fail(where, f"artifact {name}: 'runtime_metrics' must map runtime names to metric objects")
+    # Optional: files the artifact cannot run without (an OpenVINO IR's weights .bin beside its .xml), each checked
+    # and copied like the artifact itself.
+    companions = entry.get("companions", [])
+    if not (isinstance(companions, list) and all(isinstance(c, dict) for c in companions)):
+        raise _fail(where, f"artifact {name}: 'companions' must be a list of objects with file, sha256 and bytes")
+    for part in companions:
+        _check_file_fields(part, where, f"artifact {name}: companion")
     if entry.get("gate", "met") not in ("met", "not met"):
         raise _fail(where, f"artifact {name}: 'gate' must be \"met\" or \"not met\", got {entry.get('gate')!r}")
     return entry
+
+
+def _check_file_fields(entry: dict, where: str, what: str) -> None:
+    """The file, sha256 and bytes of an artifact (or of one of its companions) are well formed."""
+    name = entry.get("file")
+    if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise _fail(where, f"{what} 'file' must be a path relative to the bundle folder, got {name!r}")
+    digest = entry.get("sha256")
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        raise _fail(where, f"{what} {name}: 'sha256' must be 64 lowercase hex digits, got {digest!r}")
+    if not (isinstance(entry.get("bytes"), int) and entry["bytes"] >= 0):
+        raise _fail(where, f"{what} {name}: 'bytes' must be a non-negative integer, got {entry.get('bytes')!r}")
+
+
+def entry_bytes(entry: dict) -> int:
+    """An artifact's size on disk: its file and every companion file it needs."""
+    return entry["bytes"] + sum(part["bytes"] for part in entry.get("companions", []))
 
 
 def is_ok(entry: dict) -> bool:
@@ -185,7 +203,13 @@ class Bundle:
 
 
 def verify_artifact(bundle_dir: str, entry: dict) -> None:
-    """Check that one artifact exists with the size and sha256 the manifest records."""
+    """Check that one artifact (and each of its companion files) exists with the size and sha256 the manifest
+    records."""
+    for part in [entry, *entry.get("companions", [])]:
+        _verify_file(bundle_dir, part)
+
+
+def _verify_file(bundle_dir: str, entry: dict) -> None:
     path = os.path.join(bundle_dir, entry["file"])
     if not os.path.isfile(path):
         raise BundleError(f"{path}: artifact listed in {MANIFEST} is missing; copy the whole bundle folder again")
@@ -253,12 +277,21 @@ def load_bundle(bundle_dir: str | os.PathLike, verify: bool | Iterable[str] = Tr
 
 
 def artifact_entry(path: str | os.PathLike, format: str, precision: str, metrics: Optional[dict] = None,
-                   bundle_dir: Optional[str] = None) -> dict:
-    """The manifest entry for a file that exists now: its name relative to the bundle, sha256 and size."""
+                   bundle_dir: Optional[str] = None, companions: Iterable[str | os.PathLike] = ()) -> dict:
+    """The manifest entry for a file that exists now: its name relative to the bundle, sha256 and size (and the
+    same for each companion file it needs beside it, e.g. an OpenVINO IR's .bin)."""
+
+    def described(file: str | os.PathLike) -> dict:
+        file = os.fspath(file)
+        name = os.path.relpath(file, bundle_dir) if bundle_dir else os.path.basename(file)
+        return {"file": name.replace(os.sep, "/"), "sha256": sha256_file(file), "bytes": os.path.getsize(file)}
+
     path = os.fspath(path)
-    name = os.path.relpath(path, bundle_dir) if bundle_dir else os.path.basename(path)
-    entry = {"file": name.replace(os.sep, "/"), "format": format, "precision": precision,
-             "sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+    own = described(path)
+    entry = {"file": own["file"], "format": format, "precision": precision, "sha256": own["sha256"],
+             "bytes": own["bytes"]}
+    if companions:
+        entry["companions"] = [described(c) for c in companions]
     if metrics is not None:
         entry["metrics"] = dict(metrics)
     return validate_artifact(entry, path)

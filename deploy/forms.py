@@ -26,6 +26,8 @@ def artifact_form(format: str, precision: str, made_for: str | None = None, meth
         return f"{precision} TensorRT engine"
     if format == "pytorch":
         return f"{precision} PyTorch"
+    if format == "openvino-ir":  # OpenVINO's own IR; its INT8 is NNCF's post-training quantization
+        return f"{precision} OpenVINO IR" + (" (NNCF)" if precision == "INT8" else "")
     if format != "onnx-int8":
         return precision
     if method == "dynamic" or made_for == "onnxruntime":

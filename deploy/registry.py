@@ -71,10 +71,6 @@ def static_dim(value) -> Optional[int]:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def static_dim(value) -> Optional[int]:
-    return value if isinstance(value, int) and value > 0 else None
-
-
 def package_version(name: str) -> Optional[str]:
     try:
         return metadata.version(name)

@@ -79,10 +79,33 @@ def available_runtimes() -> list[str]:
 _SKIPPED_SAID: set[str] = set()
 
 
+def bf16_not_offered(entry: dict) -> Optional[str]:
+    """Why OpenVINO's bf16 run of this file is not offered (None: it is). bf16 is offered only where it was
+    measured faster than the same file in OpenVINO f32, at fit end (the manifest's runtime_metrics): a CPU with
+    AVX512_BF16 but no AMX may run it slower (its bf16 convolutions and the conversions around them), and a
+    slower run that also rounds is no offer."""
+    measured = entry.get("runtime_metrics") or {}
+    bf16, f32 = ((measured.get(name) or {}).get("latency_ms") for name in ("openvino-bf16", "openvino"))
+    if bf16 is None or f32 is None:
+        return "it was not measured against f32 at fit end"
+    if bf16 >= f32:
+        where = (measured["openvino-bf16"].get("device") or "the fit's CPU").removeprefix("CPU ")
+        return (f"at fit end on {where} it ran {bf16:.3g} ms against {f32:.3g} ms in f32 at batch 1, and bf16 is "
+                f"offered only where it is measured faster (AMX on this CPU: {'yes' if has_amx() else 'no'})")
+    return None
+
+
+def has_amx() -> bool:
+    from deploy.cpu_features import cpu_flags
+
+    return "amx_bf16" in cpu_flags()
+
+
 def candidates(bundle: Bundle, runtime: Optional[str] = None, format: Optional[str] = None,
-               precision: Optional[str] = None) -> list[Candidate]:
+               precision: Optional[str] = None, left_out: Optional[list] = None) -> list[Candidate]:
     """Every (artifact, runtime) pair the flags allow; an explicit runtime is tried even where it looks
-    unavailable, so its own sentence says why it cannot run."""
+    unavailable, so its own sentence says why it cannot run. A bf16 run that was not measured faster than f32
+    is left out unless --runtime names it (`left_out` collects (file, runtime, why) for each)."""
     from deploy.registry import FORMATS, runtime_spec, unrunnable_notice
 
     names = [runtime_spec(runtime).name] if runtime else available_runtimes()
@@ -96,8 +119,14 @@ def candidates(bundle: Bundle, runtime: Optional[str] = None, format: Optional[s
                 warnings.warn(unrunnable_notice(entry), RuntimeWarning, stacklevel=2)
             continue
         for name in names:
-            if entry["format"] in runtime_spec(name).formats:
-                found.append(Candidate(entry, name))
+            if entry["format"] not in runtime_spec(name).formats:
+                continue
+            why = bf16_not_offered(entry) if runtime_spec(name).precision == "bf16" and not runtime else None
+            if why is not None:
+                if left_out is not None:
+                    left_out.append((entry["file"], name, why))
+                continue
+            found.append(Candidate(entry, name))
     if not found:
         bundle.artifact(format, precision)  # raises the "no such artifact" sentence when there is none at all
         raise BundleError(f"{bundle.path}: no artifact in this bundle runs in {runtime or 'any runtime here'}"
@@ -140,9 +169,11 @@ def within_budget(entry: dict, reference: Optional[float], budget_pts: float, ru
 def device_identity(threads: Optional[int], hint: Optional[str], providers: Sequence[str]) -> dict:
     from deploy.registry import RUNTIMES
 
+    from deploy.runtimes.onnxruntime import ort_spinning
+
     return {"cpu": cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
             "runtimes": {name: spec.version() for name, spec in RUNTIMES.items() if spec.available()},
-            "threads": threads, "hint": hint or "auto", "providers": list(providers)}
+            "threads": threads, "hint": hint or "auto", "providers": list(providers), "ort_spin": ort_spinning()}
 
 
 def cache_key(identity: dict, cands: Sequence[Candidate], budget_pts: float) -> str:

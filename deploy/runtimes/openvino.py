@@ -24,7 +24,7 @@ import numpy as np
 from deploy.bundle import BundleError
 from deploy.cpu_features import physical_cores
 from deploy.errors import message_line
-from deploy.registry import Runner, RuntimeSpec, importable, register_runtime, static_dim
+from deploy.registry import Runner, RuntimeSpec, importable, register_format, register_runtime, static_dim
 
 STATIC_SHAPES = 4  # batch sizes kept compiled with a static shape under the latency hint
 
@@ -39,7 +39,8 @@ def _openvino_core(ov):
 
 
 class OpenVinoRunner(Runner):
-    """An ONNX (FP32 or Q/DQ INT8) file compiled by OpenVINO for its CPU plugin, read directly (no IR step).
+    """An ONNX (FP32 or Q/DQ INT8) file, read directly (no IR step), or an OpenVINO IR (.xml beside its .bin: FP32,
+    or NNCF's INT8), compiled by OpenVINO for its CPU plugin.
 
     hint: auto (latency at batch 1, throughput above) | latency | throughput. precision: f32 | bf16 (the
     plugin's INFERENCE_PRECISION_HINT). threads: INFERENCE_NUM_THREADS; None = the usable physical cores.
@@ -172,8 +173,11 @@ def _bf16_status() -> tuple[bool, str]:
     return ok, what
 
 
+# OpenVINO's own IR (.xml + its .bin, a companion; callbacks.OpenVinoIR: FP32, and INT8 by NNCF): read by the same
+# OpenVINO runner. Triton here serves ONNX and TensorRT only (deploy triton says so in one sentence).
+register_format("openvino-ir", "openvino", suffix=".xml", smoke_runtime="openvino")
 register_runtime(RuntimeSpec(
-    "openvino", ("onnx", "onnx-int8"),
+    "openvino", ("onnx", "onnx-int8", "openvino-ir"),
     lambda path, providers=("cpu",), threads=None, hint=None: OpenVinoRunner(path, threads, hint or "auto",
                                                                              precision="f32"),
     importable("openvino", "openvino", "openvino"), "openvino"))

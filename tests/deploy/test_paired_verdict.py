@@ -52,21 +52,38 @@ def test_lower_is_better_goals_and_unpaired_rounds():
         ratio_verdict([1.0, 2.0], [1.0], 1.0)
 
 
-def test_the_latency_benchmark_judges_the_best_path_on_its_own_rounds():
+def test_the_latency_benchmark_judges_the_best_path_on_its_own_rounds(monkeypatch):
     spec = importlib.util.spec_from_file_location("runtime_latency", os.path.join(REPO, "benchmarks",
                                                                                    "runtime_latency.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     load = np.linspace(1.0, 2.0, 9)
     p50 = {"torch eager": 8 * load, "ort fp32": 3 * load, "ort int8 cpu-form": 2.5 * load,
-           "openvino fp32": 3.3 * load, "openvino int8 cpu-form": 1.0 * load}
-    rounds = SimpleNamespace(runners=p50, round_p50={k: list(v) for k, v in p50.items()},
-                             rows=lambda: [{"runtime": k, "p50_ms": float(np.median(v))} for k, v in p50.items()])
-    verdicts = {text: v["verdict"] for text, v in bench.judge(rounds, 0.95)}
+           "openvino fp32": 3.3 * load, "openvino int8 cpu-form": 1.0 * load, "openvino ir fp32": 3.2 * load,
+           "openvino ir int8 nncf": 1.2 * load}
+
+    def rounds_of(batch: int) -> SimpleNamespace:
+        return SimpleNamespace(runners=p50, batch=batch, round_p50={k: list(v) for k, v in p50.items()},
+                               rows=lambda: [{"runtime": k, "p50_ms": float(np.median(v))} for k, v in p50.items()])
+
+    monkeypatch.setitem(bench.INSTRUCTIONS, "VNNI", (lambda: True, "int8 dot products"))
+    verdicts = {text: v["verdict"] for text, v in bench.judge(rounds_of(1), 0.95)}
     assert verdicts == {
+        "best CPU path (openvino int8 cpu-form) >= NNCF's OpenVINO INT8 IR in speed": "met",  # 1.2x faster
         "ONNX Runtime FP32 >= 2x torch eager": "met",
         "best CPU path (openvino int8 cpu-form) >= 10x torch eager": "NOT met",  # 8x
         "best CPU path (openvino int8 cpu-form) >= 2.5x ONNX Runtime FP32": "met",
         "OpenVINO FP32 <= ONNX Runtime FP32 (p50 ratio)": "NOT met",
         "ort int8 cpu-form >= 1.5x ort fp32": "NOT met",
-        "openvino int8 cpu-form >= 1.5x openvino fp32": "met"}
+        "openvino int8 cpu-form >= 1.5x openvino fp32": "met",
+        "openvino ir int8 nncf >= 1.5x openvino ir fp32": "met"}
+    # at batch 32 only the NNCF comparison is judged
+    assert [text for text, _ in bench.judge(rounds_of(32), 0.95)] == [
+        "best CPU path (openvino int8 cpu-form) >= NNCF's OpenVINO INT8 IR in speed"]
+    # a CPU without VNNI: the targets that rest on it say so instead of a verdict
+    monkeypatch.setitem(bench.INSTRUCTIONS, "VNNI", (lambda: False, "int8 dot products"))
+    judged = dict(bench.judge(rounds_of(1), 0.95))
+    unjudged = [text for text, v in judged.items() if v["verdict"] == "not judged"]
+    assert len(unjudged) == 5 and all("10x" in t or "2.5x" in t or "1.5x" in t for t in unjudged)
+    line = bench.paired_line(unjudged[0], judged[unjudged[0]], 0.95)
+    assert line.endswith("-> not judged on this CPU: no VNNI (int8 dot products)")

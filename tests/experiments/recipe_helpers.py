@@ -69,26 +69,28 @@ def random_mobilenet_v2(tmp_path: Path) -> Path:
 # What each fit-end step of a recipe leaves in the bundle: (format, precision, runtime, file) of an ok artifact,
 # by class_path and, for Int8Quantization, its form.
 MADE_BY = {
-    ("callbacks.ONNXExport", None): ("onnx", "fp32", "any", "model.onnx"),
-    ("callbacks.Int8Quantization", "tensorrt"): ("onnx-int8", "int8", "tensorrt", "model.int8.onnx"),
-    ("callbacks.Int8Quantization", "cpu"): ("onnx-int8", "int8", "cpu", "model.int8-cpu.onnx"),
+    ("callbacks.ONNXExport", None): [("onnx", "fp32", "any", "model.onnx")],
+    ("callbacks.Int8Quantization", "tensorrt"): [("onnx-int8", "int8", "tensorrt", "model.int8.onnx")],
+    ("callbacks.Int8Quantization", "cpu"): [("onnx-int8", "int8", "cpu", "model.int8-cpu.onnx")],
+    ("callbacks.OpenVinoIR", None): [("openvino-ir", "fp32", "openvino", "model.openvino.xml"),
+                                     ("openvino-ir", "int8", "openvino", "model.int8.openvino.xml")],
 }
 
 
-def made_by(callback: dict) -> tuple | None:
-    """The artifact one listed callback makes (None for a step that makes no ONNX file)."""
+def made_by(callback: dict) -> list[tuple]:
+    """The artifacts one listed callback makes (none for a step that makes no model file)."""
     form = (callback.get("init_args") or {}).get("form", "tensorrt")
-    return MADE_BY.get((callback["class_path"], form if callback["class_path"].endswith("Int8Quantization") else None))
+    return MADE_BY.get((callback["class_path"], form if callback["class_path"].endswith("Int8Quantization") else None), [])
 
 
 def asked_for(recipe: Path) -> tuple[list[tuple], list[str], dict[str, str]]:
-    """From the recipe as run: the ONNX artifacts its steps make, the TensorRT precisions it asks for, and each
+    """From the recipe as run: the artifacts its steps make, the TensorRT precisions it asks for, and each
     quantization step's calibration method (the step's default, minmax, where the YAML gives none)."""
     callbacks = load_recipe(recipe)["trainer"]["callbacks"]
-    made = [made_by(c) for c in callbacks if made_by(c)]
+    made = [artifact for c in callbacks for artifact in made_by(c)]
     engines = [p for c in callbacks if c["class_path"] == "callbacks.TensorRTBuild"
                for p in (c.get("init_args") or {}).get("precisions", ["fp16", "int8"])]
-    methods = {made_by(c)[3]: (c.get("init_args") or {}).get("method", "minmax")
+    methods = {made_by(c)[0][3]: (c.get("init_args") or {}).get("method", "minmax")
                for c in callbacks if c["class_path"].endswith("Int8Quantization")}
     return made, engines, methods
 
@@ -107,7 +109,7 @@ def check_bundle(run: Path, recipe: Path, classes: list[str], input_hw: list[int
         assert 0.0 <= a["metrics"]["top1"] <= 1.0 and a["metrics"]["latency_ms"] > 0 and a["metrics"]["throughput"] > 0
         # the files meant for TensorRT pass the offline check of its documented rules (the CPU INT8 form is
         # not for TensorRT and is not checked against it)
-        if a["runtime"] != "cpu":
+        if a["runtime"] not in ("cpu", "openvino"):
             assert a["tensorrt_check"]["passed"], (a["file"], a["tensorrt_check"])
         if a["format"] == "onnx-int8":
             q = a["quantization"]
