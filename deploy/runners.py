@@ -332,11 +332,16 @@ def register_runtime(spec: RuntimeSpec) -> RuntimeSpec:
     return spec
 
 
-def register_format(name: str, default_runtime: str) -> None:
+FORMAT_FIELDS: dict[str, dict] = {}  # a format's suffix, input layout, smoke-test runtime (deploy/runtimes/)
+
+
+def register_format(name: str, default_runtime: str, **fields) -> None:
     """Add an artifact format (the manifest's `format`): bundles may list files of it, and `default_runtime`
-    opens them where no --runtime is given."""
+    opens them where no --runtime is given; `fields`: suffix, layout (the input layout its files take: NHWC for
+    most phone runtimes), smoke_runtime."""
     from deploy.bundle import FORMATS
 
+    FORMAT_FIELDS[name] = dict(fields)
     if name not in FORMATS:
         FORMATS.append(name)
     DEFAULT_RUNTIME[name] = default_runtime
@@ -360,6 +365,9 @@ register_runtime(RuntimeSpec(
     "tensorrt", ("tensorrt",),
     lambda path, providers=("cpu",), threads=None, hint=None: TensorRTRunner(path),
     _tensorrt_status, "tensorrt"))
+
+
+import deploy.runtimes  # noqa: E402,F401 (LiteRT, NCNN and ExecuTorch register themselves, as a plugin does)
 
 
 def runtime_spec(name: str) -> RuntimeSpec:
