@@ -15,7 +15,8 @@ _WHERE = {
     "FitEndStep": "fit_end", "StepSkipped": "fit_end", "ONNXExport": "onnx_export", "export_onnx": "onnx_export",
     "QuantizationAwareTraining": "qat", "AtEpochs": "pruning", "MaskPruning": "pruning",
     "StructuredPruning": "pruning", "prune_channels": "pruning", "Int8Quantization": "quantization",
-    "quantize_int8": "quantization", "TensorRTBuild": "tensorrt_build",
+    "quantize_int8": "quantization", "TensorRTBuild": "tensorrt_build", "LiteRTExport": "litert_export",
+    "ExecuTorchExport": "executorch_export", "NCNNExport": "ncnn_export",
 }
 
 __all__ = sorted(_WHERE)

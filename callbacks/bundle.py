@@ -147,7 +147,7 @@ class DeployBundle(FitEndStep):
                 else:
                     row.update(format=art.format, precision=art.precision, runtime=DEFAULT_RUNTIME[art.format],
                                form=form_of(art), file=art.file.name, device=gpu_name if art.format == "tensorrt" else device,
-                               size_mb=os.path.getsize(art.file) / 1e6,
+                               size_mb=artifact_bytes(art) / 1e6,
                                delta_pts=100 * (row["top1"] - reference["top1"]), gate=gate_verdict(art))
                     rows.append(row)
                     others = self.other_runtime_rows(art, test_batches, reference, device, record)
@@ -182,7 +182,7 @@ class DeployBundle(FitEndStep):
         report shows what a CPU device would pick; a runtime that cannot run it is a note, not a failure."""
         rows = []
         for name, spec in RUNTIMES.items():
-            if name == "onnxruntime" or art.format not in spec.formats or not spec.available():
+            if name == DEFAULT_RUNTIME[art.format] or art.format not in spec.formats or not spec.available():
                 continue
             try:
                 with runner_for_file(art.file, art.format, runtime=name) as runner:
@@ -194,7 +194,7 @@ class DeployBundle(FitEndStep):
                 continue
             row.update(format=art.format, precision=spec.precision or art.precision, runtime=name, device=device,
                        form=form_of(art), other_runtime=True, file=art.file.name,
-                       size_mb=os.path.getsize(art.file) / 1e6, delta_pts=100 * (row["top1"] - reference["top1"]))
+                       size_mb=artifact_bytes(art) / 1e6, delta_pts=100 * (row["top1"] - reference["top1"]))
             rows.append(row)
         return rows
 
@@ -209,9 +209,14 @@ class DeployBundle(FitEndStep):
     def manifest_entry(self, art: ArtifactRecord, row: Optional[dict], others: Sequence[dict] = ()) -> dict[str, Any]:
         facts = dict(art.facts)
         quantization = facts.pop("quantization", None)
+        layout, companions = facts.pop("layout", None), facts.pop("companions", [])
         extra = {"runtime": art.runtime, "form": form_of(art), "step": art.step, "label": art.label}
         if quantization is not None:
             extra["quantization"] = quantization
+        if layout is not None:  # the input layout the file takes (NHWC for LiteRT's); deploy's runners transpose to it
+            extra["layout"] = layout
+        if companions and art.ok:  # files the artifact cannot run without (NCNN's weights beside its .param)
+            extra["companions"] = [companion_entry(art.file.parent / name, self.staging) for name in companions]
         if facts:
             extra["facts"] = facts
         if not art.ok:
@@ -310,6 +315,17 @@ def tensorrt_verdict(path: Path, rules: str) -> dict[str, Any]:
     return check_tensorrt(path, tensorrt=rules)
 
 
+def artifact_bytes(art: ArtifactRecord) -> int:
+    """The file's size with its companions' (NCNN's weights): what a device stores."""
+    return os.path.getsize(art.file) + sum(os.path.getsize(art.file.parent / n) for n in art.facts.get("companions", []))
+
+
+def companion_entry(path: Path, bundle_dir: Path) -> dict[str, Any]:
+    from deploy.bundle import sha256_file
+
+    return {"file": path.relative_to(bundle_dir).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
 def _state_dict_bytes(model: torch.nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -350,7 +366,7 @@ def drop_strays(staging: Path, manifest: dict) -> list[str]:
     keep = set(COMPANIONS)
     for entry in manifest["artifacts"]:
         if entry.get("file"):
-            keep |= {entry["file"], entry["file"] + ".json"}
+            keep |= {entry["file"], entry["file"] + ".json", *(c["file"] for c in entry.get("companions", []))}
     removed = []
     for path in sorted(staging.rglob("*"), reverse=True):  # files before the folders that hold them
         name = path.relative_to(staging).as_posix()

@@ -77,6 +77,12 @@ def validate_artifact(entry: Any, where: str = MANIFEST) -> dict:
         raise _fail(where, f"artifact {name}: 'sha256' must be 64 lowercase hex digits, got {digest!r}")
     if not (isinstance(entry.get("bytes"), int) and entry["bytes"] >= 0):
         raise _fail(where, f"artifact {name}: 'bytes' must be a non-negative integer, got {entry.get('bytes')!r}")
+    for companion in entry.get("companions") or []:
+        if not (isinstance(companion, dict) and isinstance(companion.get("file"), str) and companion["file"]
+                and not os.path.isabs(companion["file"]) and ".." not in companion["file"].split("/")
+                and isinstance(companion.get("sha256"), str) and isinstance(companion.get("bytes"), int)):
+            raise _fail(where, f"artifact {name}: each of 'companions' must give a relative 'file', its 'sha256' and "
+                               f"'bytes', got {companion!r}")
     if "metrics" in entry and not isinstance(entry["metrics"], dict):
         raise _fail(where, f"artifact {name}: 'metrics' must be an object")
     if "form" in entry and not (isinstance(entry["form"], str) and entry["form"]):
@@ -183,7 +189,14 @@ class Bundle:
 
 
 def verify_artifact(bundle_dir: str, entry: dict) -> None:
-    """Check that one artifact exists with the size and sha256 the manifest records."""
+    """Check that one artifact, and each companion file it needs (NCNN's weights), exists with the size and
+    sha256 the manifest records."""
+    for companion in entry.get("companions") or []:
+        _verify_file(bundle_dir, companion)
+    _verify_file(bundle_dir, entry)
+
+
+def _verify_file(bundle_dir: str, entry: dict) -> None:
     path = os.path.join(bundle_dir, entry["file"])
     if not os.path.isfile(path):
         raise BundleError(f"{path}: artifact listed in {MANIFEST} is missing; copy the whole bundle folder again")

@@ -117,6 +117,7 @@ def bundle_files(bundle_dir: str, manifest: dict) -> list[str]:
     for entry in manifest["artifacts"]:
         if is_ok(entry):
             wanted.append(entry["file"])
+            wanted += [companion["file"] for companion in entry.get("companions") or []]
             if os.path.isfile(os.path.join(bundle_dir, entry["file"] + ".json")):
                 wanted.append(entry["file"] + ".json")
     root = os.path.realpath(bundle_dir)
