@@ -347,6 +347,9 @@ def gate_verdict(art: ArtifactRecord) -> Optional[str]:
     return "met" if quantization["gate_met"] else "not met"
 
 
+WHAT_TO_TRY = "try QuantizationAwareTraining, method: entropy or percentile, or a larger max_excluded"
+
+
 def gate_misses(record: FitEndRecord) -> list[str]:
     """One line per INT8 file that missed its gate: which form, by how much, and what to try."""
     lines = []
@@ -355,8 +358,7 @@ def gate_misses(record: FitEndRecord) -> list[str]:
             q = art.facts["quantization"]
             lines.append(f"INT8 gate not met: {art.file.name} ({form_of(art)}) loses {-q['delta_pts']:.2f} pt top-1 on the validation split, "
                          f"more than the {q['max_drop_pts']} pt allowed (max_drop); it ships labelled so and `deploy "
-                         "--runtime auto` never picks it; try QuantizationAwareTraining, method: entropy or percentile, "
-                         "or a larger max_excluded")
+                         f"--runtime auto` never picks it; {q.get('what_to_try') or WHAT_TO_TRY}")
     return lines
 
 

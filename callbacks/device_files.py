@@ -87,7 +87,9 @@ def int8_gate(fp32_top1: float, int8_top1: float, max_drop: float, **facts) -> d
     """The gate's facts in the keys DeployBundle's manifest and gate lines read (callbacks.bundle.gate_verdict)."""
     delta = 100 * (int8_top1 - fp32_top1)
     return {"mode": "static", "method": "ptq", "fp32_top1": fp32_top1, "int8_top1": int8_top1, "delta_pts": delta,
-            "max_drop_pts": max_drop, "gate_met": -delta <= max_drop, "excluded_nodes": [], **facts}
+            "max_drop_pts": max_drop, "gate_met": -delta <= max_drop, "excluded_nodes": [],
+            "what_to_try": "try more calibration images (num_samples), a larger max_drop if the loss is acceptable, "
+                           "or ship the FP32 file", **facts}
 
 
 def gate_line(what: str, q: dict) -> str:

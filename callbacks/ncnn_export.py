@@ -46,7 +46,9 @@ def pnnx_convert(model: torch.nn.Module, folder: Path, name: str, size: tuple[in
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer warnings
             try:
-                torch.jit.trace(model.eval(), example).save(str(work / "model.pt"))
+                # the network itself: tracing a LightningModule calls its Trainer-bound properties
+                network = model.net if isinstance(getattr(model, "net", None), torch.nn.Module) else model
+                torch.jit.trace(network.eval(), example).save(str(work / "model.pt"))
             except Exception as exc:
                 raise converter_failure("pnnx", version, exc, "torch.jit.trace", HINT) from None
         param, weights = folder / f"{name}.ncnn.param", folder / f"{name}.ncnn.bin"

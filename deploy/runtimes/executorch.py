@@ -5,6 +5,7 @@ Programs are exported at batch 1; a batch runs image by image."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -25,6 +26,23 @@ def _missing() -> Optional[str]:
     return None
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence what C++ writes to file descriptor 2 for the span (Python's own sys.stderr is left alone)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class ExecuTorchRunner(Runner):
     def __init__(self, path: str | os.PathLike, threads: Optional[int] = None) -> None:
         missing = _missing()
@@ -37,7 +55,9 @@ class ExecuTorchRunner(Runner):
         self.description = f"executorch:{os.path.basename(path)}"
         self._torch = torch
         try:
-            self.method = Runtime.get().load_program(path).load_method("forward")
+            with _quiet_stderr():  # the first Runtime.get() prints cpuinfo's probing of Arm-only files on x86
+                runtime = Runtime.get()
+            self.method = runtime.load_program(path).load_method("forward")
         except Exception as exc:  # the runtime raises RuntimeError/ValueError of its own for unreadable programs
             raise BundleError(f"{path}: ExecuTorch cannot load it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                               "copy the bundle again or re-export the model") from None
