@@ -52,7 +52,8 @@ def _bench_rows(args: argparse.Namespace, bundle, cands: list) -> tuple[list[dic
                     top1 = metrics.get("top1")
                     rows.append({"artifact": entry["file"], "form": entry_form(entry), "format": entry["format"],
                                  "precision": precision,
-                                 "runtime": cand.runtime, "size_mb": entry["bytes"] / 1e6,
+                                 "runtime": cand.runtime,
+                                 "size_mb": (entry["bytes"] + sum(c["bytes"] for c in entry.get("companions") or ())) / 1e6,
                                  "test_top1": None if top1 is None else 100 * top1, "gate": entry.get("gate"),
                                  "chosen": False, **result})
     return rows, None

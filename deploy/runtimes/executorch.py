@@ -49,13 +49,15 @@ class ExecuTorchRunner(Runner):
         if missing:
             raise BundleError(missing)
         import torch
-        from executorch.runtime import Runtime
+
+        with _quiet_stderr():  # loading the runtime prints cpuinfo's probing of Arm-only files on x86
+            from executorch.runtime import Runtime
 
         path = os.fspath(path)
         self.description = f"executorch:{os.path.basename(path)}"
         self._torch = torch
         try:
-            with _quiet_stderr():  # the first Runtime.get() prints cpuinfo's probing of Arm-only files on x86
+            with _quiet_stderr():  # and so may the first Runtime.get()
                 runtime = Runtime.get()
             self.method = runtime.load_program(path).load_method("forward")
         except Exception as exc:  # the runtime raises RuntimeError/ValueError of its own for unreadable programs

@@ -150,7 +150,7 @@ def test_bench_and_runtime_auto_consider_the_phone_runtimes(phone):
     proc = deploy("bench", "--bundle", phone["bundle"], "--batch", "1", "--iterations", "3", "--warmup", "1", "--json",
                   "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ran = {(row["runtime"], row["file"]) for row in json.loads(proc.stdout)}
+    ran = {(row["runtime"], row["artifact"]) for row in json.loads(proc.stdout)}
     assert {("litert", "model.int8.tflite"), ("executorch", "model.pte"), ("ncnn", "model.fp16.ncnn.param")} <= ran
     proc = deploy("infer", "--bundle", phone["bundle"], "--runtime", "auto", *phone["images"][:1])
     assert proc.returncode == 0, proc.stderr[-2000:]
