@@ -323,7 +323,8 @@ def artifact_bytes(art: ArtifactRecord) -> int:
 def companion_entry(path: Path, bundle_dir: Path) -> dict[str, Any]:
     from deploy.bundle import sha256_file
 
-    return {"file": path.relative_to(bundle_dir).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    name = os.path.relpath(os.path.abspath(path), os.path.abspath(bundle_dir)).replace(os.sep, "/")
+    return {"file": name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def _state_dict_bytes(model: torch.nn.Module) -> int:

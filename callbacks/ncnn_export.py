@@ -38,8 +38,7 @@ def pnnx_convert(model: torch.nn.Module, folder: Path, name: str, size: tuple[in
         binary = pnnx.EXEC_PATH
     except (ImportError, AttributeError) as exc:
         raise converter_failure("pnnx", version, exc, "import", HINT) from None
-    folder = folder.resolve()  # pnnx runs in its scratch folder: every path it is given must be absolute
-    work = folder / f".pnnx-{name}"
+    work = folder.resolve() / f".pnnx-{name}"  # pnnx runs in this scratch folder: every path it gets is absolute
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     example = torch.zeros(1, 3, *size)
