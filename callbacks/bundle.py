@@ -56,7 +56,8 @@ def cpu_name() -> str:
 
 def versions() -> dict[str, str]:
     found = {"torch": torch.__version__}
-    for name in ("onnx", "onnxruntime", "openvino", "tensorrt", "pytorch-lightning"):
+    for name in ("onnx", "onnxruntime", "openvino", "tensorrt", "pytorch-lightning", "litert-torch",
+                 "ai-edge-quantizer", "ai-edge-litert", "executorch", "pnnx", "ncnn"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
