@@ -18,7 +18,7 @@ import logging
 import re
 import warnings
 from importlib import metadata
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,7 +30,8 @@ from callbacks.fit_end import StepSkipped, evaluate, first_batch, numpy_batches
 def quiet():
     """The converters narrate every pass on stdout, in progress bars on stderr and in warnings; failures still
     raise."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         level = logging.root.level
         logging.disable(logging.WARNING)
@@ -114,10 +115,6 @@ def converter_failure(tool: str, version: str, exc: BaseException, stage: str, h
     return RuntimeError(f"{tool} {version} cannot convert this network{where} at {stage} ({message[:200]}); {hint}")
 
 
-def converter_version_hint(tool: str, extra: str) -> str:
-    return f"try another backbone, or the {tool} version edgecls[{extra}] installs"
-
-
 def channels_last_batches(batches: Iterator[np.ndarray], layout: str) -> Iterator[np.ndarray]:
     for x in batches:
         yield np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "NHWC" else x
@@ -128,9 +125,3 @@ def one_image_at_a_time(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         for i in range(len(x)):
             yield x[i:i + 1]
 
-
-def describe_size(path) -> Optional[float]:
-    try:
-        return path.stat().st_size / 1e6
-    except OSError:
-        return None

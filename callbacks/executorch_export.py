@@ -11,7 +11,6 @@ runs in ExecuTorch's portable kernels, many times slower: the step says which, i
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl

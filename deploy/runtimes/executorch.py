@@ -61,7 +61,8 @@ class ExecuTorchRunner(Runner):
                 runtime = Runtime.get()
             self.method = runtime.load_program(path).load_method("forward")
         except Exception as exc:  # the runtime raises RuntimeError/ValueError of its own for unreadable programs
-            raise BundleError(f"{path}: ExecuTorch cannot load it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BundleError(f"{path}: ExecuTorch cannot load it ({said}); "
                               "copy the bundle again or re-export the model") from None
         meta = self.method.metadata.input_tensor_meta(0)
         shape = tuple(int(d) for d in meta.sizes())
