@@ -6,7 +6,8 @@ the FP32 ONNX file in ONNX Runtime (and OpenVINO), each made by the same functio
                                         [--per-round 20] [--calibration 32] [--threads N] [--quick]
 
 Random weights, with batch-norm statistics settled on the synthetic calibration batches (settle_batch_norm: else
-activations shrink to logits of 1e-9 that INT8 rounds to zero). Per model, on one batch of real photographs (scikit-image's, preprocessed by deploy.preprocess at 224 with
+activations shrink to logits of 1e-9 that INT8 rounds to zero). Per model, on one batch of real photographs
+(scikit-image's, preprocessed by deploy.preprocess at 224 with
 ImageNet's mean and std): max |logit difference| of every file against the FP32 ONNX file (target <= 1e-3 for
 FP32), and top-1 agreement with it in points (target: within 0.1 pt for FP32 and FP16; INT8 within the 0.5 pt
 gate, else `not met` with the reason: with random weights the logits of different classes lie within INT8's
@@ -89,8 +90,9 @@ def settle_batch_norm(model: torch.nn.Module, batches: list[np.ndarray]) -> torc
 
 def make_files(model: torch.nn.Module, folder: str, calibration: list[np.ndarray], threads: int) -> tuple[dict, dict]:
     """Every file of one model, and the facts: sizes (bytes), conversion seconds, XNNPACK delegation."""
-    versions = {p: require(m, p, "x", "file") for m, p in (("litert_torch", "litert-torch"), ("executorch", "executorch"),
-                                                             ("pnnx", "pnnx"), ("ai_edge_quantizer", "ai-edge-quantizer"))}
+    tools = (("litert_torch", "litert-torch"), ("executorch", "executorch"), ("pnnx", "pnnx"),
+             ("ai_edge_quantizer", "ai-edge-quantizer"))
+    versions = {package: require(module, package, "litert,executorch,ncnn", "file") for module, package in tools}
     path = lambda name: os.path.join(folder, name)  # noqa: E731
     files, facts = {}, {"seconds": {}, "delegation": {}}
 
@@ -196,7 +198,8 @@ def main() -> int:
           "(a shared machine: latency rows are paired-round medians)")
     batch = photographs()
     rng = np.random.default_rng(0)
-    calibration = [rng.standard_normal((8, 3, 224, 224)).astype(np.float32) for _ in range(max(args.calibration // 8, 1))]
+    calibration = [rng.standard_normal((8, 3, 224, 224)).astype(np.float32)
+                   for _ in range(max(args.calibration // 8, 1))]
     targets: list[tuple[str, bool]] = []
     speed = []
     for model_name in args.models.split(","):
