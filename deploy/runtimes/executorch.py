@@ -44,6 +44,8 @@ def _quiet_stderr():
 
 
 class ExecuTorchRunner(Runner):
+    """`threads` is not applied: ExecuTorch's Python runtime sizes XNNPACK's thread pool to the cores itself."""
+
     def __init__(self, path: str | os.PathLike, threads: Optional[int] = None) -> None:
         missing = _missing()
         if missing:
