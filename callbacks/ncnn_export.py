@@ -64,11 +64,22 @@ def pnnx_convert(model: torch.nn.Module, folder: Path, name: str, size: tuple[in
                      and not line.startswith("#")]
             raise converter_failure("pnnx", version, RuntimeError(words[-1] if words else f"exit {done.returncode}"),
                                     "pnnx conversion", HINT)
+        with_input_shape(work / "model.ncnn.param", size)
         os.replace(work / "model.ncnn.bin", weights)  # the weights first: a .param is only ever beside its .bin
         os.replace(work / "model.ncnn.param", param)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return param, weights
+
+
+def with_input_shape(param: Path, size: tuple[int, int]) -> None:
+    """Give the Input layer its shape in NCNN's own Input parameters (0=w 1=h 2=c): pnnx leaves it out, and a
+    runtime (deploy's, or a C++ app allocating its Mat) then cannot know the image size the network takes."""
+    lines = param.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if line.split()[:1] == ["Input"] and " 0=" not in line:
+            lines[i] = f"{line} 0={size[1]} 1={size[0]} 2=3"
+    param.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 class NCNNExport(FitEndStep):

@@ -27,6 +27,22 @@ def weights_of(param: str | os.PathLike) -> str:
     return param[: -len(PARAM)] + WEIGHTS if param.endswith(PARAM) else param + ".bin"
 
 
+def input_shape_of(param: str | os.PathLike) -> tuple:
+    """(C, H, W) from the Input layer's own parameters (0=w 1=h 2=c), which NCNNExport writes; (3, None, None)
+    for a file without them (pnnx's as it comes)."""
+    with open(param, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            fields = line.split()
+            if fields[:1] == ["Input"]:
+                values = dict(f.split("=", 1) for f in fields[4:] if "=" in f)
+                try:
+                    w, h, c = (int(values[k]) for k in ("0", "1", "2"))
+                except (KeyError, ValueError):
+                    break
+                return (c, h, w)
+    return (3, None, None)
+
+
 class NcnnRunner(Runner):
     def __init__(self, path: str | os.PathLike, threads: Optional[int] = None) -> None:
         if not installed(MODULE):
@@ -50,7 +66,7 @@ class NcnnRunner(Runner):
                               "or re-export the model")
         self._ncnn = ncnn
         self.input_name, self.output_name = self.net.input_names()[0], self.net.output_names()[0]
-        self.input_shape = (3, None, None)
+        self.input_shape = input_shape_of(path)
         self.min_batch = self.max_batch = 1
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
