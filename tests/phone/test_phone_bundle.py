@@ -57,6 +57,9 @@ def test_every_phone_file_is_made_listed_with_its_layout_and_measured_in_its_own
         assert entry is not None and entry["status"] == "ok", (name, manifest(phone)["artifacts"])
         assert (entry["format"], entry["precision"], entry["runtime"], entry["layout"]) == (fmt, precision, runtime, layout)
         assert (phone["bundle"] / name).is_file()
+    from deploy.runtimes.ncnn import input_shape_of
+
+    assert input_shape_of(phone["bundle"] / "model.fp16.ncnn.param") == (3, 16, 16)  # TINY's image size
     ncnn = entries["model.fp16.ncnn.param"]["companions"]
     assert [c["file"] for c in ncnn] == ["model.fp16.ncnn.bin"] and (phone["bundle"] / "model.fp16.ncnn.bin").is_file()
     for name in ("model.int8.tflite", "model.int8.pte"):
