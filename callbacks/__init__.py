@@ -16,6 +16,8 @@ _WHERE = {
     "QuantizationAwareTraining": "qat", "AtEpochs": "pruning", "MaskPruning": "pruning",
     "StructuredPruning": "pruning", "prune_channels": "pruning", "Int8Quantization": "quantization",
     "quantize_int8": "quantization", "TensorRTBuild": "tensorrt_build", "OpenVinoIR": "openvino_ir",
+    "LiteRTExport": "litert_export",
+    "ExecuTorchExport": "executorch_export", "NCNNExport": "ncnn_export",
 }
 
 __all__ = sorted(_WHERE)

@@ -57,7 +57,8 @@ def cpu_name() -> str:
 
 def versions() -> dict[str, str]:
     found = {"torch": torch.__version__}
-    for name in ("onnx", "onnxruntime", "openvino", "tensorrt", "pytorch-lightning"):
+    for name in ("onnx", "onnxruntime", "openvino", "tensorrt", "pytorch-lightning", "litert-torch",
+                 "ai-edge-quantizer", "ai-edge-litert", "executorch", "pnnx", "ncnn"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -213,9 +214,12 @@ class DeployBundle(FitEndStep):
     def manifest_entry(self, art: ArtifactRecord, row: Optional[dict], others: Sequence[dict] = ()) -> dict[str, Any]:
         facts = dict(art.facts)
         quantization = facts.pop("quantization", None)
+        layout = facts.pop("layout", None)
         extra = {"runtime": art.runtime, "form": form_of(art), "step": art.step, "label": art.label}
         if quantization is not None:
             extra["quantization"] = quantization
+        if layout is not None:  # the input layout the file takes (NHWC for LiteRT's); deploy's runners transpose to it
+            extra["layout"] = layout
         if facts:
             extra["facts"] = facts
         if not art.ok:
@@ -343,6 +347,9 @@ def gate_verdict(art: ArtifactRecord) -> Optional[str]:
     return "met" if quantization["gate_met"] else "not met"
 
 
+WHAT_TO_TRY = "try QuantizationAwareTraining, method: entropy or percentile, or a larger max_excluded"
+
+
 def gate_misses(record: FitEndRecord) -> list[str]:
     """One line per INT8 file that missed its gate: which form, by how much, and what to try."""
     lines = []
@@ -351,8 +358,7 @@ def gate_misses(record: FitEndRecord) -> list[str]:
             q = art.facts["quantization"]
             lines.append(f"INT8 gate not met: {art.file.name} ({form_of(art)}) loses {-q['delta_pts']:.2f} pt top-1 on the validation split, "
                          f"more than the {q['max_drop_pts']} pt allowed (max_drop); it ships labelled so and `deploy "
-                         "--runtime auto` never picks it; try QuantizationAwareTraining, method: entropy or percentile, "
-                         "or a larger max_excluded")
+                         f"--runtime auto` never picks it; {q.get('what_to_try') or WHAT_TO_TRY}")
     return lines
 
 

@@ -59,7 +59,8 @@ class ArtifactRecord:
 
 
 def default_label(fmt: str, precision: str) -> str:
-    kind = {"onnx": "ONNX", "onnx-int8": "ONNX", "tensorrt": "TensorRT", "pytorch": "PyTorch"}.get(fmt, fmt)
+    kind = {"onnx": "ONNX", "onnx-int8": "ONNX", "tensorrt": "TensorRT", "pytorch": "PyTorch",
+            "tflite": "LiteRT", "pte": "ExecuTorch", "ncnn": "NCNN"}.get(fmt, fmt)
     return f"{kind} {precision.upper()}"
 
 

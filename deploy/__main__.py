@@ -146,10 +146,11 @@ def cmd_install(args: argparse.Namespace) -> int:
     switch its `current` pointer to it; a bundle that fails verification leaves `current` as it was."""
     from deploy.install import install
 
-    result = install(args.bundle, args.to)
+    result = install(args.bundle, args.to, args.runtime)
     print(json.dumps(result) if args.json else
           f"installed {args.bundle} as version {result['version']} in {args.to} (current; previous: "
-          f"{result['previous'] or 'none'}; {result['smoke_tested']} ONNX file(s) smoke-tested)")
+          f"{result['previous'] or 'none'}; {result['smoke_tested']} "
+          f"{'ONNX file(s) smoke-tested' if args.runtime is None else 'file(s) smoke-tested in ' + args.runtime})")
     return EXIT_OK
 
 
@@ -317,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install", help=cmd_install.__doc__)
     p.add_argument("--bundle", required=True, help="bundle folder to install (holds manifest.json)")
     p.add_argument("--to", required=True, help="models folder (created if needed): versions/ and the current pointer")
+    p.add_argument("--runtime", choices=tuple(RUNTIMES), default=None,
+                   help="smoke-test the files this runtime reads in it (a phone's litert or ncnn; default: the ONNX "
+                        "files in onnxruntime)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_install)
 

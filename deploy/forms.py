@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 RUNTIME_NAMES = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
-                 "openvino-bf16": "OpenVINO bf16", "tensorrt": "TensorRT"}
+                 "openvino-bf16": "OpenVINO bf16", "tensorrt": "TensorRT",
+                 "litert": "LiteRT", "executorch": "ExecuTorch", "ncnn": "NCNN"}
 
 
 def runtime_name(key: str) -> str:

@@ -64,13 +64,16 @@ def resolve_bundle_dir(path: str) -> str:
     return path
 
 
-def smoke_test(bundle_dir: str) -> int:
-    """One inference per ONNX artifact in ONNX Runtime on a zero image: it loads, takes the manifest's input
-    shape and returns one finite score per class. Returns how many artifacts ran."""
+def smoke_test(bundle_dir: str, runtime: Optional[str] = None) -> int:
+    """One inference per artifact in its format's smoke-test runtime (or, with `runtime`, per artifact that runtime
+    reads, in it) on a zero image: it loads, takes the manifest's input shape and returns one finite score per
+    class. Returns how many artifacts ran."""
     import deploy.runtimes  # noqa: F401 (the built-in runtimes register themselves)
     from deploy.registry import FORMATS, RUNTIMES, runtime_spec, unrunnable_notice
 
     bundle = load_bundle(bundle_dir, verify=True)
+    if runtime is not None:
+        return _smoke_test_in(bundle, runtime)
     testable = [e for e in bundle.artifacts if getattr(FORMATS.get(e["format"]), "smoke_runtime", None)]
     onnx = []
     for entry in testable:
@@ -98,6 +101,28 @@ def smoke_test(bundle_dir: str) -> int:
             raise BundleError(f"{path}: the smoke inference returned {list(logits.shape)} scores (finite: "
                               f"{bool(np.isfinite(logits).all())}) for {len(bundle.classes)} classes; re-create the bundle")
     return len(onnx)
+
+
+def _smoke_test_in(bundle, runtime: str) -> int:
+    from deploy.registry import runner_for_file, runtime_spec
+
+    spec = runtime_spec(runtime)
+    ok, why = spec.status()
+    if not ok:
+        raise BundleError(why)
+    entries = [e for e in bundle.artifacts if e["format"] in spec.formats]
+    if not entries:
+        raise BundleError(f"{os.path.join(bundle.path, MANIFEST)}: no artifact that {runtime} reads "
+                          f"({', '.join(spec.formats)}), so nothing could be smoke-tested; install with another --runtime")
+    batch = np.zeros((1, *bundle.input_shape), dtype=np.float32)
+    for entry in entries:
+        path = bundle.artifact_path(entry)
+        with runner_for_file(path, entry["format"], runtime=runtime) as runner:
+            logits = runner.infer(batch)
+        if logits.shape != (1, len(bundle.classes)) or not np.isfinite(logits).all():
+            raise BundleError(f"{path}: the smoke inference in {runtime} returned {list(logits.shape)} scores for "
+                              f"{len(bundle.classes)} classes; re-create the bundle")
+    return len(entries)
 
 
 def switch_current(models_dir: str, version: str) -> None:
@@ -162,7 +187,7 @@ def _running(pid: int) -> bool:
     return True
 
 
-def install(bundle_dir: str, models_dir: str) -> dict:
+def install(bundle_dir: str, models_dir: str, runtime: Optional[str] = None) -> dict:
     """Copy a bundle in as the next version, verify the copy, then switch `current` to it."""
     manifest = read_manifest(bundle_dir)  # a folder that is not a bundle fails before anything is copied
     check_bundle_tree(bundle_dir)
@@ -179,7 +204,7 @@ def install(bundle_dir: str, models_dir: str) -> dict:
         for name in files:  # only what the manifest lists and its companions; never a link (refused above)
             os.makedirs(os.path.dirname(os.path.join(copy, name)), exist_ok=True)
             shutil.copy2(os.path.join(bundle_dir, name), os.path.join(copy, name), follow_symlinks=False)
-        smoked = smoke_test(copy)
+        smoked = smoke_test(copy, runtime)
         while True:
             existing = versions(models_dir)
             version = f"{int(existing[-1]) + 1 if existing else 1:04d}"

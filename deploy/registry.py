@@ -88,6 +88,20 @@ def importable(module: str, package: str, install: str) -> Callable[[], tuple[bo
     return status
 
 
+def installed(module: str) -> bool:
+    """Whether `module` can be imported here (found without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_package(runtime: str, module: str, package: str, extra: str, file_kind: str) -> str:
+    """The one sentence of a runtime whose package is not on this device."""
+    return (f"{runtime} is not installed here, so {file_kind} files cannot run ({module} missing); "
+            f"pip install {package} (or edgecls[{extra}]), or pick another --runtime")
+
+
 @dataclass(frozen=True)
 class RuntimeSpec:
     """One device runtime: its name (CLI and cache), the manifest formats it reads, how to open a file, and

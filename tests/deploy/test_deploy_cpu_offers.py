@@ -9,7 +9,8 @@ import json
 import pytest
 
 from deploy.bundle import read_manifest, write_manifest
-from deploy.runners import SPIN_ENV, OnnxRuntimeRunner, ort_spin
+from deploy.runners import OnnxRuntimeRunner
+from deploy.runtimes.onnxruntime import SPIN_ENV, ort_spin
 
 SPIN = "session.intra_op.allow_spinning"
 

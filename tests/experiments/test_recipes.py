@@ -2,8 +2,8 @@
 chain included (ONNX, INT8 with the recipe's calibration method, TensorRT skipped here, the verified bundle).
 
 quickstart.yaml and quickstart_pruned.yaml are covered by tests/callbacks/test_bundle.py and test_pruning.py, and
-imagefolder_scratch.yaml by test_recipe_imagefolder_scratch.py, the CIFAR recipes by test_recipes_cifar.py
-(both here, sharing recipe_helpers.py). Each recipe here is shrunk only where it
+imagefolder_scratch.yaml by test_recipe_imagefolder_scratch.py, phone.yaml by tests/phone/, the CIFAR recipes by
+test_recipes_cifar.py (both here, sharing recipe_helpers.py). Each recipe here is shrunk only where it
 cannot run on 2 CPU cores and no network in seconds: fewer epochs and images, small inputs, and random MobileNetV2
 weights from a local file in place of the ImageNet download. Each override says why where it is made; everything
 else (model, optimizer, schedule, augmentation, calibration method, callbacks and their order) is the recipe's.
