@@ -198,8 +198,9 @@ def main() -> int:
         delta = 100 * (accuracy[half] - accuracy["fp32"])  # negative = lost
         speedup = p50["fp32"] / p50[half]
         print()
-        print(f"target, structured pruning at 2x fewer MACs ({reduction:.2f}x here): top-1 Δ >= -1 pt after the in-fit "
-              f"fine-tune: {delta:+.2f} pt -> {'met' if delta >= -1.0 else 'NOT met'}; ONNX Runtime speedup at {latency_size[0]} >= 1.5x: "
+        print(f"target structured pruning at 2x fewer MACs ({reduction:.2f}x here), top-1 Δ >= -1 pt after the in-fit "
+              f"fine-tune: {delta:+.2f} pt -> {'met' if delta >= -1.0 else 'NOT met'}")
+        print(f"target structured pruning at 2x fewer MACs, ONNX Runtime speedup at {latency_size[0]} >= 1.5x: "
               f"{speedup:.2f}x -> {'met' if speedup >= 1.5 else 'NOT met'}")
         print(f"masks: {100 * zeros['masks 50%']:.0f}% of the conv/linear weights are zero, yet the file is "
               f"{os.path.getsize(files['masks 50%']) / os.path.getsize(files['fp32']):.2f}x and the latency "

@@ -98,6 +98,8 @@ def child(args: argparse.Namespace) -> int:
         def __init__(self, phase: str) -> None:
             super().__init__()
             self.phase = phase
+            # the mark that closes the bundle phase runs after DeployBundle, which runs after every other step
+            self.COLLECTS = phase == "bundle"
 
         @property
         def name(self) -> str:

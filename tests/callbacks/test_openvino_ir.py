@@ -17,11 +17,11 @@ import pytest
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the recipe helpers live beside the recipe tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the recipe tests' shared helpers
 
 from deploy.bundle import load_bundle  # noqa: E402
 from edgecls_testing import EXPERIMENTS, TINY, run_main  # noqa: E402
-from test_recipes import FAST_CLI, check_bundle, measured_quickly, shrunk_recipe  # noqa: E402
+from recipe_helpers import FAST_CLI, check_bundle, measured_quickly, shrunk_recipe  # noqa: E402
 
 IR_FILES = ("model.openvino.xml", "model.int8.openvino.xml")
 

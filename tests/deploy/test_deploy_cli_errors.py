@@ -197,8 +197,9 @@ def test_bench_at_a_batch_no_machine_can_hold_is_a_sentence_not_a_crash(digits_b
     assert "Traceback" not in result.stderr
     caption, header, rule, row = result.stdout.strip().splitlines()
     assert caption.startswith("Measured here on ") and row.split()[:5] == ["model.onnx", "FP32", "ONNX", "Runtime", "1"]
-    assert result.stderr.splitlines() == [f"error: out of memory running model.onnx at batch size {huge}; try a "
-                                          "smaller one, e.g. --batch 1"]
+    # stderr: the error, after at most bench's one line on a bf16 run this CPU was not shown to run faster
+    notes = [line for line in result.stderr.splitlines() if not line.startswith("OpenVINO bf16 is not offered")]
+    assert notes == [f"error: out of memory running model.onnx at batch size {huge}; try a smaller one, e.g. --batch 1"]
 
 
 def test_an_unexpected_error_is_one_line_unless_edgecls_debug(digits_bundle, run_cli, monkeypatch):

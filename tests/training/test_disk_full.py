@@ -47,7 +47,7 @@ def test_a_disk_that_fills_mid_fit_is_one_sentence_and_leaves_whole_checkpoints(
 
 def test_a_checkpoint_that_does_not_fit_keeps_the_one_before_and_names_the_space(quickstart, tmp_path, cli,
                                                                                  monkeypatch):
-    from lightning_modules import checkpoint_io
+    from training import checkpoint_io
 
     usage = namedtuple("usage", "total used free")
     saves = []

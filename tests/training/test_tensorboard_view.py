@@ -197,11 +197,11 @@ HEADERS = ("(function walk(n,out){if(n.nodeType===1&&n.classList.contains('table
 
 @needs_chromium
 def test_the_hparams_tab_shows_lr_epochs_top1_and_the_bundle_numbers_on_a_1600_px_screen(two_runs, board):
-    text, headers = page_text(f"{board}/#hparams", wait_for="v1 quickstart", measure=HEADERS)
+    text, headers = page_text(f"{board}/#hparams", wait_for="quickstart v1", measure=HEADERS)
     table = text[text.index("Trial ID"):]
     for version in (0, 1):
         best = events(two_runs / "quickstart" / f"version_{version}").Scalars("1 val/top1_best")[-1].value
-        row = table[table.index(f"v{version} quickstart"):]
+        row = table[table.index(f"quickstart v{version}"):]
         shown = f"{best:.{4 - math.floor(math.log10(best))}f}"  # as the table shows it: 5 significant digits
         assert shown in row[:400], (version, shown, row[:400])
         lr = ("0.01", "0.003")[version]  # as the command line gave it, not to 5 significant digits (0.0030000)
