@@ -91,7 +91,7 @@ def scored(bundle_dir, fp32_top1, bf16_top1=None):
         entry["metrics"] = {"top1": fp32_top1 if entry["file"] == "model.onnx" else fp32_top1 - 0.05}
         if entry["file"] == "model.onnx":
             bf16 = {"precision": "bf16", "latency_ms": 0.5, **({"top1": bf16_top1} if bf16_top1 is not None else {})}
-            entry["runtime_metrics"] = {"openvino-bf16": bf16, "openvino": {"precision": "fp32", "latency_ms": 1.0}}
+            entry["runtime_metrics"] = {"openvino-bf16": bf16, "openvino": {"precision": "fp32", "latency_ms": 1.0, "top1": fp32_top1}}
     write_manifest(bundle_dir, manifest)
     return load_bundle(bundle_dir)
 
