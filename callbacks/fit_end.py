@@ -27,7 +27,7 @@ from pytorch_lightning import Callback
 from deploy.errors import debug_mode
 from deploy.errors import first_line as one_sentence
 from callbacks.records import FAILED, SKIPPED, ArtifactRecord, FitEndRecord
-from deploy.run_folder import read_checkpoint
+from training.checkpoint_io import read_checkpoint
 
 STAGING = ".bundle-staging"  # artifacts collect here; DeployBundle renames it to bundle/ when all is written
 BUNDLE = "bundle"

@@ -51,8 +51,8 @@ from cli.recipe_lists import splice_callback_lists
 from cli.old_configs import migrate_config_arguments, yaml_load
 from cli.resume import bundle_arguments, check_checkpoint_matches, check_resume
 from deploy.errors import EXIT_PARTLY_FAILED, EXIT_USAGE, debug_mode
-from deploy.run_folder import (config_file, last_checkpoint, newest_resumable_run, read_checkpoint, run_number,
-                               run_of_checkpoint)
+from deploy.run_folder import config_file, last_checkpoint, newest_resumable_run, run_number, run_of_checkpoint
+from training.checkpoint_io import read_checkpoint
 
 RUNS_DIR = "runs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")

@@ -14,8 +14,7 @@ from pytorch_lightning import Callback
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from datamodules.workers import LoaderStalled
-from deploy.run_folder import UnreadableCheckpoint
-from training.checkpoint_io import DiskFull
+from training.checkpoint_io import DiskFull, UnreadableCheckpoint
 
 # How a user's mistake is told from a bug. Our data, model and callback code reports bad YAML values, missing
 # folders and unusable images as ValueError / OSError / RuntimeError with one good sentence, from many places,

@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 from cli.errors import UserError
 from cli.old_configs import migrate, migrate_model, model_is_old, yaml_load
-from deploy.run_folder import (UnreadableCheckpoint, checkpoints, config_file, epochs_done, last_checkpoint,
-                               read_checkpoint, run_of_checkpoint)
+from deploy.run_folder import checkpoints, config_file, epochs_done, last_checkpoint, run_of_checkpoint
+from training.checkpoint_io import UnreadableCheckpoint, read_checkpoint
 
 # Trainer settings that size a one-cycle schedule (Lightning's estimated_stepping_batches): the schedule is built
 # once, for the whole fit, and a resume that changes any of them steps past its end.

@@ -9,14 +9,12 @@
 
 The CLI (resume, `bundle --run`, where a command's logs go, the config migration's wording) and `python -m
 deploy.publish` ask this module instead of parsing paths or checkpoints themselves. It imports nothing beyond the
-standard library (torch only inside `read_checkpoint`), so deploy/ stays importable on a device without torch.
+standard library, so deploy/ stays importable on a device without torch; reading a checkpoint (torch) is
+training.checkpoint_io's.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -82,42 +80,6 @@ def is_run_config(path: Path) -> bool:
     """A run's own config.yaml (…/version_N/config.yaml)."""
     path = Path(path)
     return path.name == CONFIG and run_number(path.parent) is not None
-
-
-class UnreadableCheckpoint(ValueError):
-    """A checkpoint file that cannot be read as one (not torch.save's format, cut short, or holding objects other
-    than tensors and plain values); the message names the file."""
-
-
-def read_checkpoint(path: Any, hint: str = "pass a .ckpt written by this project (--ckpt_path)",
-                    mmap: bool = True) -> dict[str, Any]:
-    """A checkpoint's content as plain data, or UnreadableCheckpoint: one sentence naming the file, why, and `hint`.
-
-    weights_only: a pickle that names any function or class (a `__reduce__` calling os.system) is refused by torch's
-    unpickler before anything of it runs. mmap: reading the hyperparameters of a large checkpoint costs no copy (off
-    for weights that training goes on to update in place)."""
-    import torch
-
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
-    except pickle.UnpicklingError as exc:
-        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        why = (f"it holds Python code ({named.group(1)}), not only tensors and plain values, and is never loaded "
-               "(it could run that code)" if named else "it is not a PyTorch checkpoint")
-        raise UnreadableCheckpoint(f"cannot read checkpoint {path}: {why}; {hint}") from None
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.EACCES, errno.EISDIR):
-            why = exc.strerror.lower()
-        else:
-            why = "it is cut short or damaged (an interrupted copy?)" if zipped else "it is not a PyTorch checkpoint"
-        raise UnreadableCheckpoint(f"cannot read checkpoint {path}: {why}; {hint}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
-        raise UnreadableCheckpoint(f"cannot read checkpoint {path}: it is a PyTorch file but not a Lightning "
-                                   f"checkpoint (no state_dict); {hint}")
-    return state
 
 
 def epochs_done(state: dict[str, Any]) -> int:

@@ -335,7 +335,7 @@ class ImageClassifier(pl.LightningModule):
         import sys
 
         from lightning_modules.backbones import module_to_import
-        from deploy.run_folder import read_checkpoint
+        from training.checkpoint_io import read_checkpoint
 
         if hparams_file is not None:
             raise ValueError("hparams_file is not read: pass the settings that differ from the checkpoint's as keyword arguments")

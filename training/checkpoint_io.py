@@ -15,6 +15,8 @@ from __future__ import annotations
 import errno
 import io
 import os
+import pickle
+import re
 import shutil
 from typing import Any, Optional
 
@@ -22,11 +24,44 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from deploy.atomic import atomic_write_bytes
-from deploy.run_folder import UnreadableCheckpoint, read_checkpoint  # noqa: F401 (read here and by Lightning)
 
 
 class DiskFull(OSError):
     """No room for a file the fit must write; the message names the folder and the space needed."""
+
+
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint file that cannot be read as one (not torch.save's format, cut short, or holding objects other
+    than tensors and plain values); the message names the file."""
+
+
+def read_checkpoint(path: Any, hint: str = "pass a .ckpt written by this project (--ckpt_path)",
+                    mmap: bool = True) -> dict[str, Any]:
+    """A checkpoint's content as plain data, or UnreadableCheckpoint: one sentence naming the file, why, and `hint`.
+
+    weights_only: a pickle that names any function or class (a `__reduce__` calling os.system) is refused by torch's
+    unpickler before anything of it runs. mmap: reading the hyperparameters of a large checkpoint costs no copy (off
+    for weights that training goes on to update in place)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        why = (f"it holds Python code ({named.group(1)}), not only tensors and plain values, and is never loaded "
+               "(it could run that code)" if named else "it is not a PyTorch checkpoint")
+        raise UnreadableCheckpoint(f"cannot read checkpoint {path}: {why}; {hint}") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.EACCES, errno.EISDIR):
+            why = exc.strerror.lower()
+        else:
+            why = "it is cut short or damaged (an interrupted copy?)" if zipped else "it is not a PyTorch checkpoint"
+        raise UnreadableCheckpoint(f"cannot read checkpoint {path}: {why}; {hint}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise UnreadableCheckpoint(f"cannot read checkpoint {path}: it is a PyTorch file but not a Lightning "
+                                   f"checkpoint (no state_dict); {hint}")
+    return state
 
 
 def disk_full(folder: str, needed: int, writing: str) -> DiskFull:
