@@ -1,6 +1,7 @@
 """Training on a busy CPU: the quickstart's training epochs alone vs with busy-loop processes on the same cores.
 
-    python benchmarks/contention.py [--epochs 3] [--busy 2] [--rounds 5] [--settings omp-default,passive,1thread] [--quick]
+    python benchmarks/contention.py [--epochs 3] [--busy 2] [--rounds 5] [--settings omp-default,passive,1thread]
+                                    [--batches N] [--quick]
 
 Each setting runs `python main.py fit --config experiments/quickstart.yaml` (training only: no fit-end steps,
 no progress bar) in a fresh process, once without and once with `--busy` processes spinning `while True: pass`,
@@ -39,8 +40,11 @@ SETTINGS = {
 }
 
 
-def fit_seconds(setting: tuple[dict, list], epochs: int, workdir: str) -> float:
+def fit_seconds(setting: tuple[dict, list], epochs: int, workdir: str, batches: int = 0) -> float:
     env_extra, extra_args = setting
+    if batches:
+        extra_args = [*extra_args, "--trainer.limit_train_batches", str(batches), "--trainer.limit_val_batches", str(batches),
+                      "--trainer.limit_test_batches", str(batches)]
     env = dict(os.environ, PYTHONPATH=str(REPO), **env_extra)
     cmd = [sys.executable, str(REPO / "main.py"), "fit", "--config", str(REPO / "experiments" / "quickstart.yaml"),
            "--trainer.max_epochs", str(epochs), "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
@@ -61,10 +65,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of (every setting alone, beside the busy loops); 5: the fewest a 90%% interval needs")
     parser.add_argument("--settings", default="omp-default,passive,1thread")
     parser.add_argument("--confidence", type=float, default=0.9, help="confidence of the interval targets are judged on")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: --epochs 1 --rounds 1 --settings omp-default,passive")
+    parser.add_argument("--batches", type=int, default=0, help="training and validation batches an epoch (0: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: --epochs 1 --batches 4 --busy 1 --rounds 1 --settings omp-default,passive "
+                             "(its figures say only that every row was made: start-up dominates 4 batches)")
     args = parser.parse_args()
     if args.quick:
-        args.epochs, args.rounds, args.settings = 1, 1, "omp-default,passive"
+        args.epochs, args.batches, args.busy, args.rounds, args.settings = 1, 4, 1, 1, "omp-default,passive"
     names = [s for s in args.settings.split(",") if s]
     unknown = [s for s in names if s not in SETTINGS]
     if unknown:
@@ -75,17 +82,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             for name in names:
-                quiet[name].append(fit_seconds(SETTINGS[name], args.epochs, tmp))
+                quiet[name].append(fit_seconds(SETTINGS[name], args.epochs, tmp, args.batches))
             loops = busy_loops(args.busy)
             try:
                 time.sleep(1.0)
                 for name in names:
-                    busy[name].append(fit_seconds(SETTINGS[name], args.epochs, tmp))
+                    busy[name].append(fit_seconds(SETTINGS[name], args.epochs, tmp, args.batches))
             finally:
                 for p in loops:
                     p.kill()
                     p.wait()
-    print(f"\nquickstart training, {args.epochs} epochs, {os.cpu_count()} CPUs (load average {load_before:.1f} before, "
+    print(f"\nquickstart training, {args.epochs} epochs{f' of {args.batches} batches' if args.batches else ''}, {os.cpu_count()} CPUs (load average {load_before:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after: other jobs count as load too), busy runs beside {args.busy} busy-loop "
           f"processes; wall time of the whole command, median of {args.rounds} round(s)")
     print(f"{'setting':<24}{'alone s':>9}{'busy s':>9}{'busy/alone':>12}")

@@ -55,13 +55,16 @@ from deploy.cpu_features import cpu_flags, has_vnni, physical_cores  # noqa: E40
 from deploy.runners import RUNTIMES, OnnxRuntimeRunner, Runner, runner_for_file  # noqa: E402
 
 
+SIZE = 224  # input side; --size (--quick: 112)
+
+
 def export(model: torch.nn.Module, path: str) -> str:
     """The bundles' own exporter: torch.export-based, opset 18, one file, dynamic batch."""
-    return str(export_onnx(model, path, (224, 224)))
+    return str(export_onnx(model, path, (SIZE, SIZE)))
 
 
 def calibration_images(batches: int = 4) -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((8 * batches, 3, 224, 224)).astype(np.float32)
+    return np.random.default_rng(0).standard_normal((8 * batches, 3, SIZE, SIZE)).astype(np.float32)
 
 
 def quantize(fp32_path: str, out_path: str, cpu_out_path: str) -> tuple[str, str]:
@@ -246,7 +249,7 @@ def bench_overhead(runner: Runner, iterations: int, rounds: int) -> tuple[float,
     from rich.console import Console
     from rich.progress import Progress
 
-    batch = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    batch = np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
     bare, timed = [], []
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("overhead", total=iterations * rounds)
@@ -266,7 +269,7 @@ def build_runners(model, fp32: str, int8: str, int8_cpu: str, threads: int, tmp:
     its .xml and .bin), and per batch the OpenVINO FP32 row under the hint auto does not use at that batch."""
     files = {"torch eager": None, "ort fp32": fp32, "ort int8 trt-form": int8, "ort int8 cpu-form": int8_cpu,
              "openvino fp32": fp32, "openvino bf16": fp32, "openvino int8 cpu-form": int8_cpu}
-    runners = {"torch eager": TorchRunner(model, (3, 224, 224)),
+    runners = {"torch eager": TorchRunner(model, (3, SIZE, SIZE)),
                "ort fp32": OnnxRuntimeRunner(fp32, threads=threads),
                "ort int8 trt-form": OnnxRuntimeRunner(int8, threads=threads),
                "ort int8 cpu-form": OnnxRuntimeRunner(int8_cpu, threads=threads)}
@@ -433,8 +436,12 @@ def main() -> int:
                              "properties (call=async: start_async + wait; always v1, `none`: no rows) (repeatable)")
     parser.add_argument("--contention-rounds", type=int, default=6,
                         help="rounds of the quiet vs beside-a-busy-core measurement (0: none)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: few iterations and rounds")
+    parser.add_argument("--size", type=int, default=224, help="input side in px (the targets are set at 224)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: few iterations and rounds, 112 px (its figures say only that every row is made)")
     args = parser.parse_args()
+    global SIZE
+    SIZE = 112 if args.quick and args.size == 224 else args.size
     if args.quick:
         args.iterations, args.rounds, args.max_rounds, args.extra_seconds = 60, 6, 12, 10.0
         args.leak_iterations, args.contention_rounds = 100, min(args.contention_rounds, 2)
@@ -453,7 +460,7 @@ def main() -> int:
         runners, files, other_hint = build_runners(model, fp32, int8, int8_cpu, threads, tmp)
         sizes = {name: (sum(map(os.path.getsize, path if isinstance(path, list) else [path])) if path else None)
                  for name, path in files.items()}
-        probe = np.random.default_rng(2).standard_normal((2, 3, 224, 224)).astype(np.float32)
+        probe = np.random.default_rng(2).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
         with torch.inference_mode():
             parity = float(np.abs(runners["ort fp32"].infer(probe) - model(torch.from_numpy(probe)).numpy()).max())
 
@@ -477,7 +484,7 @@ def main() -> int:
         instructions = ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in (
             ("AVX-512", "avx512f"), ("VNNI", "avx512_vnni"), ("AVX512_BF16", "avx512_bf16"), ("AMX", "amx_tile")))
         print(f"CPU: {cpu_model()} ({instructions})")
-        print(f"MobileNetV2 224x224, random weights, {threads} threads for every runner (torch: "
+        print(f"MobileNetV2 {SIZE}x{SIZE}, random weights, {threads} threads for every runner (torch: "
               f"{torch.get_num_threads()}; {physical_cores()} usable physical cores, {os.cpu_count()} CPUs); "
               f"batch 1: {n1} interleaved rounds of {rounds1.per_round} calls ({args.rounds} + {n1 - args.rounds} "
               f"added in {extra_s:.0f} s while a target was undecided), batch 32: {n32}; load average "

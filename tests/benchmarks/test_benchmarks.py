@@ -113,6 +113,6 @@ def test_zoo_runs_quick(tmp_path):
 @pytest.mark.slow
 def test_mobile_formats_runs_quick(tmp_path):
     for module in ("litert_torch", "executorch", "pnnx"):
-        pytest.importorskip(module)  # the [litert] converter is not in [dev]: setup.cfg says why
+        pytest.importorskip(module, reason="the litert, executorch and ncnn extras (in [dev]) are not installed")
     out = run_benchmark("mobile_formats.py", "--quick", tmp_path=tmp_path)
     assert "XNNPACK" in out, out[-3000:]

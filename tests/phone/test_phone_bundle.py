@@ -13,9 +13,9 @@ from edgecls_testing import EXPERIMENTS, REPO, TINY, load_recipe, run_main
 from PIL import Image
 from sklearn.datasets import load_digits
 
-pytest.importorskip("litert_torch")
-pytest.importorskip("executorch")
-pytest.importorskip("pnnx")
+pytest.importorskip("litert_torch", reason="the litert, executorch and ncnn extras (in [dev]) are not installed")
+pytest.importorskip("executorch", reason="the litert, executorch and ncnn extras (in [dev]) are not installed")
+pytest.importorskip("pnnx", reason="the litert, executorch and ncnn extras (in [dev]) are not installed")
 
 FILES = {"model.tflite": ("tflite", "fp32", "litert", "NHWC"), "model.int8.tflite": ("tflite", "int8", "litert", "NHWC"),
          "model.pte": ("pte", "fp32", "executorch", "NCHW"), "model.int8.pte": ("pte", "int8", "executorch", "NCHW"),
