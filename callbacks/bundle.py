@@ -298,7 +298,11 @@ class DeployBundle(FitEndStep):
             trainer.logger.experiment.add_figure("bundle/report", self._figure, trainer.global_step)
             values = report_format.leaderboard_values(self.report)
             values["bundle/size_mb"] = sum(f.stat().st_size for f in self.bundle_dir.rglob("*") if f.is_file()) / 1e6
-            trainer.logger.log_metrics(values, step=trainer.global_step)  # the HPARAMS tab reads these tags
+            # The HPARAMS tab reads these tags (each run's last value). One number a run is one point, which TIME
+            # SERIES draws as an empty chart; logged at the run's first and last step it is a flat line at the
+            # bundle's value, one a run, so runs compare by height on each bundle/ card.
+            for step in (0, max(trainer.global_step, 1)):
+                trainer.logger.log_metrics(values, step=step)
             trainer.logger.experiment.flush()
         rank_zero_info(f"deploy bundle: {self.bundle_dir}")
         lines = [f"\n{report_format.caption(self.report)}", table, *report_format.runtime_gaps(self.report),

@@ -77,6 +77,12 @@ def test_every_leaderboard_metric_has_a_value_and_none_is_a_placeholder(two_runs
     assert len(int8) == 2 and any(r.get("other_runtime") for r in bundle["rows"] if r["precision"] == "int8")
     assert acc.Scalars("bundle/int8_delta_top1_pt")[-1].value == pytest.approx(min(r["delta_pts"] for r in int8))
     assert acc.Scalars("bundle/params")[-1].value == bundle["params"] > 1000
+    # TIME SERIES draws a lone point as an empty chart: each bundle number is a flat line over the run's steps
+    last_step = max(e.step for t in scalars if not t.startswith("bundle/") for e in acc.Scalars(t))
+    for tag in (t for t in scalars if t.startswith("bundle/")):
+        points = acc.Scalars(tag)
+        assert len(points) == 2 and points[0].step == 0 and points[1].step >= last_step > 0, (tag, points)
+        assert points[0].value == points[1].value, (tag, points)
 
     trained = events(two_runs / "quickstart" / "version_1")
     best = trained.Scalars("1 val/top1_best")
