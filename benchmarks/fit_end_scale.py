@@ -203,7 +203,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000", help="test images per run, comma-separated, smallest first")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run (a few minutes on 2 busy cores): --sizes 100,500 --image 64 --train 160 "
+                        help="a smoke run (about a minute on 2 cores): --sizes 100,300 --image 32 --train 160 "
                              "--train-batches 2 --calibration 32 --latency-iterations 3")
     parser.add_argument("--image", type=int, default=IMAGE, help="image side in px")
     parser.add_argument("--train", type=int, default=320, help="train images (calibration draws from them)")
@@ -226,7 +226,7 @@ def main() -> int:
 
     if args.quick:
         args.sizes, args.image, args.train, args.train_batches, args.calibration, args.latency_iterations = (
-            "100,500", 64, 160, 2, 32, 3)
+            "100,300", 32, 160, 2, 32, 3)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if len(sizes) < 2 or sizes != sorted(sizes):
         raise SystemExit(f"--sizes needs two or more sizes, smallest first, got {sizes}")
