@@ -23,7 +23,10 @@ def test_every_benchmark_the_readme_lists_has_a_quick_run_test_or_is_named_where
 
 @pytest.mark.slow
 def test_runtime_latency_runs_quick(tmp_path):
-    run_benchmark("runtime_latency.py", "--quick", tmp_path=tmp_path)
+    out = run_benchmark("runtime_latency.py", "--quick", tmp_path=tmp_path)
+    assert "MobileNetV2 112x112" in out, out  # --quick's size, said where the figures are
+    for row in ("torch eager", "ort fp32", "ort int8 cpu-form", "openvino int8 cpu-form", "openvino ir int8 nncf"):
+        assert re.search(rf"^{row}\s+1\s+[\d.]+", out, re.MULTILINE), f"no batch-1 row {row}:\n{out}"
 
 
 @pytest.mark.slow
@@ -37,4 +40,6 @@ def test_mobile_formats_runs_quick(tmp_path):
     for module in ("litert_torch", "executorch", "pnnx"):
         pytest.importorskip(module, reason="the litert, executorch and ncnn extras (in [dev]) are not installed")
     out = run_benchmark("mobile_formats.py", "--quick", tmp_path=tmp_path)
-    assert "XNNPACK" in out, out[-3000:]
+    assert "XNNPACK delegates every convolution" in out, out[-3000:]
+    for fp32, int8 in (("litert fp32", "litert int8"), ("executorch fp32", "executorch int8")):
+        assert re.search(rf"^target {int8} >= 1.5x {fp32} at batch 1: [\d.]+x", out, re.MULTILINE), out[-3000:]
