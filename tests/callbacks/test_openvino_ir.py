@@ -124,3 +124,46 @@ def test_an_ir_without_its_bin_is_one_sentence_and_install_copies_the_bin(ir_fit
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("error")]
     assert len(lines) == 1 and "model.int8.openvino.bin" in lines[0] and "copy the whole bundle folder again" in lines[0]
+
+
+def test_a_missed_gate_walks_nncfs_settings_one_change_at_a_time_and_ships_the_most_accurate(tmp_path):
+    """OpenVinoIR.quantize on a small depthwise network, val top-1 scripted per attempt: NNCF's defaults, then its
+    full bias correction, the mixed preset, global min/max activation ranges, and those with the depthwise
+    convolutions kept in FP32; the most accurate attempt ships (here the fourth), under the INT8 file's own name,
+    and the other attempts' files are gone."""
+    import openvino as ov
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from callbacks.openvino_ir import INT8_FILE, OpenVinoIR
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    model = ov.convert_model(net, example_input=torch.zeros(1, 3, 16, 16))
+    images = TensorDataset(torch.randn(32, 3, 16, 16), torch.zeros(32, dtype=torch.long))
+
+    class Data:
+        def calibration_dataloader(self, n, batch_size):
+            return DataLoader(images, batch_size=batch_size)
+
+    scripted = iter([0.50, 0.52, 0.40, 0.80, 0.70])  # val top-1 of each attempt; FP32 0.90, a 0.5 pt gate
+    step = OpenVinoIR(num_samples=32)
+    step.staging = tmp_path
+    r = step.quantize(model, Data(), 0.90, lambda xml: next(scripted))
+    assert [(a["preset"], a["fast_bias_correction"], a["activation_ranges"], a["fp32_types"]) for a in r["attempts"]] == [
+        ("performance", True, "nncf", []), ("performance", False, "nncf", []), ("mixed", False, "nncf", []),
+        ("performance", False, "minmax", []), ("performance", False, "minmax", ["GroupConvolution"])]
+    assert r["int8_top1"] == 0.80 and r["activation_ranges"] == "minmax" and r["fp32_types"] == []
+    assert not r["gate_met"] and r["delta_pts"] == pytest.approx(-10.0) and r["tries"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == [INT8_FILE[:-4] + ".bin", INT8_FILE]
+    # the last attempt's setting reaches NNCF: the depthwise convolution's input is left unquantized
+    from callbacks.openvino_ir import DEPTHWISE, SingleImages, nncf_int8
+
+    def fake_quantizers(m):
+        return sum(op.get_type_name() == "FakeQuantize" for op in m.get_ops())
+
+    calibration = SingleImages(Data().calibration_dataloader(32, 8))
+    plain, kept = (nncf_int8(model, calibration, 32, "performance", False, "minmax", types) for types in ((), DEPTHWISE))
+    assert fake_quantizers(kept) < fake_quantizers(plain)
