@@ -170,7 +170,12 @@ def figure(report: dict[str, Any]) -> "plt.Figure":
     latencies, tops = [r["latency_ms"] for r in rows], [100 * r["top1"] for r in rows]
     acc.axhline(tops[0], color="gray", lw=1.2, ls="--")
     span = max(0.5, (max(tops) - min(tops)) * 0.4) * 2 + (max(tops) - min(tops))
-    for group in overlapping_points(latencies, tops, span):
+    groups = overlapping_points(latencies, tops, span)
+    # labels of neighbouring groups would print into each other ("4, 6, 73, 5"): each group's label one line higher
+    # than the label of the group before it on the latency axis, three heights in turn
+    stacked = sorted((g for g in groups if len(g) > 1), key=lambda g: float(np.mean(np.log([latencies[i] for i in g]))))
+    height = {tuple(g): 14 + 16 * (k % 3) for k, g in enumerate(stacked)}
+    for group in groups:
         for i in group:
             acc.plot([latencies[i]], [tops[i]], "o", ms=16 if len(group) == 1 else 11, color=color[i], zorder=3,
                      alpha=0.85)
@@ -185,7 +190,7 @@ def figure(report: dict[str, Any]) -> "plt.Figure":
             x = float(np.exp(np.mean(np.log([latencies[i] for i in group]))))
             y = max(tops[i] for i in group)
             left_half = np.log(x) <= np.mean(np.log([min(latencies) / 2, max(latencies) * 2]))  # the x limits below
-            acc.annotate(", ".join(str(i + 1) for i in group), (x, y), xytext=(-10 if left_half else 10, 14),
+            acc.annotate(", ".join(str(i + 1) for i in group), (x, y), xytext=(-10 if left_half else 10, height[tuple(group)]),
                          textcoords="offset points", ha="left" if left_half else "right", va="bottom", fontsize=10, fontweight="bold", zorder=5,
                          bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "gray", "alpha": 0.9})
     pad = max(0.5, (max(tops) - min(tops)) * 0.4)

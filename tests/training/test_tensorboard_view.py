@@ -248,6 +248,23 @@ def test_the_bundle_picture_labels_every_artifact_with_its_accuracy_latency_and_
     assert points.get_lines()[0].get_ydata()[0] == 98.0  # the FP32 reference line
 
 
+def test_the_labels_of_neighbouring_groups_of_equal_points_do_not_print_into_each_other():
+    """Eight rows at one top-1 (a small folder's test split), in two clusters half a decade of latency apart: one
+    label per cluster ("4, 6, 7" and "2, 3, 5"), and the two labels' boxes do not overlap on the rendered figure."""
+    from callbacks.report import figure
+
+    latencies = [4.25, 1.25, 1.21, 0.68, 1.50, 0.47, 0.64, 0.31]
+    rows = [{"label": f"row {i}", "top1": 0.3889, "latency_ms": ms, "size_mb": 1.0, "delta_pts": 0.0}
+            for i, ms in enumerate(latencies)]
+    fig = figure({"name": "folder", "device": "CPU x (2 cores)", "test_samples": 36, "rows": rows})
+    points = fig.axes[0]
+    labels = [t for t in points.texts if "," in t.get_text()]
+    assert sorted(t.get_text() for t in labels) == ["2, 3, 5", "4, 6, 7"], [t.get_text() for t in points.texts]
+    fig.canvas.draw()
+    first, second = (t.get_bbox_patch().get_window_extent() for t in labels)
+    assert not first.overlaps(second), (first, second)
+
+
 def test_hparams_trial_names_group_by_experiment_and_fit_their_column():
     """HPARAMS cut `v0 imagefolder_...` and sorted runs of different experiments between each other: the experiment
     comes first, one cut for every version, within the 15 characters the trial column shows."""
