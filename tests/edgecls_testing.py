@@ -137,12 +137,16 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 
 def load_recipe(path: Path) -> dict:
-    """A recipe YAML as a dict, with a `trainer.callbacks: fit_end/<chain>.yaml` reference replaced by the list it
-    names (as LightningCLI reads it), so that a test can change a step's settings and write the recipe elsewhere."""
+    """A recipe YAML as a dict, with a `trainer.callbacks: fit_end/<chain>.yaml` reference, or such an entry of its
+    list, replaced by the steps it names (as the CLI reads it), so that a test can change a step's settings and write
+    the recipe elsewhere."""
     import yaml
 
+    from cli.recipe_lists import spliced_recipe
+
     path = Path(path)
-    config = yaml.safe_load(path.read_text())
+    spliced = spliced_recipe(path)  # `- fit_end/<chain>.yaml` entries of a list, spliced as the CLI splices them
+    config = spliced if spliced is not None else yaml.safe_load(path.read_text())
     callbacks = (config.get("trainer") or {}).get("callbacks")
     if isinstance(callbacks, str):
         config["trainer"]["callbacks"] = yaml.safe_load((path.parent / callbacks).read_text())

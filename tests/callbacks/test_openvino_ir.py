@@ -1,5 +1,5 @@
-"""OpenVINO's own IR in the bundle: the CPU recipes' fit-end chain (experiments/fit_end/minmax_cpu.yaml) run end to
-end once on the quickstart recipe, shrunk to seconds, writes the FP32 IR and NNCF's INT8 IR beside the ONNX files,
+"""OpenVINO's own IR in the bundle: the CPU recipes' fit-end chain (experiments/fit_end/minmax.yaml plus
+callbacks.OpenVinoIR, as mobilenetv3_small_digits.yaml lists it) run end to end once on the quickstart recipe, shrunk to seconds, writes the FP32 IR and NNCF's INT8 IR beside the ONNX files,
 measured in OpenVINO on the test split; `deploy infer` and `deploy bench` run them, `--runtime auto` weighs them, and
 an IR's .bin travels and is checked with its .xml. (mobilenetv3_small_digits.yaml, which ships the chain, runs end to
 end in tests/lightning_modules/test_zoo_recipes.py, marked slow.)"""
@@ -20,7 +20,7 @@ pytest.importorskip("nncf")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))  # the recipe tests' shared helpers
 
 from deploy.bundle import load_bundle  # noqa: E402
-from edgecls_testing import EXPERIMENTS, TINY, run_main  # noqa: E402
+from edgecls_testing import EXPERIMENTS, TINY, load_recipe, run_main  # noqa: E402
 from recipe_helpers import FAST_CLI, check_bundle, measured_quickly, shrunk_recipe  # noqa: E402
 
 IR_FILES = ("model.openvino.xml", "model.int8.openvino.xml")
@@ -33,7 +33,7 @@ def ir_fit(tmp_path_factory):
     import yaml
 
     tmp = tmp_path_factory.mktemp("openvino_ir")
-    chain = yaml.safe_load((EXPERIMENTS / "fit_end" / "minmax_cpu.yaml").read_text())
+    chain = load_recipe(EXPERIMENTS / "mobilenetv3_small_digits.yaml")["trainer"]["callbacks"]
     recipe = measured_quickly(shrunk_recipe(tmp, "quickstart.yaml", {
         "trainer": {"max_epochs": 2, "callbacks": chain},
     }, callbacks={"callbacks.Int8Quantization": {"num_samples": 64, "max_drop": 100.0},
