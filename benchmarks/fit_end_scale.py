@@ -272,10 +272,10 @@ def main() -> int:
     print()
     print(f"target every fit-end step ok and the bundle scored every test image -> {'met' if ok else 'NOT met'}")
     print(f"target peak RSS at {large['test_images']:,} <= peak at {small['test_images']:,} + 300 MB: "
-          f"{large['peak_mb']:.0f} vs {small['peak_mb']:.0f} MB ({growth:+.0f} MB) -> {'met' if growth <= 300 else 'NOT met'}")
+          f"{large['peak_mb']:.0f} vs {small['peak_mb']:.0f} MB ({round(growth) + 0:+d} MB) -> {'met' if growth <= 300 else 'NOT met'}")
     fit_end_peaks = [max(p["peak_mb"] for p in r["phases"] if p["phase"] != "train") for r in (small, large)]
     print(f"(the fit-end steps alone, training's peak left out: {fit_end_peaks[1]:.0f} vs {fit_end_peaks[0]:.0f} MB, "
-          f"{fit_end_peaks[1] - fit_end_peaks[0]:+.0f} MB)")
+          f"{round(fit_end_peaks[1] - fit_end_peaks[0]) + 0:+d} MB)")
     ratio = large["fit_end_s"] / small["fit_end_s"]
     print(f"target fit-end time grows no faster than the image count (t{large['test_images']:,}/t{small['test_images']:,} "
           f"<= {scale:g} x 1.1): {ratio:.2f} -> {'met' if ratio <= scale * 1.1 else 'NOT met'}")

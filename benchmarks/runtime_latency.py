@@ -178,9 +178,14 @@ def judge(rounds: Rounds, confidence: float) -> list[tuple[str, dict]]:
     return judged
 
 
-def paired_line(text: str, verdict: dict, confidence: float, batch: int = 1) -> str:
+def interval_text(verdict: dict, digits: int = 2) -> str:
+    """A verdict's confidence interval as `low..high`, or why there is none (too few rounds give -inf..inf)."""
     low, high = verdict["low"], verdict["high"]
-    interval = (f"{low:.3f}..{high:.3f}" if np.isfinite(low) else "no interval: too few rounds")
+    return f"{low:.{digits}f}..{high:.{digits}f}" if np.isfinite(low) and np.isfinite(high) else "no interval: too few rounds"
+
+
+def paired_line(text: str, verdict: dict, confidence: float, batch: int = 1) -> str:
+    interval = interval_text(verdict, 3)
     word = {"met": "met", "NOT met": "NOT met", "undecided": "undecided (noisy)",
             "not judged": f"not judged on this CPU: {verdict.get('why', '')}"}[verdict["verdict"]]
     return (f"target {text} at batch {batch}: {verdict['ratio']:.2f}x (median of {verdict['rounds']} paired round "
@@ -402,15 +407,14 @@ def contention_lines(args, fp32: str, best, best_name: str, threads: int) -> lis
     spin, sleep = found["ort fp32 (threads spin: --spin)"], found["ort fp32 (threads sleep: default)"]
     for i, label in ((0, "quiet"), (1, "busy")):
         v = ratio_verdict(spin[i], sleep[i], 1.0, True, args.confidence)
-        print(f"ONNX Runtime spinning / sleeping threads, {label}: {v['ratio']:.2f}x "
-              f"({v['low']:.2f}..{v['high']:.2f})")
+        print(f"ONNX Runtime spinning / sleeping threads, {label}: {v['ratio']:.2f}x ({interval_text(v)})")
     verdicts = []
     for name in [n for n in found if "spin" not in n]:
         quiet, busy = found[name]
         v = ratio_verdict(busy, quiet, 2.0, True, args.confidence)
         verdicts.append(v["verdict"])
         print(f"target {name} contended <= 2x quiet at batch 1: {v['ratio']:.2f}x (median of {v['rounds']} paired "
-              f"rounds; {100 * args.confidence:g}% interval {v['low']:.2f}..{v['high']:.2f}) -> "
+              f"rounds; {100 * args.confidence:g}% interval {interval_text(v)}) -> "
               + {"met": "met", "NOT met": "NOT met", "undecided": "undecided (noisy)"}[v["verdict"]])
     return verdicts
 
@@ -484,6 +488,9 @@ def main() -> int:
         instructions = ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in (
             ("AVX-512", "avx512f"), ("VNNI", "avx512_vnni"), ("AVX512_BF16", "avx512_bf16"), ("AMX", "amx_tile")))
         print(f"CPU: {cpu_model()} ({instructions})")
+        if args.quick:
+            print(f"--quick: a smoke run at {SIZE} px with few rounds; every row below was made and measured, but the "
+                  "targets are set at 224 px with full rounds: run without --quick for verdicts that count")
         print(f"MobileNetV2 {SIZE}x{SIZE}, random weights, {threads} threads for every runner (torch: "
               f"{torch.get_num_threads()}; {physical_cores()} usable physical cores, {os.cpu_count()} CPUs); "
               f"batch 1: {n1} interleaved rounds of {rounds1.per_round} calls ({args.rounds} + {n1 - args.rounds} "

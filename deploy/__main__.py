@@ -180,7 +180,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{args.to}: no versions installed")
     else:
         marked = [dict(r, version=("* " if r["current"] else "  ") + r["version"]) for r in rows]
-        print(format_table(marked, LIST_COLUMNS, left=5))
+        print(format_table(marked, LIST_COLUMNS, left=6))  # text columns left, numbers right
     return EXIT_OK
 
 

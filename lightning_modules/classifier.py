@@ -256,7 +256,9 @@ class ImageClassifier(pl.LightningModule):
         names = getattr(self.trainer.datamodule, "class_names", None)
         figure = confusion_matrix_figure(matrix, names)
         if stage == "val":
-            figure.axes[0].set_title(f"epoch {self.current_epoch}: best val top-1 so far", fontsize=11)
+            # the epoch as the console counts it (1-based) and the checkpoint file it was saved as (0-based)
+            figure.axes[0].set_title(f"epoch {self.current_epoch + 1}/{self.trainer.max_epochs} (checkpoint "
+                                     f"epoch{self.current_epoch:03d}): best val top-1 so far", fontsize=11)
             figure.tight_layout()
         log_figure(f"{stage}/confusion_matrix", figure, self.global_step)
 
