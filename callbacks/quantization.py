@@ -358,6 +358,9 @@ def kept_in_fp32(gate: dict) -> str:
     tried)."""
     kept = len(gate.get("excluded_nodes") or [])
     tried = [a["excluded"] for a in gate.get("attempts", []) if a["excluded"] > 0]
+    plain = next((a for a in gate.get("attempts", []) if a["excluded"] == 0), None)
+    if kept and plain is not None:  # say why: every node in INT8 lost more than the gate allows
+        return f"{kept} node(s) kept in FP32, as every node in INT8 lost {-plain['delta_pts']:.2f} pt"
     if kept or not tried:
         return f"{kept} node(s) kept in FP32"
     return (f"keeping the worst {', '.join(map(str, tried))} node(s) in FP32 scored no higher on val, so none is "

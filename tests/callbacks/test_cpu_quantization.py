@@ -182,6 +182,7 @@ def test_a_missed_gate_whose_search_kept_no_node_says_it_tried():
 
     missed = {"gate_met": False, "excluded_nodes": [], "attempts": [attempt(0), attempt(1), attempt(2), attempt(4)]}
     assert kept_in_fp32(missed) == "keeping the worst 1, 2, 4 node(s) in FP32 scored no higher on val, so none is kept"
+    # nodes kept although the line's Δ is 0: the line says the all-INT8 file lost more than the gate allows
     assert kept_in_fp32({"gate_met": False, "excluded_nodes": ["a", "b"], "attempts": [attempt(0), attempt(2)]}) == \
-        "2 node(s) kept in FP32"
+        "2 node(s) kept in FP32, as every node in INT8 lost 10.00 pt"
     assert kept_in_fp32({"gate_met": True, "excluded_nodes": [], "attempts": [attempt(0)]}) == "0 node(s) kept in FP32"
