@@ -45,7 +45,7 @@ from callbacks.onnx_export import export_onnx  # noqa: E402
 from deploy.benchmark import ratio_verdict  # noqa: E402
 from deploy.cpu_features import has_vnni  # noqa: E402
 from deploy.runners import OnnxRuntimeRunner, RUNTIMES  # noqa: E402
-from deploy.runtimes.executorch import ExecuTorchRunner  # noqa: E402
+from torch_runtimes.executorch import ExecuTorchRunner  # noqa: E402
 from deploy.runtimes.litert import LiteRTRunner  # noqa: E402
 from deploy.runtimes.ncnn import NcnnRunner, weights_of  # noqa: E402
 

@@ -22,7 +22,7 @@ from callbacks.device_files import (calibration_batches, check_parity, converter
 from callbacks.fit_end import FitEndStep, input_size
 from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.atomic import atomic_path
-from deploy.runtimes.executorch import ExecuTorchRunner
+from torch_runtimes.executorch import ExecuTorchRunner
 
 HINT = "try another backbone, or int8: false (XNNPACK's supported operators: docs.pytorch.org/executorch)"
 

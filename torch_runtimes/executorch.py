@@ -1,6 +1,7 @@
 """ExecuTorch: .pte programs, their convolutions delegated to XNNPACK (FP32, and INT8 from PT2E's XNNPACKQuantizer),
 the runtime PyTorch ships for Android and iOS apps. Its Python runtime (`executorch.runtime`) needs torch, so on a
-device this runtime is for checking a file, not for serving it: an app links the C++ runtime instead.
+device this runtime is for checking a file, not for serving it: an app links the C++ runtime instead. Hence a plugin
+(torch_runtimes, the `edgecls.plugins` entry point), not a module of the torch-free deploy/ package.
 Programs are exported at batch 1; a batch runs image by image."""
 
 from __future__ import annotations
