@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from callbacks.fit_end import StepSkipped, evaluate, first_batch, numpy_batches
+from callbacks.fit_end import FitEndStep, StepSkipped, evaluate, first_batch, numpy_batches
 
 
 @contextlib.contextmanager
@@ -124,4 +124,23 @@ def one_image_at_a_time(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     for x in batches:
         for i in range(len(x)):
             yield x[i:i + 1]
+
+
+class Int8DeviceFileStep(FitEndStep):
+    """What LiteRTExport and ExecuTorchExport take alike: an FP32 file, and with `int8` an INT8 one calibrated on
+    `num_samples` images behind the `max_drop` gate; their FP32 file checked against torch on `parity_batch`
+    validation images within `tolerance`. PRODUCES: (FP32 key, INT8 key)."""
+
+    PRODUCES: tuple[str, str]
+
+    def __init__(self, int8: bool, num_samples: int, max_drop: float, calibration_batch: int, parity_batch: int,
+                 tolerance: float) -> None:
+        super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"{type(self).__name__} num_samples must be 1 or more, got {num_samples}")
+        self.int8, self.num_samples, self.max_drop = int8, num_samples, max_drop
+        self.calibration_batch, self.parity_batch, self.tolerance = calibration_batch, parity_batch, tolerance
+
+    def produces(self) -> tuple[str, ...]:
+        return self.PRODUCES if self.int8 else self.PRODUCES[:1]
 

@@ -17,9 +17,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
-from callbacks.device_files import (calibration_batches, check_parity, converter_failure, gate_line, int8_gate,
-                                    quiet, require, val_top1)
-from callbacks.fit_end import FitEndStep, input_size
+from callbacks.device_files import (Int8DeviceFileStep, calibration_batches, check_parity, converter_failure,
+                                    gate_line, int8_gate, quiet, require, val_top1)
+from callbacks.fit_end import input_size
 from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.atomic import atomic_path
 from torch_runtimes.executorch import ExecuTorchRunner
@@ -61,7 +61,7 @@ def delegation_line(name: str, d: dict) -> str:
             f"{convs}; left outside: {left}")
 
 
-class ExecuTorchExport(FitEndStep):
+class ExecuTorchExport(Int8DeviceFileStep):
     """Write model.pte (FP32) and model.int8.pte (PT2E INT8) at fit end, XNNPACK-delegated, each checked against
     torch in ExecuTorch's runtime; DeployBundle scores both on the test split there.
 
@@ -77,14 +77,7 @@ class ExecuTorchExport(FitEndStep):
 
     def __init__(self, int8: bool = True, num_samples: int = 256, max_drop: float = 0.5, calibration_batch: int = 16,
                  parity_batch: int = 16, tolerance: float = 1e-3) -> None:
-        super().__init__()
-        if num_samples < 1:
-            raise ValueError(f"ExecuTorchExport num_samples must be 1 or more, got {num_samples}")
-        self.int8, self.num_samples, self.max_drop = int8, num_samples, max_drop
-        self.calibration_batch, self.parity_batch, self.tolerance = calibration_batch, parity_batch, tolerance
-
-    def produces(self) -> tuple[str, ...]:
-        return self.PRODUCES if self.int8 else self.PRODUCES[:1]
+        super().__init__(int8, num_samples, max_drop, calibration_batch, parity_batch, tolerance)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
         version = require("executorch", "executorch", "executorch", ".pte file")

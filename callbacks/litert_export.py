@@ -20,9 +20,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
-from callbacks.device_files import (calibration_batches, channels_last_batches, check_parity, converter_failure,
-                                    gate_line, int8_gate, one_image_at_a_time, quiet, require, val_top1)
-from callbacks.fit_end import FitEndStep, input_size
+from callbacks.device_files import (Int8DeviceFileStep, calibration_batches, channels_last_batches, check_parity,
+                                    converter_failure, gate_line, int8_gate, one_image_at_a_time, quiet, require,
+                                    val_top1)
+from callbacks.fit_end import input_size
 from callbacks.records import ArtifactRecord, FitEndRecord
 from deploy.atomic import atomic_path
 from deploy.runtimes.litert import LiteRTRunner
@@ -84,7 +85,7 @@ def signature_input(path: Path) -> tuple[str, str]:
     return name, spec["inputs"][0]
 
 
-class LiteRTExport(FitEndStep):
+class LiteRTExport(Int8DeviceFileStep):
     """Write model.tflite (FP32) and model.int8.tflite (full INT8, float input and output) at fit end, each checked
     against torch in LiteRT; DeployBundle scores both on the test split in LiteRT.
 
@@ -103,16 +104,10 @@ class LiteRTExport(FitEndStep):
     def __init__(self, int8: bool = True, layout: Literal["NHWC", "NCHW"] = "NHWC", num_samples: int = 256,
                  max_drop: float = 0.5, calibration_batch: int = 16, parity_batch: int = 16,
                  tolerance: float = 1e-3) -> None:
-        super().__init__()
         if layout not in ("NHWC", "NCHW"):
             raise ValueError(f"LiteRTExport layout must be NHWC or NCHW, got {layout!r}")
-        if num_samples < 1:
-            raise ValueError(f"LiteRTExport num_samples must be 1 or more, got {num_samples}")
-        self.int8, self.layout, self.num_samples, self.max_drop = int8, layout, num_samples, max_drop
-        self.calibration_batch, self.parity_batch, self.tolerance = calibration_batch, parity_batch, tolerance
-
-    def produces(self) -> tuple[str, ...]:
-        return self.PRODUCES if self.int8 else self.PRODUCES[:1]
+        super().__init__(int8, num_samples, max_drop, calibration_batch, parity_batch, tolerance)
+        self.layout = layout
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: FitEndRecord) -> None:
         version = require("litert_torch", "litert-torch", "litert", ".tflite file")
