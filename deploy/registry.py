@@ -153,24 +153,38 @@ def register_format(name: str, default_runtime: str, **fields) -> FormatSpec:
     return spec
 
 
+def _load_plugins() -> None:
+    """Load the plugins (deploy.plugins: EDGECLS_PLUGINS, the `edgecls.plugins` entry points, among them the
+    package's own ExecuTorch runtime) where a lookup misses, as `python -m deploy` loads them before a command: code
+    that uses the registry in-process finds the same runtimes and formats."""
+    from deploy.plugins import load_plugins
+
+    load_plugins()
+
+
 def runtime_spec(name: str) -> RuntimeSpec:
+    if name not in RUNTIMES:
+        _load_plugins()
     if name not in RUNTIMES:
         raise BundleError(f"no runtime named {name!r}; use one of {sorted(RUNTIMES)}")
     return RUNTIMES[name]
 
 
 def format_spec(name: str) -> Optional[FormatSpec]:
-    """The format registered under `name`; None for a format no module loaded here registers."""
+    """The format registered under `name`; None for a format no module loaded here, plugins included, registers."""
+    if name not in FORMATS:
+        _load_plugins()
     return FORMATS.get(name)
 
 
 def default_runtime(format: str) -> Optional[str]:
-    spec = FORMATS.get(format)
+    spec = format_spec(format)
     return spec.default_runtime if spec is not None else None
 
 
 def runnable_here(format: str) -> bool:
     """Some runtime installed here reads files of `format`."""
+    format_spec(format)  # a plugin's format: its runtime registers with it
     return any(format in spec.formats and spec.available() for spec in RUNTIMES.values())
 
 
@@ -188,7 +202,7 @@ def runner_for_file(path: str | os.PathLike, format: str, providers: Sequence[st
                     hint: Optional[str] = None, qdq: str = "fused") -> Runner:
     """The runner for one artifact file of a manifest format (onnx, onnx-int8, tensorrt) in `runtime` (a name
     in RUNTIMES; None: the format's default, ONNX Runtime for ONNX files); `qdq` exact is ONNX Runtime's only."""
-    if format not in FORMATS:
+    if format_spec(format) is None:
         raise BundleError(f"{os.fspath(path)}: no runner for format {format!r}")
     spec = runtime_spec(runtime or FORMATS[format].default_runtime)
     if format not in spec.formats:

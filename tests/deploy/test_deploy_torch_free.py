@@ -58,3 +58,19 @@ def test_every_deploy_module_imports_without_torch():
     count = sum(1 for root, _, files in os.walk(os.path.join(REPO, "deploy")) if "__pycache__" not in root
                 for name in files if name.endswith(".py") and name != "__init__.py")
     assert result.stdout.split() == [str(count + 1), "imported"], result.stdout  # + deploy.runtimes itself
+
+
+def test_no_deploy_file_imports_torch_and_the_executorch_runtime_comes_as_the_packages_plugin():
+    """deploy/ names torch nowhere, not even inside a function: ExecuTorch's runner, whose Python API needs torch,
+    is torch_runtimes' plugin, which an in-process registry lookup finds as `python -m deploy` does."""
+    import re
+    from pathlib import Path
+
+    importing = [f"{path.relative_to(REPO)}:{n}" for path in Path(REPO, "deploy").rglob("*.py")
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.match(r"\s*(import torch\b|from torch\b)", line)]
+    assert not importing, importing
+    probe = ("import deploy.runtimes\nfrom deploy.registry import format_spec, runtime_spec\n"
+             "print(format_spec('pte').default_runtime, runtime_spec('executorch').name)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.split() == ["executorch", "executorch"], result.stderr[-2000:]
